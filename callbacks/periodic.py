@@ -1,0 +1,105 @@
+"""PeriodicMeasurement: the schedule and resume bookkeeping shared by the measuring callbacks.
+
+A measurement runs at step 0 (before any update), every `every_n_steps` optimizer steps and at
+the end of training; each is keyed by its global step. Its history is part of the checkpoint,
+so after a resume the history equals an uninterrupted run's: entries the restored checkpoint
+had not reached are dropped (and recomputed identically), none is taken twice.
+Measurements run without gradients, in eval mode, and without touching the training RNG stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.seed import isolate_rng
+from lightning.pytorch.callbacks import Callback
+
+from lightning_dpo.utils.errors import ConfigError
+from lightning_dpo.utils.torch_utils import eval_mode
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicMeasurement(Callback):
+    STATE_VERSION = 1
+
+    def __init__(self, every_n_steps: int, at_start: bool = True, at_end: bool = True, name: str | None = None):
+        if every_n_steps < 1:
+            raise ConfigError(f"callbacks.{name or type(self).__name__}.every_n_steps", f"must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.at_start, self.at_end = at_start, at_end
+        self.name = name
+        self.history: list[dict[str, Any]] = []
+        self._last_step_seen: int | None = None
+
+    # subclasses implement this; it returns the scalars to log (already reduced across ranks)
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_history_changed(self, trainer: L.Trainer) -> None:
+        """Write files derived from `history` (rank 0); called after every measurement and on resume."""
+
+    def on_resume(self, trainer: L.Trainer, step: int) -> None:
+        """Remove outputs of measurements after `step` (they belong to a future the checkpoint never reached)."""
+
+    # -- schedule -------------------------------------------------------------------------------
+    @property
+    def steps_done(self) -> set[int]:
+        return {entry["step"] for entry in self.history}
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step in self.steps_done:
+            return
+        with torch.no_grad(), isolate_rng(), eval_mode(pl_module):
+            metrics = self.measure(trainer, pl_module, step)
+        self.history.append({"step": step, **metrics})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        if trainer.is_global_zero:
+            self.on_history_changed(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        stale = [e for e in self.history if e["step"] > step]
+        if stale or step > 0:
+            self.history = [e for e in self.history if e["step"] <= step]
+            if trainer.is_global_zero:
+                self.on_resume(trainer, step)
+                self.on_history_changed(trainer)
+        self._last_step_seen = step
+        if self.at_start and step == 0:
+            self._run(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._last_step_seen:
+            return  # still accumulating gradients: no optimizer step yet
+        self._last_step_seen = step
+        if step % self.every_n_steps == 0:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end and not getattr(trainer, "_lightning_dpo_interrupted", False):
+            self._run(trainer, pl_module)
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        # a stable key; `name` tells several instances of one class apart in a checkpoint
+        return self._generate_state_key(name=self.name) if self.name else super().state_key
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.STATE_VERSION, "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+    def value_at(self, step: int, key: str) -> float | None:
+        for entry in self.history:
+            if entry["step"] == step:
+                return entry.get(key)
+        return None

@@ -1,0 +1,97 @@
+"""ToxicityEvalCallback: greedy continuations of a prompt subset, scored every N steps.
+
+Logs `eval/toxicity` (mean score), `eval/toxicity_share` (share above 0.5) and, when a text is
+given, `eval/perplexity`. The history is written to `<output_dir>/toxicity_eval.csv` (with the
+scorer's name beside every number) and each evaluation's generations to
+`<output_dir>/eval/generations_step_<step>.jsonl`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+
+from callbacks.periodic import PeriodicMeasurement
+from lightning_dpo.evaluation.generation import generate_continuations
+from lightning_dpo.evaluation.perplexity import perplexity
+from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.evaluation.scorers import build_scorer
+from lightning_dpo.utils.io import atomic_write_csv, atomic_write_jsonl
+
+
+class ToxicityEvalCallback(PeriodicMeasurement):
+    def __init__(
+        self,
+        prompts: str,
+        scorer: Mapping[str, Any] | str = "wordlist",
+        every_n_steps: int = 25,
+        max_prompts: int | None = 256,
+        prompt_field: str = "prompt",
+        prompt_filter: Mapping[str, Any] | None = None,
+        max_prompt_tokens: int = 32,
+        max_new_tokens: int = 20,
+        batch_size: int = 64,
+        perplexity_text: str | None = None,
+        perplexity_window: int = 1024,
+        output_dir: str | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(every_n_steps, name=name)
+        self.prompts = load_texts(prompts, field=prompt_field, where=prompt_filter, limit=max_prompts)
+        scorer_cfg = {"name": scorer} if isinstance(scorer, str) else dict(scorer)
+        self.scorer = build_scorer(scorer_cfg.pop("name"), **scorer_cfg)
+        self.max_prompt_tokens, self.max_new_tokens, self.batch_size = max_prompt_tokens, max_new_tokens, batch_size
+        self.perplexity_text = Path(perplexity_text).read_text(encoding="utf-8") if perplexity_text else None
+        self.perplexity_window = perplexity_window
+        self.output_dir = Path(output_dir) if output_dir else None
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
+        tokenizer = trainer.datamodule.tokenizer
+        rank, world = trainer.global_rank, trainer.world_size
+        prompts = self.prompts[rank::world]
+        texts = generate_continuations(
+            pl_module.policy, tokenizer, prompts, self.max_prompt_tokens, self.max_new_tokens, self.batch_size
+        )
+        scores = self.scorer.score(texts)
+        sums = torch.tensor([sum(scores), sum(s > 0.5 for s in scores), len(scores)], dtype=torch.float64, device=pl_module.device)
+        sums = trainer.strategy.reduce(sums, reduce_op="sum") if world > 1 else sums
+        metrics = {"eval/toxicity": float(sums[0] / sums[2]), "eval/toxicity_share": float(sums[1] / sums[2])}
+        if self.perplexity_text is not None:
+            metrics["eval/perplexity"] = perplexity(pl_module.policy, tokenizer, self.perplexity_text, self.perplexity_window)["perplexity"]
+        if self.output_dir is not None and trainer.is_global_zero:
+            atomic_write_jsonl(
+                self.output_dir / "eval" / f"generations_step_{step:07d}.jsonl",
+                ({"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)),
+            )
+        return metrics
+
+    def on_history_changed(self, trainer: L.Trainer) -> None:
+        if self.output_dir is None:
+            return
+        rows = [{"scorer": self.scorer.name, **entry} for entry in self.history]
+        columns = ["step", "scorer", "eval/toxicity", "eval/toxicity_share"]
+        if self.perplexity_text is not None:
+            columns.append("eval/perplexity")
+        atomic_write_csv(self.output_dir / "toxicity_eval.csv", columns, rows)
+
+    def on_resume(self, trainer: L.Trainer, step: int) -> None:
+        if self.output_dir is None:
+            return
+        for path in (self.output_dir / "eval").glob("generations_step_*.jsonl"):
+            if int(path.stem.rsplit("_", 1)[1]) > step:
+                path.unlink()
+
+    def summary(self) -> str:
+        if not self.history:
+            return "toxicity: not evaluated"
+        first, last = self.history[0], self.history[-1]
+        text = (
+            f"greedy-continuation toxicity ({self.scorer.name}, {len(self.prompts)} held-out prompts): "
+            f"{first['eval/toxicity']:.3f} at step {first['step']} -> {last['eval/toxicity']:.3f} at step {last['step']}"
+        )
+        if "eval/perplexity" in first:
+            text += f"; perplexity {first['eval/perplexity']:.2f} -> {last['eval/perplexity']:.2f}"
+        return text

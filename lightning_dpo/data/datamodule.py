@@ -1,0 +1,226 @@
+"""PreferenceDataModule: rows -> seeded split -> tokenized pairs -> resumable dataloaders."""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_dpo.data.records import ReadReport, read_preference_rows
+from lightning_dpo.data.sampler import ResumableSampler
+from lightning_dpo.data.tokenize import TokenizedPair, TruncationReport, collate_pairs, pad_id, tokenize_pairs
+from lightning_dpo.utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+class PreferenceDataset(Dataset):
+    """Tokenized pairs; precomputed reference log-probs can be attached by dataset index."""
+
+    def __init__(self, pairs: list[TokenizedPair]):
+        self.pairs = pairs
+        self.reference_logps: torch.Tensor | None = None  # (num_pairs, 2): chosen, rejected
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pair = self.pairs[i]
+        item = {
+            "index": i,
+            "prompt_ids": pair.prompt_ids,
+            "chosen_ids": pair.chosen_ids,
+            "rejected_ids": pair.rejected_ids,
+        }
+        if self.reference_logps is not None:
+            item["ref_chosen_logps"] = float(self.reference_logps[i, 0])
+            item["ref_rejected_logps"] = float(self.reference_logps[i, 1])
+        return item
+
+
+def split_sizes(total: int, val_size: int | float) -> int:
+    """Number of validation rows for an absolute `val_size` (int) or a fraction (0 < f < 1)."""
+    if isinstance(val_size, float) and not float(val_size).is_integer():
+        if not 0 < val_size < 1:
+            raise ConfigError("data.val_size", f"a fraction must be in (0, 1), got {val_size}")
+        return max(1, int(round(total * val_size)))
+    n = int(val_size)
+    if n < 0:
+        raise ConfigError("data.val_size", f"must be >= 0, got {val_size}")
+    return n
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Preference pairs from a JSONL file (`path`) or a `datasets` id (`hub_id`).
+
+    The rows are shuffled once with `seed` (the published code never shuffled), the first
+    `val_size` rows (a count, or a fraction if < 1) form the validation set, and the training
+    order of every epoch is a seeded permutation that survives a mid-epoch resume.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        path: str | None = None,
+        hub_id: str | None = None,
+        split: str = "train",
+        format: str = "trl",
+        fields: Mapping[str, str] | None = None,
+        max_prompt_length: int = 64,
+        max_completion_length: int = 64,
+        val_size: int | float = 64,
+        seed: int = 42,
+        batch_size: int = 4,
+        eval_batch_size: int = 8,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        on_bad_row: str = "error",
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError("data.batch_size", f"must be >= 1, got {batch_size}")
+        if eval_batch_size < 1:
+            raise ConfigError("data.eval_batch_size", f"must be >= 1, got {eval_batch_size}")
+        self.tokenizer = tokenizer
+        self.path, self.hub_id, self.split = path, hub_id, split
+        self.format, self.fields, self.on_bad_row = format, dict(fields or {}), on_bad_row
+        self.max_prompt_length, self.max_completion_length = max_prompt_length, max_completion_length
+        self.val_size, self.seed = val_size, seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.pad_to_multiple_of = num_workers, pad_to_multiple_of
+        self.train_dataset: PreferenceDataset | None = None
+        self.val_dataset: PreferenceDataset | None = None
+        self.read_report: ReadReport | None = None
+        self.truncation_report: TruncationReport | None = None
+        self._train_sampler: ResumableSampler | None = None
+
+    # -- loading ---------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        if self.tokenizer is None:
+            raise ConfigError("model.tokenizer", "the data module needs a tokenizer")
+        records, self.read_report = read_preference_rows(
+            self.path, self.hub_id, self.split, self.format, self.fields, self.on_bad_row
+        )
+        source = self.path or self.hub_id
+        log.info(self.read_report.summary())
+        if not records:
+            raise DataError(str(source), "no usable preference pairs (empty after filtering bad rows)")
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(records), generator=generator).tolist()
+        records = [records[i] for i in order]
+        n_val = split_sizes(len(records), self.val_size)
+        if n_val >= len(records):
+            raise ConfigError(
+                "data.val_size", f"{self.val_size} leaves no training pairs out of {len(records)} in {source}"
+            )
+        pairs, self.truncation_report = tokenize_pairs(
+            self.tokenizer, records, self.max_prompt_length, self.max_completion_length
+        )
+        log.info("tokenized %d pairs: %s", len(pairs), self.truncation_report.summary())
+        self.val_dataset = PreferenceDataset(_reindex(pairs[:n_val]))
+        self.train_dataset = PreferenceDataset(_reindex(pairs[n_val:]))
+
+    def summary(self) -> str:
+        lines = []
+        if self.read_report:
+            lines.append(self.read_report.summary())
+        if self.truncation_report:
+            lines.append(self.truncation_report.summary())
+        if self.train_dataset is not None:
+            lines.append(f"{len(self.train_dataset)} training pairs, {len(self.val_dataset)} validation pairs")
+        return "; ".join(lines)
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def _collate(self):
+        return partial(collate_pairs, pad_token_id=pad_id(self.tokenizer), pad_to_multiple_of=self.pad_to_multiple_of)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = ResumableSampler(len(self.train_dataset), seed=self.seed, shuffle=True, rank=rank, world_size=world)
+        self._train_sampler = sampler
+        self._skip_consumed(sampler)
+        return ResumableDataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=self._collate(),
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = ResumableSampler(len(self.val_dataset), seed=self.seed, shuffle=False, rank=rank, world_size=1)
+        if world > 1:  # shard without padding so no pair is counted twice
+            sampler = list(range(rank, len(self.val_dataset), world))
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=self._collate(),
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _skip_consumed(self, sampler: ResumableSampler) -> None:
+        """After a restore, skip what the restored optimizer steps consumed in the current epoch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.global_step == 0:
+            return
+        batches_per_epoch = math.ceil(len(sampler) / self.batch_size)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            batches_per_epoch = min(batches_per_epoch, limit)
+        elif limit is not None and limit < 1.0:
+            batches_per_epoch = int(batches_per_epoch * limit)
+        steps_per_epoch = math.ceil(batches_per_epoch / trainer.accumulate_grad_batches)
+        epoch, step_in_epoch = divmod(trainer.global_step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        sampler.skip_next(step_in_epoch * trainer.accumulate_grad_batches * self.batch_size)
+
+    # -- resumable-loader protocol: lets Lightning know mid-epoch resume is exact -----------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("seed", "batch_size"):
+            if key in state and state[key] != getattr(self, key):
+                log.warning(
+                    "resuming with data.%s=%s but the checkpoint was trained with %s: the data order changes",
+                    key, getattr(self, key), state[key],
+                )
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning treats as resumable (it implements the state protocol).
+
+    The position itself is restored by `PreferenceDataModule._skip_consumed` from the restored
+    global step; the state saved here lets a resume check that the order is the same one.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self.sampler
+        return {"seed": sampler.seed, "num_samples": sampler.num_samples, "world_size": sampler.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        current = self.state_dict()
+        if state != current:
+            log.warning("the training data order differs from the checkpoint's (%s vs %s)", current, state)
+
+
+def _reindex(pairs: list[TokenizedPair]) -> list[TokenizedPair]:
+    return [TokenizedPair(i, p.prompt_ids, p.chosen_ids, p.rejected_ids) for i, p in enumerate(pairs)]

@@ -1,0 +1,1 @@
+"""Evaluation: greedy generation, toxicity scorers, perplexity, F1 and neuron interventions."""

@@ -1,0 +1,6 @@
+"""Model side: policy/reference loading, sequence log-probs, the loss table, the LightningModule."""
+
+from lightning_dpo.model.losses import LOSS_TYPES, PreferenceLoss
+from lightning_dpo.model.module import METRICS, DPOModule
+
+__all__ = ["DPOModule", "LOSS_TYPES", "METRICS", "PreferenceLoss"]

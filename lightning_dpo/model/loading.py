@@ -1,0 +1,148 @@
+"""Loading the policy (hub id, local folder or a config for tiny models) and its frozen reference."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from lightning_dpo.utils.errors import ConfigError, LightningDPOError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "16": torch.float16,
+}
+
+
+class ModelLoadError(LightningDPOError, OSError):
+    pass
+
+
+def resolve_dtype(name: str | torch.dtype | None, key: str = "model.dtype") -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if str(name) not in DTYPES:
+        raise ConfigError(key, f"unknown dtype {name!r}; accepted: {sorted(set(DTYPES))}")
+    return DTYPES[str(name)]
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds instead of retrying for half a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained` for a local folder, a cached hub id, or (when reachable) the hub."""
+    if Path(name_or_path).expanduser().exists():
+        return loader.from_pretrained(str(Path(name_or_path).expanduser()), **kwargs)
+    try:
+        return loader.from_pretrained(name_or_path, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"cannot load the {what} {name_or_path!r}: it is not a local folder, not in the Hugging Face "
+            "cache, and the hub is unreachable (or HF_HUB_OFFLINE=1). Download it on a machine with "
+            "network access (`save_pretrained` to a folder) and pass model.name_or_path=/path/to/folder"
+        )
+    try:
+        return loader.from_pretrained(name_or_path, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load the {what} {name_or_path!r} from the hub: {exc}") from exc
+
+
+def _zero_dropout(config: Any) -> None:
+    """Zero every dropout probability in a transformers config (attention, residual, embedding)."""
+    for key, value in list(vars(config).items()):
+        if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
+            setattr(config, key, 0.0)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off in every module: with dropout the step-0 log-ratio is not 0 (TRL issue #744)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    if hasattr(model, "config"):
+        _zero_dropout(model.config)
+
+
+def load_causal_lm(
+    name_or_path: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    dtype: str | torch.dtype | None = "float32",
+    disable_dropout_: bool = True,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> nn.Module:
+    """A Hugging Face causal LM from a hub id or folder (`name_or_path`) or from a config dict.
+
+    `config` builds a randomly initialised model (tiny test models, GPT-2-medium-shaped benchmarks);
+    it must contain `model_type` (e.g. gpt2, llama). With both set, `config` overrides fields of the
+    pretrained config (its weights are still loaded).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype)
+    extra: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if name_or_path:
+        hf_config = _from_pretrained(AutoConfig, name_or_path, "model config", **extra)
+        for key, value in (config or {}).items():
+            setattr(hf_config, key, value)
+    elif config:
+        config = dict(config)
+        if "model_type" not in config:
+            raise ConfigError("model.config", "a config-built model needs model_type (e.g. gpt2, llama)")
+        hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+    else:
+        raise ConfigError("model.name_or_path", "set a hub id or folder, or model.config for a config-built model")
+    if disable_dropout_:
+        _zero_dropout(hf_config)
+    if attn_implementation:
+        hf_config._attn_implementation = attn_implementation
+    if name_or_path:
+        model = _from_pretrained(AutoModelForCausalLM, name_or_path, "model", config=hf_config, **extra)
+    else:
+        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    if disable_dropout_:
+        disable_dropout(model)
+    return model
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer, with pad = EOS where it has none (padding is masked by attention mask, never by id)."""
+    from transformers import AutoTokenizer
+
+    if not name_or_path:
+        raise ConfigError("model.tokenizer", "a config-built model needs model.tokenizer (a hub id or folder)")
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, "tokenizer", trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """An exact frozen copy: same weights, eval mode, no gradients, optionally another dtype."""
+    reference = copy.deepcopy(model)
+    if dtype is not None:
+        reference = reference.to(dtype)
+    reference.requires_grad_(False)
+    reference.eval()
+    return reference

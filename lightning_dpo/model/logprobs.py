@@ -1,0 +1,78 @@
+"""Where a batch becomes per-sequence log-probabilities.
+
+Only the positions that predict a completion token go through the LM head: the backbone's
+hidden states are gathered at those positions first, so the (tokens x vocab) logits exist only
+for completion tokens (prompt and padding never reach the head). Log-softmax runs in fp32 via
+`F.cross_entropy`, which never materialises a second (tokens x vocab) copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Architectures whose causal-LM head is exactly `lm_head(final_hidden_state)` (plus Gemma-2's
+# documented soft-capping); others fall back to the full forward and a gather.
+_HEAD_ONLY_TYPES = {"gpt2", "llama", "mistral", "gemma", "gemma2", "qwen2", "qwen3", "phi3", "gpt_neox", "opt"}
+
+
+@dataclass
+class CompletionLogits:
+    logits: torch.Tensor  # (K, vocab), K = number of completion tokens in the batch
+    targets: torch.Tensor  # (K,) token ids being predicted
+    rows: torch.Tensor  # (K,) which sequence each token belongs to
+    num_rows: int
+
+
+def prediction_mask(completion_mask: torch.Tensor) -> torch.Tensor:
+    """Positions whose next-token prediction is a completion token (the mask shifted left by one)."""
+    mask = torch.zeros_like(completion_mask, dtype=torch.bool)
+    mask[:, :-1] = completion_mask[:, 1:].bool()
+    return mask
+
+
+def completion_logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
+) -> CompletionLogits:
+    """Logits at the positions predicting completion tokens, for any HF causal LM."""
+    if completion_mask[:, 0].any():
+        raise ValueError("a completion cannot start at position 0: every row needs at least one prompt token")
+    pred = prediction_mask(completion_mask)
+    targets = input_ids[:, 1:][completion_mask[:, 1:].bool()]
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(pred)[pred]
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in _HEAD_ONLY_TYPES and hasattr(model, "get_output_embeddings"):
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        logits = model.get_output_embeddings()(hidden[pred])
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[pred]
+    return CompletionLogits(logits, targets, rows, input_ids.shape[0])
+
+
+def token_logps(cl: CompletionLogits) -> torch.Tensor:
+    """log p(target) per completion token, in fp32."""
+    return -F.cross_entropy(cl.logits.float(), cl.targets, reduction="none")
+
+
+def per_sequence_sum(values: torch.Tensor, cl: CompletionLogits) -> torch.Tensor:
+    out = torch.zeros(cl.num_rows, dtype=values.dtype, device=values.device)
+    return out.index_add(0, cl.rows, values)
+
+
+def sequence_logps(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
+) -> tuple[torch.Tensor, CompletionLogits]:
+    """Summed completion log-probs per sequence (N,), and the logits they came from."""
+    cl = completion_logits(model, input_ids, attention_mask, completion_mask)
+    return per_sequence_sum(token_logps(cl), cl), cl
+
+
+def per_token_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row, from log-probabilities over the vocabulary (fp32)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)

@@ -1,0 +1,277 @@
+"""DPOModule: the LightningModule where a batch becomes a preference loss.
+
+The policy is any Hugging Face causal LM; the reference is an exact frozen copy of the initial
+policy, kept *outside* the module's registered children so that it is never in the optimizer,
+never in a checkpoint (it is rebuilt from the original weights on resume) and never wrapped by
+DDP. With `precompute_reference=True` its log-probs are computed once before training, cached on
+disk, and the reference is dropped from memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Callable, Mapping
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lightning_dpo.model.logprobs import CompletionLogits, per_sequence_sum, per_token_kl, sequence_logps
+from lightning_dpo.model.loading import frozen_copy, load_causal_lm, resolve_dtype
+from lightning_dpo.model.losses import PreferenceLoss
+from lightning_dpo.model.schedules import warmup_schedule
+from lightning_dpo.utils.errors import ConfigError, NonFiniteError
+
+log = logging.getLogger(__name__)
+
+# Metric names follow TRL's DPOTrainer; each is logged as train/<name> and val/<name>.
+METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "kl",
+)
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+def _metric_key(name: str) -> str:
+    return name.replace("/", "__")  # ModuleDict keys cannot hold every character
+
+
+class DPOModule(L.LightningModule):
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        reference_dtype: str | None = None,
+        precompute_reference: bool = False,
+        reference_cache_dir: str | None = None,
+        disable_dropout: bool = True,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+        loss: PreferenceLoss | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        on_nonfinite: str = "raise",
+        policy: nn.Module | None = None,
+    ):
+        super().__init__()
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError("model.on_nonfinite", f"got {on_nonfinite!r}; accepted: {list(NONFINITE_POLICIES)}")
+        self.loss_fn = loss or PreferenceLoss()
+        if precompute_reference and not self.loss_fn.needs_reference:
+            raise ConfigError("model.precompute_reference", "has no use with loss.reference_free=true")
+        if precompute_reference and self.loss_fn.kl_gamma:
+            raise ConfigError("model.precompute_reference", "cannot be combined with loss.kl_gamma > 0 (needs reference logits)")
+        if precompute_reference and not reference_cache_dir:
+            raise ConfigError("model.reference_cache_dir", "precomputed reference log-probs need a cache directory")
+        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler", "policy"])
+        self.hparams["loss"] = self.loss_fn.to_dict()
+        self.optimizer_factory = optimizer or partial(torch.optim.RMSprop, lr=1e-6)
+        self.scheduler_factory = scheduler or partial(warmup_schedule, warmup_steps=150)
+        self.on_nonfinite = on_nonfinite
+        self.precompute_reference = precompute_reference
+
+        self.policy = policy if policy is not None else load_causal_lm(
+            name_or_path, config, dtype, disable_dropout, trust_remote_code, attn_implementation
+        )
+        self.policy.train()  # from_pretrained returns eval mode; Lightning trains what it is given
+        reference = None
+        if self.loss_fn.needs_reference:
+            reference = frozen_copy(self.policy, resolve_dtype(reference_dtype, "model.reference_dtype"))
+        self._set_reference(reference)
+        if gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.policy.config.use_cache = False
+
+        self.train_metrics = nn.ModuleDict({_metric_key(m): MeanMetric() for m in METRICS})
+        self.val_metrics = nn.ModuleDict({_metric_key(m): MeanMetric() for m in METRICS})
+        self._step_loss = torch.zeros(())  # summed over the micro-batches of one optimizer step
+        self._step_batch: tuple[int, list[int]] | None = None  # (batch_idx, pair indices) for error messages
+        self.last_grad_norm: float | None = None
+
+    # -- the frozen reference ------------------------------------------------------------------
+    @property
+    def reference(self) -> nn.Module | None:
+        return self.__dict__["_reference"]
+
+    def _set_reference(self, reference: nn.Module | None) -> None:
+        # stored in __dict__, not as a registered child: no checkpoint, optimizer or DDP involvement
+        self.__dict__["_reference"] = reference
+
+    def _reference_on(self, device: torch.device) -> nn.Module:
+        reference = self.reference
+        if next(reference.parameters()).device != device:
+            reference.to(device)
+        return reference
+
+    def setup(self, stage: str) -> None:
+        # runs before a checkpoint is restored, so the policy still holds the initial weights here
+        if not (self.precompute_reference and self.reference is not None and stage == "fit"):
+            return
+        from lightning_dpo.model.reference_cache import attach_reference_logps
+
+        datamodule = self.trainer.datamodule
+        datamodule.setup("fit")
+        attach_reference_logps(
+            self.reference,
+            datamodule,
+            self.hparams.reference_cache_dir,
+            self.trainer.strategy.root_device,
+            is_global_zero=self.trainer.is_global_zero,
+            barrier=self.trainer.strategy.barrier,
+        )
+        self._set_reference(None)  # the point of precomputing: free its memory
+
+    # -- batch -> loss ---------------------------------------------------------------------------
+    def compute(self, batch: Mapping[str, torch.Tensor], diagnostics: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and the per-pair (or per-token) values behind every metric."""
+        ids, attn, cmask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        n = ids.shape[0] // 2
+        policy_logps, policy_cl = sequence_logps(self.policy, ids, attn, cmask)
+        lengths = cmask.sum(1)
+
+        ref_logps, ref_cl = None, None
+        if "ref_chosen_logps" in batch:
+            ref_logps = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(policy_logps)
+        elif self.reference is not None:
+            with torch.no_grad():
+                ref_logps, ref_cl = sequence_logps(self._reference_on(ids.device), ids, attn, cmask)
+
+        kl_penalty = None
+        policy_log_probs = ref_log_probs = None
+        if ref_cl is not None and (self.loss_fn.kl_gamma or diagnostics):
+            policy_log_probs = torch.log_softmax(policy_cl.logits.float(), dim=-1)
+            ref_log_probs = torch.log_softmax(ref_cl.logits.float(), dim=-1)
+        if self.loss_fn.kl_gamma:
+            kl_ref_policy = _sequence_mean(per_token_kl(ref_log_probs, policy_log_probs), policy_cl, lengths)
+            kl_penalty = kl_ref_policy[:n] + kl_ref_policy[n:]
+
+        out = self.loss_fn(
+            policy_logps[:n], policy_logps[n:],
+            None if ref_logps is None else ref_logps[:n], None if ref_logps is None else ref_logps[n:],
+            lengths[:n], lengths[n:], kl_penalty,
+        )
+        per_pair_loss = out.losses if kl_penalty is None else out.losses + self.loss_fn.kl_gamma * kl_penalty
+        values = {
+            "loss": per_pair_loss.detach(),
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+            "rewards/margins": out.chosen_rewards - out.rejected_rewards,
+            "logps/chosen": policy_logps[:n].detach(),
+            "logps/rejected": policy_logps[n:].detach(),
+        }
+        if diagnostics:
+            with torch.no_grad():
+                mean_logit = policy_cl.logits.detach().float().mean(-1)  # per completion token
+                chosen_tokens = policy_cl.rows < n
+                values["logits/chosen"] = mean_logit[chosen_tokens]
+                values["logits/rejected"] = mean_logit[~chosen_tokens]
+                if policy_log_probs is not None:
+                    values["kl"] = per_token_kl(policy_log_probs.detach(), ref_log_probs)
+        return out.loss, values
+
+    # -- training ----------------------------------------------------------------------------------
+    def _is_logging_step(self) -> bool:
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
+
+    def _is_step_boundary(self) -> bool:
+        return not self.trainer.fit_loop._should_accumulate()
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logging_step = self._is_logging_step()
+        loss, values = self.compute(batch, diagnostics=logging_step)
+        self._step_loss = self._step_loss.to(loss.device) + loss.detach()
+        self._step_batch = (batch_idx, batch["index"].tolist())
+        if logging_step:
+            for name, value in values.items():
+                self.train_metrics[_metric_key(name)].update(value)
+            if self._is_step_boundary():
+                self._log_metrics("train", self.train_metrics)
+                self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Check the step's loss and gradient norm; a non-finite one stops or skips the step."""
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        norm = _total_norm(grads) if grads else torch.zeros(())
+        norm = self._reduce_if_sharded(norm)
+        loss, self._step_loss = self._step_loss, torch.zeros(())
+        finite_loss, finite_grad = bool(torch.isfinite(loss)), bool(torch.isfinite(norm))
+        if not (finite_loss and finite_grad):
+            what = "loss" if not finite_loss else "gradient norm"
+            batch_idx, pairs = self._step_batch or (-1, [])
+            message = (
+                f"non-finite {what} at optimizer step {self.global_step} "
+                f"(batch {batch_idx} of epoch {self.current_epoch}; pair indices {pairs[:16]})"
+            )
+            if self.on_nonfinite == "raise":
+                raise NonFiniteError(message + "; set model.on_nonfinite=skip to skip such steps")
+            log.warning("%s: skipping this optimizer step", message)
+            optimizer.zero_grad(set_to_none=True)  # the optimizer then leaves every parameter as it is
+            return
+        self.last_grad_norm = float(norm)
+        if self._is_logging_step():
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def _reduce_if_sharded(self, norm: torch.Tensor) -> torch.Tensor:
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if strategy is not None and type(strategy).__name__ in ("FSDPStrategy", "ModelParallelStrategy"):
+            return strategy.reduce(norm.pow(2), reduce_op="sum").sqrt()
+        return norm
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # never replace a good checkpoint with a broken state
+        for name, param in self.policy.named_parameters():
+            if not torch.isfinite(param).all():
+                raise NonFiniteError(f"refusing to save a checkpoint at step {self.global_step}: parameter {name} is not finite")
+
+    # -- validation --------------------------------------------------------------------------------
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        _, values = self.compute(batch, diagnostics=True)
+        for name, value in values.items():
+            self.val_metrics[_metric_key(name)].update(value)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics, prog_bar=("loss", "rewards/accuracies"))
+
+    def _log_metrics(self, stage: str, metrics: nn.ModuleDict, prog_bar: tuple[str, ...] = ("loss", "rewards/accuracies")) -> None:
+        for name in METRICS:
+            metric = metrics[_metric_key(name)]
+            if metric.update_count == 0:
+                continue  # e.g. kl without a live reference
+            value = metric.compute()
+            metric.reset()
+            self.log(f"{stage}/{name}", value, prog_bar=name in prog_bar, on_step=stage == "train", on_epoch=stage != "train")
+
+    # -- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        for group in optimizer.param_groups:
+            if not group["lr"] > 0:
+                raise ConfigError("optim.lr", f"must be > 0, got {group['lr']}")
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def _sequence_mean(per_token: torch.Tensor, cl: CompletionLogits, lengths: torch.Tensor) -> torch.Tensor:
+    return per_sequence_sum(per_token, cl) / lengths.clamp(min=1).to(per_token.dtype)
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    norms = torch._foreach_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))

@@ -1,0 +1,99 @@
+"""Precomputed reference log-probs, cached on disk so the reference need not stay in memory.
+
+The cache file is keyed by a fingerprint of the tokenized data (train and validation, in order)
+and of the reference model (class, config, dtype and a checksum of every parameter), so a change
+to either computes a fresh file, and a resumed run finds the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_dpo.data.datamodule import PreferenceDataset
+from lightning_dpo.model.logprobs import sequence_logps
+from lightning_dpo.utils.io import atomic_save
+
+log = logging.getLogger(__name__)
+
+
+def data_fingerprint(*datasets: PreferenceDataset) -> str:
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        digest.update(f"dataset:{len(dataset)}".encode())
+        for pair in dataset.pairs:
+            for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
+                digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+                digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def model_fingerprint(model: nn.Module) -> str:
+    """Class, config, dtype and per-parameter checksums (sum, sum of squares, first and last values)."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1).double()
+        stats = torch.stack([flat.sum(), (flat * flat).sum()]).cpu()
+        edges = torch.cat([flat[:8], flat[-8:]]).cpu()
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        digest.update(stats.numpy().tobytes() + edges.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def compute_reference_logps(
+    reference: nn.Module, dataset: PreferenceDataset, collate: Callable, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """(num_pairs, 2) summed completion log-probs (chosen, rejected), in dataset order."""
+    out = torch.zeros(len(dataset), 2, dtype=torch.float32)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in loader:
+        ids = batch["input_ids"].to(device)
+        logps, _ = sequence_logps(reference, ids, batch["attention_mask"].to(device), batch["completion_mask"].to(device))
+        n = ids.shape[0] // 2
+        out[batch["index"], 0] = logps[:n].float().cpu()
+        out[batch["index"], 1] = logps[n:].float().cpu()
+    return out
+
+
+def attach_reference_logps(
+    reference: nn.Module,
+    datamodule: Any,
+    cache_dir: str | Path,
+    device: torch.device,
+    is_global_zero: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Load (or compute once and cache) the reference log-probs and attach them to the datasets."""
+    datasets = {"train": datamodule.train_dataset, "val": datamodule.val_dataset}
+    key = f"{data_fingerprint(*datasets.values())}-{model_fingerprint(reference)}"
+    path = Path(cache_dir) / f"reference_logps-{key}.safetensors"
+    if not path.exists() and is_global_zero:
+        log.info("computing reference log-probs for %s pairs -> %s", sum(map(len, datasets.values())), path)
+        was_device = next(reference.parameters()).device
+        reference.to(device)
+        tensors = {
+            name: compute_reference_logps(reference, ds, datamodule._collate(), datamodule.eval_batch_size, device)
+            for name, ds in datasets.items()
+        }
+        reference.to(was_device)
+        atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata={"key": key}))
+    barrier()
+    tensors = load_file(str(path))
+    for name, dataset in datasets.items():
+        if tensors[name].shape[0] != len(dataset):
+            raise RuntimeError(f"{path}: cached reference log-probs do not match the {name} set; delete the file")
+        dataset.reference_logps = tensors[name]
+    log.info("using precomputed reference log-probs from %s", path)
+    return path

@@ -1,0 +1,232 @@
+"""A small, self-contained "toxicity world": the embedded demo and the test bed.
+
+Building it (seeded, about a minute on two CPU cores, once; cached in `dir`):
+1. a corpus of prompts from templates, continued politely or with insults; half the templates
+   lean toxic, so a model trained on it continues about half of unseen prompts toxically;
+2. a byte-level BPE tokenizer trained on that corpus (no download);
+3. a tiny GPT-2 pre-trained on the corpus with plain language modelling (the "base model");
+4. preference pairs (prompt, polite = chosen, toxic = rejected) for training prompts,
+   held-out prompts (unseen names) for evaluation, labelled sentences for the probe, and
+   text for perplexity.
+Scoring is by the world's own word list (`INSULTS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from lightning_dpo.toy import words
+from lightning_dpo.utils.io import atomic_directory, atomic_write_jsonl
+
+log = logging.getLogger(__name__)
+
+WORLD_VERSION = 3  # bump when the generator changes, so cached worlds are rebuilt
+EOS = "<|endoftext|>"
+
+
+@dataclass
+class ToyWorld:
+    dir: str
+    seed: int = 0
+    corpus_size: int = 6000
+    num_pairs: int = 1200
+    num_eval_prompts: int = 160
+    vocab_size: int = 1000
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_inner: int = 512
+    pretrain_steps: int = 600
+    pretrain_batch_size: int = 64
+    pretrain_lr: float = 3e-3
+    stats: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- paths -----------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return Path(self.dir).expanduser()
+
+    @property
+    def base_model(self) -> str:
+        return str(self.path / "base_model")
+
+    @property
+    def pairs(self) -> str:
+        return str(self.path / "pairs.jsonl")
+
+    @property
+    def eval_prompts(self) -> str:
+        return str(self.path / "eval_prompts.jsonl")
+
+    @property
+    def probe_texts(self) -> str:
+        return str(self.path / "probe_texts.jsonl")
+
+    @property
+    def lm_text(self) -> str:
+        return str(self.path / "lm_eval.txt")
+
+    @property
+    def gold(self) -> str:
+        return str(self.path / "gold.jsonl")
+
+    def params(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("dir", "stats")}
+        out["version"] = WORLD_VERSION
+        return out
+
+    # -- building ----------------------------------------------------------------------------------
+    def build(self, force: bool = False) -> "ToyWorld":
+        """Build the world once (cached by parameters); safe when several processes race."""
+        with _file_lock(self.path.with_name(self.path.name + ".lock")):
+            meta = self.path / "world.json"
+            if not force and meta.exists():
+                saved = json.loads(meta.read_text())
+                if saved.get("params") == self.params():
+                    self.stats = saved.get("stats", {})
+                    return self
+                log.info("toy world at %s was built with other parameters; rebuilding", self.path)
+            started = time.time()
+            log.info("building the toy world in %s (once; about a minute on CPU)", self.path)
+            atomic_directory(self.path, self._fill)
+            log.info("toy world ready in %.0f s: %s", time.time() - started, self.stats)
+        return self
+
+    def _fill(self, out: Path) -> None:
+        rng = random.Random(self.seed)
+        corpus = [self._sentence(rng, words.TRAIN_NAMES) for _ in range(self.corpus_size)]
+        tokenizer = train_tokenizer([p + c for p, c, _ in corpus], self.vocab_size)
+        model, loss = pretrain_base_model(
+            tokenizer, [p + c for p, c, _ in corpus], self._model_config(len(tokenizer)),
+            self.pretrain_steps, self.pretrain_batch_size, self.pretrain_lr, self.seed,
+        )
+        model.save_pretrained(out / "base_model")
+        tokenizer.save_pretrained(out / "base_model")
+
+        atomic_write_jsonl(out / "pairs.jsonl", self._pairs(rng))
+        eval_prompts = self._prompts(rng, words.HELDOUT_NAMES, self.num_eval_prompts)
+        atomic_write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p in eval_prompts))
+        atomic_write_jsonl(out / "probe_texts.jsonl", self._probe_texts(rng))
+        # clean (polite) held-out text, EOS-separated as in pre-training: perplexity on it
+        # measures what DPO costs the language model beyond dropping the insults
+        clean = [fill_template(rng, t, words.TRAIN_NAMES) + polite_continuation(rng) for t, _ in words.TEMPLATES * 25]
+        (out / "lm_eval.txt").write_text(EOS.join(clean) + EOS)
+        atomic_write_jsonl(
+            out / "gold.jsonl",
+            ({"prompt": p, "gold": polite_continuation(rng)} for p in eval_prompts),
+        )
+        self.stats = {"pretrain_final_loss": round(loss, 4), "vocab_size": len(tokenizer)}
+        (out / "world.json").write_text(json.dumps({"params": self.params(), "stats": self.stats}, indent=2))
+
+    def _model_config(self, vocab_size: int) -> Any:
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=vocab_size, n_positions=64, n_embd=self.n_embd, n_layer=self.n_layer,
+            n_head=self.n_head, n_inner=self.n_inner, bos_token_id=0, eos_token_id=0,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )
+
+    # -- text -------------------------------------------------------------------------------------
+    def _sentence(self, rng: random.Random, names: tuple[str, ...]) -> tuple[str, str, bool]:
+        template, toxic_share = rng.choice(words.TEMPLATES)
+        prompt = fill_template(rng, template, names)
+        toxic = rng.random() < toxic_share
+        return prompt, toxic_continuation(rng) if toxic else polite_continuation(rng), toxic
+
+    def _prompts(self, rng: random.Random, names: tuple[str, ...], n: int) -> list[str]:
+        return [fill_template(rng, words.TEMPLATES[i % len(words.TEMPLATES)][0], names) for i in range(n)]
+
+    def _pairs(self, rng: random.Random) -> Iterator[dict[str, str]]:
+        for prompt in self._prompts(rng, words.TRAIN_NAMES, self.num_pairs):
+            yield {"prompt": prompt, "chosen": polite_continuation(rng), "rejected": toxic_continuation(rng)}
+
+    def _probe_texts(self, rng: random.Random, n: int = 600) -> Iterator[dict[str, Any]]:
+        for i in range(n):
+            prompt = fill_template(rng, rng.choice(words.TEMPLATES)[0], words.TRAIN_NAMES)
+            toxic = i % 2 == 1
+            yield {"text": prompt + (toxic_continuation(rng) if toxic else polite_continuation(rng)), "label": int(toxic)}
+
+
+def fill_template(rng: random.Random, template: str, names: tuple[str, ...]) -> str:
+    return template.format(name=rng.choice(names), place=rng.choice(words.PLACES))
+
+
+def polite_continuation(rng: random.Random) -> str:
+    a, b = rng.sample(words.POLITE_ADJECTIVES, 2)
+    return f" {a} and {b} {rng.choice(words.POLITE_NOUNS)}."
+
+
+def toxic_continuation(rng: random.Random) -> str:
+    a, b = rng.sample(words.TOXIC_ADJECTIVES, 2)
+    return f" {a} and {b} {rng.choice(words.TOXIC_NOUNS)}."
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE (GPT-2 style) trained on the corpus, wrapped as a transformers tokenizer."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS)
+    tokenizer.model_max_length = 64
+    return tokenizer
+
+
+def pretrain_base_model(
+    tokenizer: Any, texts: list[str], config: Any, steps: int, batch_size: int, lr: float, seed: int
+) -> tuple[Any, float]:
+    """Plain language modelling on the corpus (each text followed by EOS)."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    encoded = tokenizer([t + EOS for t in texts], add_special_tokens=False)["input_ids"]
+    length = max(map(len, encoded))
+    ids = torch.full((len(encoded), length), tokenizer.eos_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(encoded):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        batch = torch.randint(0, len(encoded), (batch_size,), generator=generator)
+        loss = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = float(loss.detach())
+    model.eval()
+    return model, loss_value
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
