@@ -1,7 +1,7 @@
 """Lightning callbacks of lightning-dpo, referenced from `conf/callbacks/*.yaml` by `_target_`."""
 
 from callbacks.graceful_shutdown import GracefulShutdown
-# NEURON_DYNAMICS_PLACEHOLDER
+from callbacks.neuron_dynamics import NeuronDynamicsCallback
 from callbacks.periodic import PeriodicMeasurement
 from callbacks.toxicity_eval import ToxicityEvalCallback
 

@@ -1,0 +1,67 @@
+"""The probe set: fixed token sequences and the positions whose activations are averaged.
+
+`fixed` (default): each prompt (cut to `max_prompt_tokens`, left-padded to one width P) plus
+the *reference* model's greedy continuation of `num_positions` tokens, computed once at step 0;
+the averaged positions are the `num_positions` positions that predict the generated tokens
+(the last prompt token and the first num_positions - 1 generated ones). Every snapshot then
+reads the same tokens, so a change in a_i is the neuron's own change, not a change of input.
+`generate` (the paper's convention): the current policy generates its own continuation at each
+snapshot, with the same position rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from lightning_dpo.evaluation.generation import greedy_continue, tokenize_prompts
+from lightning_dpo.utils.torch_utils import eval_mode, left_pad, model_device
+
+POSITION_MODES = ("fixed", "generate")
+
+
+@dataclass
+class ProbeTokens:
+    input_ids: torch.Tensor  # (N, P + n) left-padded prompts + generated tokens
+    attention_mask: torch.Tensor  # (N, P + n)
+    positions: torch.Tensor  # (N, P + n) bool: the averaged positions
+
+    def shard(self, rank: int, world: int) -> "ProbeTokens":
+        return ProbeTokens(self.input_ids[rank::world], self.attention_mask[rank::world], self.positions[rank::world])
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "positions": self.positions}
+
+
+def prompt_ids_for(tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
+    return tokenize_prompts(tokenizer, prompts, max_prompt_tokens, truncation_side="right")
+
+
+@torch.no_grad()
+def build_probe_tokens(
+    model: nn.Module,
+    prompt_ids: list[list[int]],
+    pad_token_id: int,
+    num_positions: int = 20,
+    batch_size: int = 64,
+) -> ProbeTokens:
+    """Prompts + `model`'s greedy continuation (exactly `num_positions` tokens, EOS not stopping)."""
+    ids, mask = left_pad(prompt_ids, pad_token_id)  # one width for all rows
+    device = model_device(model)
+    chunks = []
+    with eval_mode(model):
+        for start in range(0, ids.shape[0], batch_size):
+            gen = greedy_continue(
+                model, ids[start : start + batch_size].to(device), mask[start : start + batch_size].to(device),
+                num_positions, eos_token_id=None, pad_token_id=pad_token_id, stop_at_eos=False,
+            )
+            chunks.append((gen.input_ids.cpu(), gen.attention_mask.cpu()))
+    input_ids = torch.cat([c[0] for c in chunks])
+    attention_mask = torch.cat([c[1] for c in chunks])
+    width = ids.shape[1]
+    positions = torch.zeros_like(input_ids, dtype=torch.bool)
+    positions[:, width - 1 : width - 1 + num_positions] = True
+    return ProbeTokens(input_ids, attention_mask, positions)

@@ -1,0 +1,78 @@
+"""One snapshot: mean activation a_i and value projection p_i of every MLP neuron.
+
+a_i = mean over the probe set's averaged positions of m_i (fp32 sums on the device, only the
+selected positions are summed); p_i = v_i . w/|w| with the current weights; |v_i| as well, so
+that cos(v_i, w) = p_i / |v_i|. Only the transformer body runs (no LM head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lightning_dpo.dynamics.probe_set import ProbeTokens
+from lightning_dpo.mlp import find_output_projections, hook_activations, value_norms, value_projections
+from lightning_dpo.utils.torch_utils import eval_mode, model_device, position_ids_from_mask
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Snapshot:
+    step: int
+    mean_activation: torch.Tensor  # (n_layers, d_mlp) fp32
+    value_projection: torch.Tensor  # (n_layers, d_mlp) fp32
+    value_norm: torch.Tensor  # (n_layers, d_mlp) fp32
+
+    @property
+    def contribution(self) -> torch.Tensor:
+        """P_i = a_i * p_i: the neuron's mean write along the probe direction."""
+        return self.mean_activation * self.value_projection
+
+    @property
+    def cosine(self) -> torch.Tensor:
+        return self.value_projection / self.value_norm.clamp(min=1e-12)
+
+
+@torch.no_grad()
+def mean_activations(
+    model: nn.Module, tokens: ProbeTokens, batch_size: int = 64, reduce: Reduce | None = None
+) -> torch.Tensor:
+    """(n_layers, d_mlp) fp32 mean of m_i over the selected positions (summed across ranks by `reduce`)."""
+    projections = find_output_projections(model)
+    device = model_device(model)
+    sums = torch.zeros(len(projections), projections[0].d_mlp, dtype=torch.float32, device=device)
+    selected: list[torch.Tensor] = []  # the positions mask of the batch being run
+
+    def accumulate(layer: int, activation: torch.Tensor) -> None:
+        sums[layer] += activation[selected[0]].float().sum(0)
+        return None
+
+    base = getattr(model, "base_model", model)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    with eval_mode(model), hook_activations(projections, accumulate):
+        for start in range(0, tokens.input_ids.shape[0], batch_size):
+            ids = tokens.input_ids[start : start + batch_size].to(device)
+            mask = tokens.attention_mask[start : start + batch_size].to(device)
+            selected[:] = [tokens.positions[start : start + batch_size].to(device)]
+            count += selected[0].sum()
+            base(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+    if reduce is not None:
+        sums, count = reduce(sums), reduce(count)
+    return (sums / count.clamp(min=1)).float()
+
+
+@torch.no_grad()
+def take_snapshot(
+    model: nn.Module, tokens: ProbeTokens, unit_direction: torch.Tensor, step: int, batch_size: int = 64, reduce: Reduce | None = None
+) -> Snapshot:
+    projections = find_output_projections(model)
+    return Snapshot(
+        step=step,
+        mean_activation=mean_activations(model, tokens, batch_size, reduce).cpu(),
+        value_projection=value_projections(projections, unit_direction).cpu(),
+        value_norm=value_norms(projections).cpu(),
+    )

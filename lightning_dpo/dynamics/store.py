@@ -1,0 +1,144 @@
+"""The dynamics files of a run (a public contract) and the reader API.
+
+<run_dir>/probe.safetensors                 the probe direction (tensor `direction`)
+<run_dir>/dynamics/tokens.safetensors       input_ids, attention_mask, positions (fixed mode)
+<run_dir>/dynamics/step_<step:07d>.safetensors
+                                            mean_activation, value_projection, value_norm:
+                                            float32 (n_layers, d_mlp); metadata: step
+<run_dir>/dynamics/groups.csv               step,layer,group,count,delta_sum,share (layer `all` = totals)
+<run_dir>/dynamics/meta.json                probe-set source, position mode, top_n, shapes
+
+Every file is written atomically. Everything logged is recomputable from these files:
+`load_run(run_dir)` returns them, and `lightning_dpo.dynamics.group_rows` recomputes groups.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lightning_dpo.dynamics.groups import GROUPS_CSV_COLUMNS
+from lightning_dpo.dynamics.probe_set import ProbeTokens
+from lightning_dpo.dynamics.snapshot import Snapshot
+from lightning_dpo.utils.io import atomic_save, atomic_write_csv, atomic_write_json
+
+
+def step_file(directory: Path, step: int) -> Path:
+    return directory / f"step_{step:07d}.safetensors"
+
+
+class DynamicsStore:
+    """Writes one run's dynamics files (rank 0 only)."""
+
+    def __init__(self, run_dir: str | Path, subdir: str = "dynamics"):
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / subdir
+        self.group_rows: list[dict[str, Any]] = []
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / "meta.json", meta)
+
+    def write_tokens(self, tokens: ProbeTokens) -> None:
+        tensors = {k: v.contiguous() for k, v in tokens.to_dict().items()}
+        atomic_save(self.dir / "tokens.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        tensors = {
+            "mean_activation": snapshot.mean_activation.float().contiguous(),
+            "value_projection": snapshot.value_projection.float().contiguous(),
+            "value_norm": snapshot.value_norm.float().contiguous(),
+        }
+        path = step_file(self.dir, snapshot.step)
+        atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata={"step": str(snapshot.step)}))
+
+    def add_group_rows(self, rows: list[dict[str, Any]]) -> None:
+        steps = {r["step"] for r in rows}
+        self.group_rows = [r for r in self.group_rows if r["step"] not in steps] + rows
+        atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS, self.group_rows)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: forget snapshots the restored checkpoint had not reached."""
+        if not self.group_rows and (self.dir / "groups.csv").exists():
+            self.group_rows = read_groups_csv(self.dir / "groups.csv")
+        self.group_rows = [r for r in self.group_rows if r["step"] <= step]
+        atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS, self.group_rows)
+        for path in self.dir.glob("step_*.safetensors"):
+            if int(path.stem.split("_")[1]) > step:
+                path.unlink()
+
+
+def read_groups_csv(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows.append({
+                "step": int(row["step"]), "layer": row["layer"], "group": row["group"],
+                "count": int(row["count"]), "delta_sum": float(row["delta_sum"]), "share": float(row["share"]) if row["share"] else float("nan"),
+            })
+    return rows
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    with safe_open(str(path), framework="pt") as handle:
+        step = int((handle.metadata() or {}).get("step", path.stem.split("_")[1]))
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    return Snapshot(step, tensors["mean_activation"], tensors["value_projection"], tensors["value_norm"])
+
+
+@dataclass
+class DynamicsRun:
+    """A run's dynamics, as arrays and a data frame."""
+
+    run_dir: Path
+    steps: list[int]
+    mean_activation: Any  # numpy (n_snapshots, n_layers, d_mlp)
+    value_projection: Any
+    value_norm: Any
+    groups: Any  # pandas DataFrame with the groups.csv columns
+    tokens: dict[str, Any] = field(default_factory=dict)  # numpy arrays (fixed mode)
+    probe: Any = None  # numpy (d_model,)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def snapshot(self, step: int) -> Snapshot:
+        i = self.steps.index(step)
+        return Snapshot(step, *(torch.from_numpy(a[i]) for a in (self.mean_activation, self.value_projection, self.value_norm)))
+
+    @property
+    def contribution(self) -> Any:
+        return self.mean_activation * self.value_projection
+
+
+def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
+    """Read a run's dynamics files (see the module docstring) into arrays and a data frame."""
+    import numpy as np
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    directory = run_dir / subdir
+    paths = sorted(directory.glob("step_*.safetensors"))
+    if not paths:
+        raise FileNotFoundError(f"{directory}: no dynamics snapshots (was the NeuronDynamicsCallback enabled?)")
+    snapshots = [read_snapshot(p) for p in paths]
+    stack = lambda name: np.stack([getattr(s, name).numpy() for s in snapshots])  # noqa: E731
+    groups_path = directory / "groups.csv"
+    groups = pd.read_csv(groups_path, dtype={"layer": str}) if groups_path.exists() else pd.DataFrame(columns=GROUPS_CSV_COLUMNS)
+    tokens = {}
+    if (directory / "tokens.safetensors").exists():
+        with safe_open(str(directory / "tokens.safetensors"), framework="np") as handle:
+            tokens = {k: handle.get_tensor(k) for k in handle.keys()}
+    probe = None
+    if (run_dir / "probe.safetensors").exists():
+        with safe_open(str(run_dir / "probe.safetensors"), framework="np") as handle:
+            probe = handle.get_tensor("direction")
+    meta = json.loads((directory / "meta.json").read_text()) if (directory / "meta.json").exists() else {}
+    return DynamicsRun(
+        run_dir, [s.step for s in snapshots], stack("mean_activation"), stack("value_projection"), stack("value_norm"),
+        groups, tokens, probe, meta,
+    )

@@ -1,0 +1,188 @@
+"""MLP access for every architecture: output projections, value vectors, and hooks.
+
+Neuron i of layer l has activation `m_i` = the i-th input of the MLP's output projection
+(GPT-2: `mlp.c_proj`, a Conv1D; Llama/Gemma/Mistral: `mlp.down_proj`, an nn.Linear) and value
+vector `v_i` = the projection's weight for that input (Conv1D stores (d_mlp, d_model): row i;
+nn.Linear stores (d_model, d_mlp): column i). The MLP output is sum_i m_i v_i + bias.
+
+This is the one hook module of the project: the dynamics callback reads activations through
+`hook_activations`, and every intervention (ablation, patching, editing) rewrites them through
+the same function. Hooks are registered inside a context manager and always removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from lightning_dpo.utils.errors import ConfigError
+
+# (where the decoder layers live, which attribute holds the MLP, names of its output projection)
+_LAYER_PATHS = ("h", "layers", "decoder.layers", "gpt_neox.layers", "blocks")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn")
+_OUT_PROJ_NAMES = ("c_proj", "down_proj", "fc_out", "dense_4h_to_h", "fc2", "w2")
+
+ActivationFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass
+class OutputProjection:
+    layer: int
+    module: nn.Module
+
+    @property
+    def is_conv1d(self) -> bool:
+        return type(self.module).__name__ == "Conv1D"  # transformers.pytorch_utils.Conv1D (GPT-2)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    def value_vectors(self) -> torch.Tensor:
+        """(d_mlp, d_model): row i is neuron i's value vector (a view, no copy)."""
+        w = self.weight
+        return w if self.is_conv1d else w.t()
+
+    @property
+    def d_mlp(self) -> int:
+        return self.value_vectors().shape[0]
+
+    @property
+    def d_model(self) -> int:
+        return self.value_vectors().shape[1]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.module, "bias", None)
+
+
+def _get_path(root: nn.Module, path: str) -> nn.Module | None:
+    node = root
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def find_decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
+    base = getattr(model, "base_model", model)
+    for root in (base, model):
+        for path in _LAYER_PATHS:
+            layers = _get_path(root, path)
+            if isinstance(layers, (nn.ModuleList, list)) and len(layers) > 0:
+                return layers
+    raise ConfigError(
+        "model",
+        f"cannot find the decoder layers of {type(model).__name__} (looked for {', '.join(_LAYER_PATHS)}); "
+        "the neuron analysis supports GPT-2, Llama, Gemma, Mistral, Qwen, GPT-NeoX and OPT layouts",
+    )
+
+
+def find_output_projections(model: nn.Module) -> list[OutputProjection]:
+    """Every layer's MLP output projection, in layer order."""
+    projections = []
+    for index, layer in enumerate(find_decoder_layers(model)):
+        mlp = next((getattr(layer, n) for n in _MLP_NAMES if hasattr(layer, n)), layer)
+        proj = next((getattr(mlp, n) for n in _OUT_PROJ_NAMES if hasattr(mlp, n)), None)
+        if proj is None or not hasattr(proj, "weight"):
+            raise ConfigError(
+                "model",
+                f"cannot find the MLP output projection of layer {index} in {type(model).__name__} "
+                f"(looked for {', '.join(_OUT_PROJ_NAMES)} under {', '.join(_MLP_NAMES)})",
+            )
+        projections.append(OutputProjection(index, proj))
+    return projections
+
+
+def value_projections(projections: Sequence[OutputProjection], unit_direction: torch.Tensor) -> torch.Tensor:
+    """(n_layers, d_mlp) fp32: p_i = v_i . u for every neuron, with the current weights."""
+    rows = []
+    for proj in projections:
+        v = proj.value_vectors().detach()
+        rows.append(v.float() @ unit_direction.to(v.device, torch.float32))
+    return torch.stack(rows)
+
+
+def value_norms(projections: Sequence[OutputProjection]) -> torch.Tensor:
+    """(n_layers, d_mlp) fp32: |v_i|, so that cos(v_i, w) = p_i / |v_i|."""
+    return torch.stack([p.value_vectors().detach().float().norm(dim=1) for p in projections])
+
+
+@contextlib.contextmanager
+def hook_activations(projections: Sequence[OutputProjection], fn: ActivationFn) -> Iterator[None]:
+    """Call `fn(layer, m)` on each output projection's input `m` (batch, positions, d_mlp).
+
+    If `fn` returns a tensor it replaces the input (patching, ablation, editing); if it returns
+    None the input passes unchanged (capture). The hooks are removed on exit, also on error.
+    """
+    handles = []
+
+    def make_hook(layer: int) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            replaced = fn(layer, args[0])
+            return None if replaced is None else (replaced, *args[1:])
+
+        return hook
+
+    try:
+        for proj in projections:
+            handles.append(proj.module.register_forward_pre_hook(make_hook(proj.layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def hook_mlp_outputs(projections: Sequence[OutputProjection], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace each output projection's output (the MLP output before dropout) by `fn(layer, out)`."""
+    handles = []
+
+    def make_hook(layer: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            return fn(layer, output)
+
+        return hook
+
+    try:
+        for proj in projections:
+            handles.append(proj.module.register_forward_hook(make_hook(proj.layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def hook_residual(model: nn.Module, layers: Sequence[int], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace the residual stream after each listed decoder layer by `fn(layer, hidden)`."""
+    blocks = find_decoder_layers(model)
+    handles = []
+
+    def make_hook(layer: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
+            if isinstance(output, tuple):
+                return (fn(layer, output[0]), *output[1:])
+            return fn(layer, output)
+
+        return hook
+
+    try:
+        for layer in layers:
+            if not -len(blocks) <= layer < len(blocks):
+                raise ConfigError("layers", f"layer {layer} does not exist (the model has {len(blocks)} layers)")
+            handles.append(blocks[layer].register_forward_hook(make_hook(layer % len(blocks))))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Hooks currently registered anywhere in `model` (tests assert this is back to 0)."""
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
