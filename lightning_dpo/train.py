@@ -19,13 +19,13 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lightning_dpo.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_dpo.config import build, register_resolvers
 from lightning_dpo.loggers import MetricsCSVLogger
 from lightning_dpo.model.loading import load_tokenizer
-from lightning_dpo.utils.errors import ConfigError, LightningDPOError
+from lightning_dpo.utils.errors import LightningDPOError
 from lightning_dpo.utils.io import atomic_directory, atomic_write_json, ensure_writable_dir
 
 log = logging.getLogger("lightning_dpo.train")

@@ -247,6 +247,10 @@ class DPOModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics, prog_bar=("loss", "rewards/accuracies"))
+        if not self.trainer.sanity_checking:
+            # Lightning would log validation under the step *before* the last update; log it under
+            # the number of updates behind the weights, like the train and dynamics metrics
+            self.log("step", float(self.global_step), on_step=False, on_epoch=True)
 
     def _log_metrics(self, stage: str, metrics: nn.ModuleDict, prog_bar: tuple[str, ...] = ("loss", "rewards/accuracies")) -> None:
         for name in METRICS:
