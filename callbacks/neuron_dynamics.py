@@ -137,6 +137,16 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
     def on_resume(self, trainer: L.Trainer, step: int) -> None:
         self.store.truncate_after(step)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+        if wandb_loggers and trainer.is_global_zero and self.history:
+            from lightning_dpo.plot import make_plots
+
+            paths = make_plots(self.run_dir)
+            for logger in wandb_loggers:
+                logger.log_image(key="dynamics/plots", images=[str(p) for p in paths], caption=[p.stem for p in paths])
+
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 from hydra.errors import InstantiationException
@@ -13,27 +15,41 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
 
-_WORLDS: dict[str, Any] = {}
+def default_cache_dir() -> str:
+    """Where the toy world and cached reference log-probs live (conf/paths/default.yaml's cache_dir)."""
+    return os.environ.get("LIGHTNING_DPO_CACHE") or str(Path(os.environ.get("HOME", "/tmp")) / ".cache" / "lightning_dpo")
+
+
+def _world_params(root: DictConfig) -> dict[str, Any]:
+    if "world" in root and root.world is not None:
+        return OmegaConf.to_container(root.world, resolve=True)
+    # the commands' configs have no `world`: the default world, where training builds it
+    return {"dir": str(Path(default_cache_dir()) / "toy_world" / "default")}
 
 
 def _toy_world_path(attribute: str, *, _root_: DictConfig) -> str:
-    """`${toy_world:pairs}` -> the path of that file in the (lazily built, cached) toy world.
+    """`${toy_world:pairs}` -> the path of that file in the toy world.
 
-    The world is built only when a config value that points into it is actually used, so a run
-    on your own data never builds it.
+    Pure (no side effect: OmegaConf also resolves values that an override replaces); the world
+    itself is built by `ensure_toy_world` only when the final config uses one of its files.
     """
     from lightning_dpo.toy import ToyWorld
 
-    if _root_.get("world") is None:
-        raise ConfigError("world", f"${{toy_world:{attribute}}} is used but the config has no `world` (set world=toy)")
-    params = OmegaConf.to_container(_root_.world, resolve=True)
-    key = repr(sorted(params.items()))
-    if key not in _WORLDS:
-        _WORLDS[key] = ToyWorld(**params).build()
-    world = _WORLDS[key]
-    if not hasattr(world, attribute):
-        raise ConfigError("world", f"the toy world has no {attribute!r}")
+    world = ToyWorld(**_world_params(_root_))
+    if not isinstance(getattr(type(world), attribute, None), property):
+        raise ConfigError("world", f"the toy world has no file {attribute!r}")
     return str(getattr(world, attribute))
+
+
+def ensure_toy_world(cfg: DictConfig) -> Any:
+    """Build the toy world (once; cached on disk) if any value of `cfg` points into it."""
+    from lightning_dpo.toy import ToyWorld
+
+    world = ToyWorld(**_world_params(cfg))
+    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    if str(world.path) in repr(values):
+        return world.build()
+    return None
 
 
 def register_resolvers() -> None:

@@ -222,3 +222,36 @@ def build_probe(model: nn.Module, tokenizer: Any, source: str = "train", path: s
         texts, labels = read_labelled_texts(data, **read_keys)
         return train_probe(model, tokenizer, texts, labels, source=str(data), **kwargs).check_size(d_model)
     raise ConfigError("probe.source", f"unknown source {source!r}; accepted: ['train', 'raw', 'embed_diff']")
+
+
+def run(cfg: Any) -> Probe:
+    """The `probe` command: build the configured probe and save it to `cfg.out`."""
+    from lightning_dpo.commands import resolve_device
+    from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(cfg.model).to(resolve_device(cfg.device))
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    options: dict[str, Any] = {}
+    if cfg.source == "train":
+        options = {
+            "text_field": cfg.text_field, "label_field": cfg.label_field, "limit": cfg.limit, "split": cfg.split,
+            "test_size": cfg.test_size, "seed": cfg.seed, "max_length": cfg.max_length,
+        }
+    probe = build_probe(model, tokenizer, source=cfg.source, path=cfg.path, data=cfg.data, **options)
+    save_probe(probe, cfg.out)
+    accuracy = probe.metadata.get("accuracy")
+    print(f"saved {cfg.out}: d_model={probe.direction.numel()}, source: {probe.metadata.get('source')}"
+          + (f", held-out accuracy {float(accuracy):.4f}" if accuracy is not None else ""))
+    return probe
+
+
+if __name__ == "__main__":
+    import hydra
+
+    from lightning_dpo.commands import run_command
+
+    @hydra.main(version_base="1.3", config_path="../conf/commands", config_name="probe")
+    def _main(cfg: Any) -> None:
+        run_command(run, cfg)
+
+    _main()

@@ -19,13 +19,13 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
-from lightning_dpo.config import build, register_resolvers
+from lightning_dpo.config import build, ensure_toy_world, register_resolvers
 from lightning_dpo.loggers import MetricsCSVLogger
 from lightning_dpo.model.loading import load_tokenizer
-from lightning_dpo.utils.errors import LightningDPOError
+from lightning_dpo.utils.errors import ConfigError, DataError, LightningDPOError
 from lightning_dpo.utils.io import atomic_directory, atomic_write_json, ensure_writable_dir
 
 log = logging.getLogger("lightning_dpo.train")
@@ -103,7 +103,22 @@ def train(cfg: DictConfig) -> float | None:
     return result
 
 
+def preflight(cfg: DictConfig) -> None:
+    """Checks that need no model: every `???` value is set and the data file exists."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], f"is required but not set (all missing: {', '.join(missing)})")
+    lr = cfg.get("optim", {}).get("lr")
+    if lr is not None and not float(lr) > 0:
+        raise ConfigError("optim.lr", f"must be > 0, got {lr}")
+    path = cfg.data.get("path")
+    if path and not Path(path).expanduser().is_file():
+        raise DataError(str(path), "file not found (config key 'data.path')")
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> float | None:
+    ensure_toy_world(cfg)  # only if the config uses it (the demo); built once, then cached
+    preflight(cfg)
     L.seed_everything(cfg.seed, workers=True)
     loss = build(cfg.loss, "loss")  # cheap checks first: a bad value fails before anything loads
     tokenizer_source = cfg.model.get("tokenizer") or cfg.model.get("name_or_path")

@@ -264,7 +264,10 @@ class DPOModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        try:
+            optimizer = self.optimizer_factory(params)
+        except ValueError as exc:  # torch validates lr, betas, eps, weight_decay
+            raise ConfigError("optim.optimizer", str(exc)) from exc
         for group in optimizer.param_groups:
             if not group["lr"] > 0:
                 raise ConfigError("optim.lr", f"must be > 0, got {group['lr']}")

@@ -1,0 +1,108 @@
+"""Configs: every experiment composes and instantiates (on tiny stand-ins), bad values fail early."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import CONF, SHORT_RUN, SMALL_WORLD, compose_train, tiny_gpt2_config
+from lightning_dpo.config import build
+from lightning_dpo.train import build_callbacks, train
+from lightning_dpo.utils.errors import ConfigError, DataError
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
+    """Per experiment: overrides that replace downloads by local tiny files of the same kind."""
+    lee = tmp_path / "lee_pairs.jsonl"
+    lee.write_text("".join(json.dumps({"prompt_text": f"p {i}", "unpert_gen_text": " nice", "pert_gen_text": " bad"}) + "\n" for i in range(80)))
+    probe = tmp_path / "probe.pt"
+    torch.save(torch.randn(1, 64), probe)  # Lee et al.'s format: (1, d_model)
+    prompts = world.eval_prompts
+    gpt2 = json.dumps(tiny_gpt2_config(vocab_size=600, n_embd=64)).replace('"', "")
+    return {
+        "toxicity_gpt2_medium": [
+            "model.name_or_path=null", f"+model.config={gpt2}", f"model.tokenizer={world.base_model}", f"data.path={lee}",
+            f"callbacks.neuron_dynamics.probe.path={probe}", f"callbacks.neuron_dynamics.prompts={prompts}",
+            "callbacks.neuron_dynamics.prompt_field=prompt", "callbacks.neuron_dynamics.prompt_filter=null",
+            f"callbacks.toxicity_eval.prompts={prompts}", "callbacks.toxicity_eval.prompt_field=prompt",
+            "callbacks.toxicity_eval.prompt_filter=null", "callbacks.toxicity_eval.scorer={name: profanity_check}",
+            "trainer.accelerator=cpu", "trainer.precision=32-true",
+        ],
+    }
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment, tmp_path, small_world):
+    overrides = stand_ins(tmp_path, small_world)
+    assert experiment in overrides, f"add tiny stand-ins for experiment={experiment} to this test"
+    cfg = compose_train([f"experiment={experiment}"] + overrides[experiment], tmp_path / "run")
+    from lightning_dpo.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+    datamodule = build(cfg.data, "data", tokenizer=tokenizer)
+    datamodule.setup("fit")
+    module = build(cfg.model, "model", loss=build(cfg.loss, "loss"),
+                   optimizer=build(cfg.optim.optimizer, "optim.optimizer"), scheduler=build(cfg.optim.scheduler, "optim.scheduler"))
+    callbacks = build_callbacks(cfg)
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=False)
+    assert module.loss_fn.beta == cfg.loss.beta and trainer.max_steps == cfg.trainer.max_steps
+    batch = next(iter(datamodule.train_dataloader()))
+    loss, _ = module.compute(batch, diagnostics=True)
+    assert torch.isfinite(loss)
+
+
+def test_the_paper_experiment_has_the_published_settings():
+    cfg = compose_train(["experiment=toxicity_gpt2_medium"])
+    assert cfg.model.name_or_path == "gpt2-medium" and cfg.model.reference_dtype == "float16"
+    assert (cfg.loss.type, cfg.loss.beta) == ("sigmoid", 0.1)
+    assert cfg.optim.optimizer._target_ == "torch.optim.RMSprop" and cfg.optim.lr == 1e-6 and cfg.optim.warmup_steps == 150
+    assert (cfg.data.batch_size, cfg.data.max_prompt_length, cfg.data.max_completion_length, cfg.data.val_size) == (4, 64, 64, 64)
+    assert cfg.data.format == "lee" and cfg.trainer.gradient_clip_val == 10 and cfg.trainer.val_check_interval == 25
+    assert cfg.callbacks.early_stopping.patience == 30 and cfg.callbacks.early_stopping.monitor == "val/loss"
+    assert cfg.callbacks.model_checkpoint.save_last and cfg.callbacks.model_checkpoint.monitor == "val/loss"
+
+
+def test_paper_experiment_fails_fast_without_its_files(tmp_path):
+    with pytest.raises(ConfigError, match="is required but not set"):
+        train(compose_train(["experiment=toxicity_gpt2_medium"], tmp_path))
+    cfg = compose_train(["experiment=toxicity_gpt2_medium", f"data.path={tmp_path}/none.jsonl", "callbacks.neuron_dynamics.probe.path=x.pt"], tmp_path)
+    with pytest.raises(DataError, match="data.path"):
+        train(cfg)
+
+
+def test_world_yaml_matches_the_toy_world_defaults():
+    from dataclasses import fields
+
+    from lightning_dpo.toy import ToyWorld
+
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF / "world" / "toy.yaml"))
+    defaults = {f.name: f.default for f in fields(ToyWorld) if f.name not in ("dir", "stats")}
+    assert {k: v for k, v in yaml.items() if k != "dir"} == defaults
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("loss.beta=-1", "loss.beta"),
+        ("loss.beta=0", "loss.beta"),
+        ("loss.type=nope", "loss.type"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.lr=-0.1", "optim.lr"),
+        ("+loss.betta=0.1", "loss.betta"),
+        ("callbacks.toxicity_eval.scorer={name: nope}", "scorer"),
+        ("callbacks.neuron_dynamics.positions=sometimes", "callbacks.neuron_dynamics.positions"),
+        ("model.on_nonfinite=ignore", "model.on_nonfinite"),
+        ("data.val_size=-3", "data.val_size"),
+        ("optim.schedule=linear", "optim.schedule"),
+    ],
+)
+def test_invalid_values_fail_before_training_naming_the_key(override, key, tmp_path, small_world):
+    cfg = compose_train(SMALL_WORLD + SHORT_RUN + [override], tmp_path)
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    assert key in str(info.value)
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained, nothing written

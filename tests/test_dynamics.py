@@ -1,0 +1,214 @@
+"""Neuron dynamics: the decomposition, snapshots vs brute force, groups, hooks, files, DDP shards."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from conftest import SHORT_RUN, SMALL_WORLD, build_tiny, compose_train, tiny_gpt2_config, tiny_llama_config
+from lightning_dpo.dynamics import Snapshot, build_probe_tokens, group_rows, load_run, mean_activations, take_snapshot, toxic_top_n
+from lightning_dpo.dynamics.groups import group_masks
+from lightning_dpo.mlp import count_hooks, find_output_projections, hook_activations, hook_mlp_outputs, value_projections
+from lightning_dpo.utils.torch_utils import left_pad
+
+
+def random_unit(d: int, seed: int = 0) -> torch.Tensor:
+    w = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return w / w.norm()
+
+
+@pytest.mark.parametrize("config", [tiny_gpt2_config(), tiny_llama_config()], ids=["gpt2", "llama"])
+def test_decomposition_is_exact(config):
+    """sum_i m_i p_i + b . u equals the MLP output projected on u, at every position."""
+    model = build_tiny(config).eval()
+    projections = find_output_projections(model)
+    u = random_unit(projections[0].d_model)
+    captured = {}
+    with torch.no_grad(), hook_activations(projections, lambda l, m: captured.__setitem__(("m", l), m.clone())), \
+            hook_mlp_outputs(projections, lambda l, out: captured.__setitem__(("out", l), out.clone()) or out):
+        model(input_ids=torch.randint(1, 90, (3, 11)))
+    p = value_projections(projections, u)
+    for proj in projections:
+        m, out = captured[("m", proj.layer)], captured[("out", proj.layer)]
+        bias = proj.bias.detach() @ u if proj.bias is not None else 0.0
+        decomposed = m @ p[proj.layer] + bias
+        assert torch.allclose(decomposed, out @ u, atol=1e-5), proj.layer
+
+
+def brute_force_snapshot(model, tokens, u):
+    """Unpadded forward per row, activations read at the activation function's output (a
+    different hook point), and Python loops over positions, neurons and value-vector entries."""
+    blocks = model.transformer.h
+    d_mlp = blocks[0].mlp.c_fc.weight.shape[1]
+    sums = [[0.0] * d_mlp for _ in blocks]
+    count = 0
+    for row in range(tokens.input_ids.shape[0]):
+        real = tokens.attention_mask[row].bool()
+        ids = tokens.input_ids[row][real].unsqueeze(0)
+        selected = tokens.positions[row][real]
+        acts = {}
+        handles = [b.mlp.act.register_forward_hook(lambda mod, i, o, l=l: acts.__setitem__(l, o[0])) for l, b in enumerate(blocks)]
+        with torch.no_grad():
+            model(input_ids=ids)
+        for h in handles:
+            h.remove()
+        for t in range(ids.shape[1]):
+            if not selected[t]:
+                continue
+            count += 1
+            for l in range(len(blocks)):
+                for i in range(d_mlp):
+                    sums[l][i] += float(acts[l][t, i])
+    mean = torch.tensor([[s / count for s in layer] for layer in sums])
+    proj = torch.tensor([[sum(float(b.mlp.c_proj.weight[i, k]) * float(u[k]) for k in range(u.numel())) for i in range(d_mlp)] for b in blocks])
+    return mean, proj
+
+
+def test_snapshot_equals_brute_force():
+    model = build_tiny(tiny_gpt2_config(n_inner=24)).eval()
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17]]
+    tokens = build_probe_tokens(model, prompts, pad_token_id=0, num_positions=5, batch_size=2)
+    assert tokens.positions.sum() == 4 * 5
+    u = random_unit(32, seed=3)
+    snap = take_snapshot(model, tokens, u, step=0, batch_size=3)
+    mean, proj = brute_force_snapshot(model, tokens, u)
+    assert torch.allclose(snap.mean_activation, mean, atol=1e-5)
+    assert torch.allclose(snap.value_projection, proj, atol=1e-5)
+
+
+def snapshot(step, a, p, norm=None):
+    a, p = torch.tensor([a], dtype=torch.float32), torch.tensor([p], dtype=torch.float32)
+    return Snapshot(step, a, p, torch.ones_like(p) if norm is None else torch.tensor([norm]))
+
+
+def test_group_assignment_covers_all_eight_groups():
+    #            TP-   TN+   AP+   AN-   TP+   TN-   AP-   AN+  same  cos=0
+    a0 = [1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 0.5, 0.3]
+    at = [0.5, -1.5, 1.5, -0.5, 1.5, -0.5, 0.5, -1.5, 0.5, 0.1]
+    p0 = [2.0, 2.0, -2.0, -2.0, 2.0, 2.0, -2.0, -2.0, 1.0, 0.0]
+    base, now = snapshot(0, a0, p0), snapshot(5, at, p0)
+    masks = group_masks(base, now)
+    expected = ["TP-", "TN+", "AP+", "AN-", "TP+", "TN-", "AP-", "AN+"]
+    for i, name in enumerate(expected):
+        assert masks[name][0, i] and sum(bool(m[0, i]) for m in masks.values()) == 1, name
+    assert not any(m[0, 8] or m[0, 9] for m in masks.values())  # unchanged / orthogonal: no group
+    rows = {r["group"]: r for r in group_rows(base, now) if r["layer"] == "all"}
+    d = [x0 * p - x * p for x0, x, p in zip(a0, at, p0)]  # D_i = P_i(0) - P_i(t), p unchanged
+    for i, name in enumerate(expected):
+        assert rows[name]["count"] == 1 and rows[name]["delta_sum"] == pytest.approx(d[i])
+    assert all(rows[g]["delta_sum"] > 0 for g in expected[:4]) and all(rows[g]["delta_sum"] < 0 for g in expected[4:])
+    assert sum(rows[g]["share"] for g in expected[:4]) == pytest.approx(1.0)
+    assert rows["gross_reduction"]["delta_sum"] == pytest.approx(sum(x for x in d if x > 0))
+    assert rows["net_delta"]["delta_sum"] == pytest.approx(sum(d)) and rows["net_delta"]["count"] == 10
+
+
+def test_shares_sum_to_one_per_layer_and_types_are_frozen_at_step0():
+    g = torch.Generator().manual_seed(0)
+    base = Snapshot(0, torch.randn(3, 50, generator=g), torch.randn(3, 50, generator=g), torch.ones(3, 50))
+    # at step t the value vectors have moved so that some cosines changed sign: types must not change
+    now = Snapshot(7, base.mean_activation + 0.1 * torch.randn(3, 50, generator=g), -base.value_projection, torch.ones(3, 50))
+    rows = group_rows(base, now)
+    for layer in ("all", "0", "1", "2"):
+        shares = [r["share"] for r in rows if r["layer"] == layer and r["group"] in ("TP-", "TN+", "AP+", "AN-")]
+        assert sum(shares) == pytest.approx(1.0)
+    toxic = base.value_projection > 0
+    masks = group_masks(base, now)
+    assert bool(((masks["TP-"] | masks["TN+"] | masks["TP+"] | masks["TN-"]) <= toxic).all())
+
+
+def test_toxic_top_n_uses_cosine_at_step0():
+    base = snapshot(0, [1.0, 1.0, -1.0], [1.0, 3.0, 2.0], norm=[1.0, 10.0, 2.0])  # cos = 1.0, 0.3, 1.0
+    now = snapshot(1, [0.5, 0.0, -0.5], [1.0, 3.0, 2.0], norm=[1.0, 10.0, 2.0])
+    top = toxic_top_n(base, now, n=2)  # neurons 0 and 2: D = 0.5 and -1.0
+    assert top == {"count_dampened": 1, "delta_sum": pytest.approx(-0.5), "tp_minus_count": 1, "tp_minus_delta_sum": pytest.approx(0.5)}
+
+
+def test_hooks_are_removed_after_use_and_after_errors():
+    model = build_tiny(tiny_gpt2_config()).eval()
+    tokens = build_probe_tokens(model, [[3, 4, 5]], pad_token_id=0, num_positions=2)
+    mean_activations(model, tokens)
+    assert count_hooks(model) == 0
+
+    def broken(layer, m):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with hook_activations(find_output_projections(model), broken):
+            model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert count_hooks(model) == 0
+
+
+def _ddp_worker(rank, world, init_file, tokens, result_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = build_tiny(tiny_gpt2_config()).eval()
+
+    def reduce(t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    mean = mean_activations(model, tokens.shard(rank, world), batch_size=2, reduce=reduce)
+    if rank == 0:
+        torch.save(mean, result_file)
+    dist.barrier()  # neither rank leaves while the other still talks to it
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_shards_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    model = build_tiny(tiny_gpt2_config()).eval()
+    prompts = [[i + 1, i + 2, i + 3][: 1 + i % 3] for i in range(7)]  # 7 rows: uneven shards
+    tokens = build_probe_tokens(model, prompts, pad_token_id=0, num_positions=3)
+    single = mean_activations(model, tokens)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), tokens, str(tmp_path / "mean.pt")), nprocs=2, join=True)
+    assert torch.allclose(torch.load(tmp_path / "mean.pt"), single, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def dynamics_run(tmp_path_factory, small_world):
+    from lightning_dpo.train import train
+
+    run_dir = tmp_path_factory.mktemp("dynamics_run")
+    train(compose_train(SMALL_WORLD + SHORT_RUN + ["~callbacks.toxicity_eval"], run_dir))
+    return run_dir
+
+
+def test_files_recompute_everything_logged(dynamics_run):
+    import csv
+
+    run = load_run(dynamics_run)
+    assert run.steps == [0, 2, 4, 6, 8] and run.mean_activation.shape == (5, 2, 128)
+    assert set(run.tokens) == {"input_ids", "attention_mask", "positions"} and run.probe.shape == (64,)
+    base = run.snapshot(0)
+    recomputed = [r for s in run.steps for r in group_rows(base, run.snapshot(s))]
+    stored = run.groups.to_dict("records")
+    assert len(recomputed) == len(stored)
+    for a, b in zip(recomputed, stored):
+        assert (a["step"], a["layer"], a["group"], a["count"]) == (b["step"], str(b["layer"]), b["group"], b["count"])
+        assert a["delta_sum"] == pytest.approx(b["delta_sum"], abs=1e-9)
+    with open(dynamics_run / "metrics.csv") as handle:
+        logged = {int(r["step"]): r for r in csv.DictReader(handle)}
+    for s in run.steps:
+        total = {r["group"]: r for r in recomputed if r["step"] == s and r["layer"] == "all"}
+        assert float(logged[s]["dynamics/net_delta"]) == pytest.approx(total["net_delta"]["delta_sum"], abs=1e-9)
+        assert float(logged[s]["dynamics/TP-/count"]) == total["TP-"]["count"]
+
+
+def test_probe_accuracy_is_reported_and_high(dynamics_run):
+    from lightning_dpo.probe import load_probe
+
+    probe = load_probe(dynamics_run / "probe.safetensors", d_model=64)
+    assert float(probe.metadata["accuracy"]) >= 0.95
+
+
+def test_generate_positions_mode_runs(tmp_path, small_world):
+    from lightning_dpo.train import train
+
+    train(compose_train(SMALL_WORLD + SHORT_RUN + ["~callbacks.toxicity_eval", "callbacks.neuron_dynamics.positions=generate", "trainer.max_steps=2"], tmp_path))
+    run = load_run(tmp_path)
+    assert run.steps == [0, 2] and not (tmp_path / "dynamics" / "tokens.safetensors").exists()
