@@ -15,9 +15,9 @@ import lightning as L
 import torch
 
 from callbacks.periodic import PeriodicMeasurement
-from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
 from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.evaluation.report import score_continuations
 from lightning_dpo.evaluation.scorers import build_scorer
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_jsonl
 
@@ -52,10 +52,9 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         tokenizer = trainer.datamodule.tokenizer
         rank, world = trainer.global_rank, trainer.world_size
         prompts = self.prompts[rank::world]
-        texts = generate_continuations(
-            pl_module.policy, tokenizer, prompts, self.max_prompt_tokens, self.max_new_tokens, self.batch_size
+        texts, scores = score_continuations(
+            pl_module.policy, tokenizer, prompts, self.scorer, self.max_prompt_tokens, self.max_new_tokens, self.batch_size
         )
-        scores = self.scorer.score(texts)
         sums = torch.tensor([sum(scores), sum(s > 0.5 for s in scores), len(scores)], dtype=torch.float64, device=pl_module.device)
         sums = trainer.strategy.reduce(sums, reduce_op="sum") if world > 1 else sums
         metrics = {"eval/toxicity": float(sums[0] / sums[2]), "eval/toxicity_share": float(sums[1] / sums[2])}

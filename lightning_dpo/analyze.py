@@ -1,0 +1,184 @@
+"""`python -m lightning_dpo.analyze base=<model> dpo=<model | run dir> [probe.path=...]`: the papers' tables.
+
+1. Mean activations of every MLP neuron of the base and the DPO model on one fixed probe set (the
+   base model's greedy continuations), the DPO model with its own value vectors; the group table
+   (count, delta_sum, share per group, gross and net) from the dynamics definitions.
+2. A table in the shape of the first paper's Table 1: the base model; ablating the top-N toxic
+   neurons and the top-N positively activated ones; patching each reducing group (and TP- with
+   AN-, and all four) to the DPO model's mean activations; tuning-free activation editing;
+   optionally Lee et al.'s direction subtraction; the DPO model. Columns: toxicity (with the
+   scorer), perplexity, F1, and the share of DPO's toxicity drop each row recovers,
+   (tox_base - tox_row) / (tox_base - tox_dpo).
+Writes `<out>/table.md`, `table.csv`, `groups.md`, `groups.csv`, `analysis.json`, `plots/*.png`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import torch
+
+from lightning_dpo.dynamics import REDUCING_GROUPS, build_probe_tokens, group_rows, take_snapshot
+from lightning_dpo.dynamics.groups import GROUPS_CSV_COLUMNS
+from lightning_dpo.dynamics.probe_set import prompt_ids_for
+from lightning_dpo.evaluation import interventions as iv
+from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.evaluation.report import evaluate_model
+from lightning_dpo.probe import Probe, build_probe, load_probe
+from lightning_dpo.utils.io import atomic_save, atomic_write_csv, atomic_write_json, atomic_write_text, ensure_writable_dir
+
+log = logging.getLogger(__name__)
+TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perplexity", "f1", "recovered_share_of_dpo_drop"]
+
+
+def resolve_probe(cfg: Any, base: torch.nn.Module, tokenizer: Any) -> Probe:
+    d_model = base.get_input_embeddings().weight.shape[1]
+    if cfg.probe.get("path"):
+        return load_probe(cfg.probe.path, d_model)
+    run_probe = Path(str(cfg.dpo)).expanduser() / "probe.safetensors"
+    if run_probe.is_file():  # the probe the training run measured its dynamics with
+        return load_probe(run_probe, d_model)
+    options = {k: v for k, v in cfg.probe.items() if k not in ("path", "source", "data") and v is not None}
+    return build_probe(base, tokenizer, source=cfg.probe.source, data=cfg.probe.get("data"), **options)
+
+
+def intervention_rows(cfg: Any, base_snap: Any, dpo_snap: Any, probe: Probe) -> list[tuple[str, Callable[[torch.nn.Module], ContextManager], int]]:
+    """(label, context-manager factory applied to the base model, number of neurons touched)."""
+    ivc = cfg.interventions
+    rows = []
+    for n in ivc.ablate_top:
+        neurons = iv.top_toxic_neurons(base_snap, n)
+        rows.append((f"ablate top {n} toxic neurons", lambda m, s=neurons: iv.ablate(m, s, ivc.positions), iv.neuron_count(neurons)))
+    for n in ivc.ablate_top_positive:
+        neurons = iv.top_toxic_neurons(base_snap, n, positive_activation_only=True)
+        rows.append((f"ablate top {n} positively activated toxic neurons", lambda m, s=neurons: iv.ablate(m, s, ivc.positions), iv.neuron_count(neurons)))
+    for groups in ivc.patch_groups:
+        groups = list(groups)
+        values = iv.values_from(dpo_snap, iv.group_neurons(base_snap, dpo_snap, groups))
+        label = "patch all four reducing groups" if sorted(groups) == sorted(REDUCING_GROUPS) else f"patch {' + '.join(groups)}"
+        rows.append((f"{label} to DPO mean activations", lambda m, a=values: iv.patch(m, a, ivc.positions), iv.neuron_count(values)))
+    if ivc.get("editing"):
+        e = ivc.editing
+        plan = iv.editing_assignments(base_snap, e.alpha, e.beta, e.percentile, e.anti_order)
+        rows.append((f"activation editing (alpha {e.alpha}, beta {e.beta})", lambda m, a=plan: iv.patch(m, a, ivc.positions), iv.neuron_count(plan)))
+    if ivc.get("subtract"):
+        s = ivc.subtract
+        rows.append((f"subtract probe direction at layer {s.layer} (scale {s.scale})",
+                     lambda m: iv.subtract_direction(m, s.layer, probe.direction, s.scale, ivc.positions), 0))
+    return rows
+
+
+def recovered(base_tox: float, row_tox: float, dpo_tox: float) -> float:
+    drop = base_tox - dpo_tox
+    return (base_tox - row_tox) / drop if drop != 0 else math.nan
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(table) + 1.5))
+    labels = [f"{r['model']}: {r['intervention']}" for r in table]
+    ax.barh(range(len(table)), [r["toxicity"] for r in table], color="#888888")
+    ax.set_yticks(range(len(table)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"mean toxicity of greedy continuations ({table[0]['scorer']})", title="Toxicity by intervention")
+    paths.append(out / "plots" / "toxicity_by_intervention.png")
+    atomic_save(paths[-1], lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    totals = [r for r in groups if r["layer"] == "all" and r["group"] in REDUCING_GROUPS]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar([r["group"] for r in totals], [100 * r["share"] for r in totals], color=["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4"])
+    ax.set(ylabel="share of the reduction (%)", title="Reducing groups, base -> DPO")
+    paths.append(out / "plots" / "group_shares.png")
+    atomic_save(paths[-1], lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    return paths
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    from lightning_dpo.commands import resolve_device
+    from lightning_dpo.evaluate import settings_from_config
+    from lightning_dpo.evaluation.model_source import load_model_and_tokenizer
+
+    out = ensure_writable_dir(cfg.out, "output directory (out)")
+    device = resolve_device(cfg.device)
+    settings = settings_from_config(cfg, out)
+    base, tokenizer = load_model_and_tokenizer(cfg.base, cfg.tokenizer, cfg.dtype)
+    dpo, _ = load_model_and_tokenizer(cfg.dpo, cfg.tokenizer or cfg.base, cfg.dtype)
+    base.to(device)
+    dpo.to(device)
+    probe = resolve_probe(cfg, base, tokenizer)
+
+    ps = cfg.probe_set
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_ids = prompt_ids_for(tokenizer, load_texts(ps.source, field=ps.field, where=ps.filter, limit=ps.limit), ps.max_prompt_tokens)
+    tokens = build_probe_tokens(base, prompt_ids, pad, ps.num_positions, ps.batch_size)
+    base_snap = take_snapshot(base, tokens, probe.unit, step=0, batch_size=ps.batch_size)
+    dpo_snap = take_snapshot(dpo, tokens, probe.unit, step=1, batch_size=ps.batch_size)
+    groups = [dict(r, step="dpo") for r in group_rows(base_snap, dpo_snap)]
+
+    evaluations = []
+    base_metrics, _ = evaluate_model(base, tokenizer, settings)
+    evaluations.append(("base", "none", 0, base_metrics))
+    for label, make, count in intervention_rows(cfg, base_snap, dpo_snap, probe):
+        log.info("evaluating: %s (%d neurons)", label, count)
+        with make(base):
+            metrics, _ = evaluate_model(base, tokenizer, settings)
+        evaluations.append(("base", label, count, metrics))
+    dpo_metrics, _ = evaluate_model(dpo, tokenizer, settings)
+    evaluations.append(("DPO", "none", 0, dpo_metrics))
+
+    table = []
+    for model_name, label, count, m in evaluations:
+        table.append({
+            "model": model_name, "intervention": label, "neurons": count, "toxicity": m["toxicity"], "scorer": m["scorer"],
+            "perplexity": m.get("perplexity", math.nan), "f1": m.get("f1", math.nan),
+            "recovered_share_of_dpo_drop": recovered(base_metrics["toxicity"], m["toxicity"], dpo_metrics["toxicity"]),
+        })
+    atomic_write_csv(out / "table.csv", TABLE_COLUMNS, table)
+    atomic_write_text(out / "table.md", markdown_table(table, TABLE_COLUMNS))
+    group_columns = ["layer", "group", "count", "delta_sum", "share"]
+    atomic_write_csv(out / "groups.csv", GROUPS_CSV_COLUMNS, groups)
+    atomic_write_text(out / "groups.md", markdown_table([r for r in groups if r["layer"] == "all"], group_columns))
+    plots = plot_results(table, groups, out)
+    summary = {
+        "base": str(cfg.base), "dpo": str(cfg.dpo), "probe": {k: str(v) for k, v in probe.metadata.items()},
+        "probe_set": {"source": str(ps.source), "prompts": len(prompt_ids), "positions": int(tokens.positions.sum())},
+        "table": table, "groups": [r for r in groups if r["layer"] == "all"], "plots": [str(p) for p in plots],
+    }
+    atomic_write_json(out / "analysis.json", summary)
+    print(markdown_table(table, TABLE_COLUMNS))
+    print(markdown_table([r for r in groups if r["layer"] == "all"], group_columns))
+    print(f"wrote {out}/table.md, table.csv, groups.md, groups.csv, analysis.json, plots/")
+    return summary
+
+
+if __name__ == "__main__":
+    import hydra
+
+    from lightning_dpo.commands import run_command
+
+    @hydra.main(version_base="1.3", config_path="../conf/commands", config_name="analyze")
+    def _main(cfg: Any) -> None:
+        run_command(run, cfg)
+
+    _main()

@@ -1,0 +1,98 @@
+"""`python -m lightning_dpo.evaluate model=<hub id | folder | run dir | .ckpt>`: toxicity, perplexity, F1.
+
+Greedy continuations (prompt cut to 32 tokens, 20 new tokens, left padding, batched) of a prompt
+set are scored by the configured scorer, whose name is written beside every number; perplexity
+over non-overlapping windows; F1 of continuation tokens against gold continuations.
+Writes `<out>/eval.json` and `<out>/generations.jsonl` (atomically) and prints a table.
+Settings: `conf/commands/eval/{toy,paper}.yaml` (`eval=paper` for the papers' evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.evaluation.report import EvalSettings, evaluate_model
+from lightning_dpo.evaluation.scorers import build_scorer
+from lightning_dpo.utils.errors import DataError
+from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, ensure_writable_dir
+
+log = logging.getLogger(__name__)
+
+
+def load_perplexity_text(spec: str | None) -> str | None:
+    """A text file, or `wikitext-2` (the test split of wikitext-2-raw-v1 joined with blank lines)."""
+    if not spec:
+        return None
+    if spec == "wikitext-2":
+        try:
+            import datasets
+
+            rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
+        except Exception as exc:
+            raise DataError("wikitext-2", f"could not load it ({type(exc).__name__}); pass perplexity.text=<a local text file>") from exc
+        return "\n\n".join(rows["text"])
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise DataError(str(path), "perplexity text file not found (config key 'perplexity.text')")
+    return path.read_text(encoding="utf-8")
+
+
+def settings_from_config(cfg: Any, cache_dir: Path | None = None) -> EvalSettings:
+    """EvalSettings from the `prompts`, `scorer`, `generation`, `perplexity` and `f1` config blocks."""
+    prompts = load_texts(cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit)
+    scorer_cfg = dict(cfg.scorer)
+    if scorer_cfg.get("name") == "perspective" and cache_dir is not None:
+        scorer_cfg.setdefault("cache_path", str(cache_dir / "perspective_cache.jsonl"))  # resumable scoring
+    scorer = build_scorer(scorer_cfg.pop("name"), **scorer_cfg)
+    f1_prompts: list[str] = []
+    f1_golds: list[str] = []
+    if cfg.f1.get("data"):
+        f1_prompts = load_texts(cfg.f1.data, field=cfg.f1.prompt_field, limit=cfg.f1.limit)
+        f1_golds = load_texts(cfg.f1.data, field=cfg.f1.gold_field, limit=cfg.f1.limit)
+    return EvalSettings(
+        prompts=prompts, scorer=scorer,
+        max_prompt_tokens=cfg.generation.max_prompt_tokens, max_new_tokens=cfg.generation.max_new_tokens,
+        batch_size=cfg.generation.batch_size, truncation_side=cfg.generation.truncation_side,
+        perplexity_text=load_perplexity_text(cfg.perplexity.text), perplexity_window=cfg.perplexity.window,
+        f1_prompts=f1_prompts, f1_golds=f1_golds, max_gold_tokens=cfg.f1.max_gold_tokens,
+    )
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    lines = [f"{'metric':<26}value"]
+    for key, value in metrics.items():
+        lines.append(f"{key:<26}{value:.4f}" if isinstance(value, float) else f"{key:<26}{value}")
+    return "\n".join(lines)
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    from lightning_dpo.commands import resolve_device
+    from lightning_dpo.evaluation.model_source import load_model_and_tokenizer
+
+    out = ensure_writable_dir(cfg.out, "output directory (out)")
+    settings = settings_from_config(cfg, out)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.dtype)
+    model.to(resolve_device(cfg.device))
+    metrics, generations = evaluate_model(model, tokenizer, settings)
+    metrics = {"model": str(cfg.model), **metrics}
+    atomic_write_json(out / "eval.json", metrics)
+    atomic_write_jsonl(out / "generations.jsonl", generations)
+    print(format_metrics(metrics))
+    print(f"wrote {out / 'eval.json'} and {out / 'generations.jsonl'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    import hydra
+
+    from lightning_dpo.commands import run_command
+
+    @hydra.main(version_base="1.3", config_path="../conf/commands", config_name="evaluate")
+    def _main(cfg: Any) -> None:
+        run_command(run, cfg)
+
+    _main()

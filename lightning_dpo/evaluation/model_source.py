@@ -1,0 +1,42 @@
+"""A model for evaluation from a hub id, a folder, a run directory (its hf_model/) or a Lightning checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
+from lightning_dpo.utils.errors import CheckpointError
+
+
+def load_model_and_tokenizer(source: str, tokenizer: str | None = None, dtype: str = "float32") -> tuple[nn.Module, Any]:
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / "hf_model").is_dir():
+        path = path / "hf_model"
+    if path.suffix == ".ckpt" and path.is_file():
+        return _from_checkpoint(path, tokenizer, dtype)
+    name = str(path) if path.exists() else source
+    model = load_causal_lm(name, dtype=dtype)
+    return model.eval(), load_tokenizer(tokenizer or name)
+
+
+def _from_checkpoint(path: Path, tokenizer: str | None, dtype: str) -> tuple[nn.Module, Any]:
+    from lightning_dpo.checkpointing import check_checkpoint
+
+    check_checkpoint(path)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = state.get("hyper_parameters", {})
+    if not (hparams.get("name_or_path") or hparams.get("config")):
+        raise CheckpointError(f"{path}: no model description in the checkpoint's hyper-parameters")
+    model = load_causal_lm(hparams.get("name_or_path"), hparams.get("config"), dtype=dtype)
+    weights = {k[len("policy."):]: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+    if real_missing or unexpected:
+        raise CheckpointError(f"{path}: policy weights do not match the model (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.eval(), load_tokenizer(tokenizer or hparams.get("tokenizer") or hparams.get("name_or_path"))

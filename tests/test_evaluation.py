@@ -1,0 +1,266 @@
+"""Evaluation: interventions through the hooks, generation, perplexity, F1, scorers, commands."""
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import CONF, SHORT_RUN, SMALL_WORLD, CharTokenizer, build_tiny, compose_train, tiny_gpt2_config, tiny_llama_config
+from lightning_dpo.dynamics import Snapshot
+from lightning_dpo.evaluation import interventions as iv
+from lightning_dpo.evaluation.f1 import token_f1
+from lightning_dpo.evaluation.generation import generate_continuations
+from lightning_dpo.evaluation.perplexity import perplexity
+from lightning_dpo.evaluation.scorers import PerspectiveScorer, ProfanityCheckScorer, WordListScorer, build_scorer
+from lightning_dpo.mlp import count_hooks, find_output_projections, hook_activations, hook_mlp_outputs
+from lightning_dpo.utils.errors import ConfigError, LightningDPOError
+
+IDS = torch.tensor([[3, 7, 11, 19, 23, 5], [8, 9, 10, 12, 13, 14]])
+
+
+def capture(model, ids=IDS):
+    """Activations m (input of each output projection) and MLP outputs, per layer."""
+    seen = {}
+    projections = find_output_projections(model)
+    with torch.no_grad(), hook_activations(projections, lambda l, m: seen.__setitem__(("m", l), m.clone())), \
+            hook_mlp_outputs(projections, lambda l, out: seen.__setitem__(("out", l), out.clone()) or out):
+        logits = model(input_ids=ids).logits
+    return seen, logits
+
+
+@pytest.mark.parametrize("config", [tiny_gpt2_config(), tiny_llama_config()], ids=["gpt2", "llama"])
+def test_patch_changes_exactly_the_intended_activations_and_nothing_after_exit(config):
+    model = build_tiny(config).eval()
+    before, logits_before = capture(model)
+    index, values = torch.tensor([1, 5, 7]), torch.tensor([0.5, -0.25, 2.0])
+    with iv.patch(model, {1: (index, values)}):
+        during, _ = capture(model)
+    after, logits_after = capture(model)
+    assert torch.equal(during[("m", 0)], before[("m", 0)])  # an earlier layer is untouched
+    m1 = during[("m", 1)]
+    assert torch.equal(m1[..., index], values.expand(2, 6, 3))  # patched activations equal the values
+    others = torch.ones(m1.shape[-1], dtype=torch.bool)
+    others[index] = False
+    assert torch.equal(m1[..., others], before[("m", 1)][..., others])  # every other neuron of the layer unchanged
+    assert torch.equal(logits_after, logits_before) and count_hooks(model) == 0
+
+
+def test_patch_last_position_only():
+    model = build_tiny(tiny_gpt2_config()).eval()
+    before, _ = capture(model)
+    with iv.patch(model, {0: (torch.tensor([2]), torch.tensor([9.0]))}, positions="last"):
+        during, _ = capture(model)
+    assert torch.all(during[("m", 0)][:, -1, 2] == 9.0)
+    assert torch.equal(during[("m", 0)][:, :-1], before[("m", 0)][:, :-1])
+
+
+@pytest.mark.parametrize("config", [tiny_gpt2_config(), tiny_llama_config()], ids=["gpt2", "llama"])
+def test_ablating_a_whole_layer_leaves_only_the_bias(config):
+    model = build_tiny(config).eval()
+    projection = find_output_projections(model)[1]
+    with iv.ablate(model, {1: torch.arange(projection.d_mlp)}):
+        seen, _ = capture(model)
+    out = seen[("out", 1)]
+    bias = projection.bias if projection.bias is not None else torch.zeros(projection.d_model)
+    assert torch.allclose(out, bias.detach().expand_as(out), atol=1e-6)
+
+
+def test_subtract_direction_shifts_the_mlp_output_by_scale_times_unit():
+    model = build_tiny(tiny_gpt2_config()).eval()
+    before, _ = capture(model)
+    direction = torch.randn(32)
+    with iv.subtract_direction(model, 0, direction, scale=3.0):
+        during, _ = capture(model)
+    assert torch.allclose(before[("out", 0)] - during[("out", 0)], (3.0 * direction / direction.norm()).expand(2, 6, 32), atol=1e-5)
+    assert count_hooks(model) == 0
+
+
+def test_hooks_are_removed_when_the_body_raises():
+    model = build_tiny(tiny_gpt2_config()).eval()
+    with pytest.raises(ValueError):
+        with iv.ablate(model, {0: torch.tensor([1])}):
+            raise ValueError("inside")
+    assert count_hooks(model) == 0
+
+
+def toy_snapshot():
+    #                  a     cos (p with |v| = 1)
+    a = torch.tensor([[0.9, 0.2, -0.3, 0.4, -0.1, 0.3, -0.2, 0.1]])
+    p = torch.tensor([[0.8, 0.7, 0.6, -0.5, -0.4, -0.3, 0.2, 0.1]])
+    return Snapshot(0, a, p, torch.ones_like(p))
+
+
+def test_top_toxic_neuron_selection():
+    snap = toy_snapshot()
+    assert iv.top_toxic_neurons(snap, 3)[0].tolist() == [0, 1, 2]
+    assert iv.top_toxic_neurons(snap, 3, positive_activation_only=True)[0].tolist() == [0, 1, 7]
+
+
+def test_activation_editing_plan():
+    snap = toy_snapshot()
+    plan = iv.editing_assignments(snap, alpha=0.1, beta=0.5, percentile=0.8)
+    index, values = plan[0]
+    chosen = dict(zip(index.tolist(), values.tolist()))
+    # the 80th percentile of a (0.36) drops neurons 0 and 3; TP = {1, 7}: the larger |cos| (1) is damped;
+    # TN = {2, 6}: the smaller |cos| (6) amplified; AP = {5} amplified; AN = {4} damped (half a neuron rounds up)
+    assert set(chosen) == {1, 4, 5, 6}
+    assert chosen[1] == pytest.approx(0.2 * 0.9) and chosen[4] == pytest.approx(-0.1 * 0.9)
+    assert chosen[5] == pytest.approx(0.3 * 1.1) and chosen[6] == pytest.approx(-0.2 * 1.1)
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time():
+    model = build_tiny(tiny_gpt2_config()).eval()
+    tokenizer = CharTokenizer()
+    prompts = ["a", "a much longer prompt here", "mid size", "xyz!"]
+    batched = generate_continuations(model, tokenizer, prompts, max_prompt_tokens=32, max_new_tokens=8, batch_size=4)
+    single = [generate_continuations(model, tokenizer, [p], max_prompt_tokens=32, max_new_tokens=8)[0] for p in prompts]
+    assert batched == single
+    with torch.no_grad():  # and equals a plain greedy loop over the unpadded prompt, without a KV cache
+        for p, text in zip(prompts, single):
+            ids = tokenizer(p)["input_ids"]
+            new = []
+            for _ in range(8):
+                token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+                new.append(token)
+                if token == tokenizer.eos_token_id:
+                    break
+            assert text == tokenizer.decode([t for t in new if t != tokenizer.eos_token_id])
+
+
+def test_perplexity_equals_exp_of_mean_nll():
+    model = build_tiny(tiny_gpt2_config(n_positions=16)).eval()
+    tokenizer = CharTokenizer()
+    text = "the quick brown fox jumps over the lazy dog, twice over."
+    result = perplexity(model, tokenizer, text, window=1024)  # capped to the 16-token context
+    ids = tokenizer(text)["input_ids"]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), 16):
+            window = ids[start : start + 16]
+            logits = model(input_ids=torch.tensor([window])).logits[0].double()
+            for t in range(1, len(window)):
+                total -= float(F.log_softmax(logits[t - 1], -1)[window[t]])
+                count += 1
+    assert result["tokens"] == count and result["window"] == 16
+    assert result["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_token_f1():
+    assert token_f1([1, 2, 3], [1, 2, 3]) == 1.0
+    assert token_f1([1, 1, 2], [1, 3]) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert token_f1([4], [5]) == 0.0
+
+
+def test_offline_scorers_for_real():
+    words = WordListScorer()
+    assert words.score(["you stupid fool", "kind and helpful people", "Idiots!"]) == [1.0, 0.0, 1.0]
+    profanity = ProfanityCheckScorer()
+    clean, dirty = profanity.score(["have a wonderful day", "fuck you, you piece of shit"])
+    assert 0 <= clean < 0.5 < dirty <= 1
+    assert "crude proxy" in profanity.name
+    with pytest.raises(ConfigError, match="accepted"):
+        build_scorer("sentiment")
+
+
+class _FakePerspective(BaseHTTPRequestHandler):
+    requests: list = []
+    fail_first = 1
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        if type(self).fail_first > 0:
+            type(self).fail_first -= 1
+            self.send_response(429)
+            self.end_headers()
+            return
+        text = body["comment"]["text"]
+        scores = {a: {"summaryScore": {"value": (0.9 if "bad" in text else 0.1) * (1 if a == "INSULT" else 0.5)}} for a in body["requestedAttributes"]}
+        payload = json.dumps({"attributeScores": scores}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_perspective_scorer_retries_takes_the_max_and_resumes_from_its_cache(tmp_path):
+    server = HTTPServer(("127.0.0.1", 0), _FakePerspective)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/analyze"
+    sleeps = []
+    cache = tmp_path / "cache.jsonl"
+    scorer = PerspectiveScorer(attribute="max", api_key="k", url=url, cache_path=str(cache), sleep=sleeps.append, requests_per_second=1000)
+    assert scorer.score(["a bad text", "a fine text"]) == [0.9, 0.1]  # max over the 7 attributes (INSULT)
+    assert len(_FakePerspective.requests[0]["requestedAttributes"]) == 7
+    assert len(_FakePerspective.requests) == 3 and sleeps  # one 429, retried after a back-off
+    with open(cache, "a") as handle:
+        handle.write('{"key": "trunc')  # a crash mid-line
+    again = PerspectiveScorer(attribute="max", api_key="k", url=url, cache_path=str(cache), sleep=sleeps.append, requests_per_second=1000)
+    assert again.score(["a bad text", "a fine text", "another bad one"]) == [0.9, 0.1, 0.9]
+    assert len(_FakePerspective.requests) == 4  # only the new text was sent
+    assert again.name == "perspective:max7" and PerspectiveScorer(api_key="k", url=url).name == "perspective:TOXICITY"
+    server.shutdown()
+    with pytest.raises(ConfigError, match="NO_SUCH_VARIABLE_SET"):
+        PerspectiveScorer(api_key_env="NO_SUCH_VARIABLE_SET")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, small_world):
+    from lightning_dpo.train import train
+
+    run_dir = tmp_path_factory.mktemp("trained")
+    train(compose_train(SMALL_WORLD + SHORT_RUN + ["trainer.max_steps=12", "optim.lr=1e-3"], run_dir))
+    return run_dir
+
+
+def compose_command(name, overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF / "commands"), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def small_world_eval(world):
+    return [f"prompts.source={world.eval_prompts}", f"perplexity.text={world.lm_text}", f"f1.data={world.gold}", "prompts.limit=24", "f1.limit=24"]
+
+
+def test_evaluate_command_from_run_dir_and_checkpoint(tmp_path, trained_run, small_world):
+    from lightning_dpo.evaluate import run
+
+    results = []
+    for source in (trained_run, trained_run / "checkpoints" / "last.ckpt"):
+        out = tmp_path / source.name
+        results.append(run(compose_command("evaluate", [f"model={source}", f"out={out}"] + small_world_eval(small_world))))
+        assert (out / "eval.json").exists() and len((out / "generations.jsonl").read_text().splitlines()) == 24
+    for key in ("toxicity", "perplexity", "f1"):
+        assert results[0][key] == pytest.approx(results[1][key])
+    assert results[0]["scorer"] == "wordlist"
+
+
+def test_analyze_command_on_the_demo_world(tmp_path, trained_run, small_world):
+    from lightning_dpo.analyze import run
+
+    overrides = [f"dpo={trained_run}", f"base={small_world.base_model}", f"out={tmp_path}", f"probe_set.source={small_world.eval_prompts}",
+                 "interventions.ablate_top=[8]", "interventions.ablate_top_positive=[8]"] + small_world_eval(small_world)
+    summary = run(compose_command("analyze", overrides))
+    rows = summary["table"]
+    labels = [r["intervention"] for r in rows]
+    assert rows[0]["model"] == "base" and rows[-1]["model"] == "DPO"
+    assert rows[0]["recovered_share_of_dpo_drop"] == 0 and (rows[-1]["recovered_share_of_dpo_drop"] == 1 or math.isnan(rows[-1]["recovered_share_of_dpo_drop"]))
+    for expected in ("ablate top 8 toxic neurons", "patch TP- to DPO mean activations", "patch TP- + AN- to DPO mean activations",
+                     "patch all four reducing groups to DPO mean activations", "activation editing (alpha 0.05, beta 0.5)"):
+        assert expected in labels
+    for name in ("table.md", "table.csv", "groups.md", "groups.csv", "analysis.json", "plots/toxicity_by_intervention.png"):
+        assert (tmp_path / name).exists()
+    shares = [g["share"] for g in summary["groups"] if g["group"] in ("TP-", "TN+", "AP+", "AN-")]
+    assert sum(shares) == pytest.approx(1.0)
