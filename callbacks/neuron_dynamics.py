@@ -143,9 +143,15 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if wandb_loggers and trainer.is_global_zero and self.history:
             from lightning_dpo.plot import make_plots
 
+            from lightning_dpo.loggers import log_dynamics_charts
+
             paths = make_plots(self.run_dir)
+            steps = [e["step"] for e in self.history]
+            shares = {g: [e.get(f"dynamics/{g}/share", float("nan")) for e in self.history] for g in REDUCING_GROUPS}
             for logger in wandb_loggers:
-                logger.log_image(key="dynamics/plots", images=[str(p) for p in paths], caption=[p.stem for p in paths])
+                for path in paths:  # one key per figure: they differ in size
+                    logger.log_image(key=f"dynamics/plots/{path.stem}", images=[str(path)])
+                log_dynamics_charts(logger, steps, shares)
 
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import inspect
 import os
 import re
@@ -52,9 +53,21 @@ def ensure_toy_world(cfg: DictConfig) -> Any:
     return None
 
 
+def safe_dirname(name: str, max_length: int = 120) -> str:
+    """A job directory name from its overrides: readable, stable (so a job can be found and
+    resumed), and short enough for the file system (a long one keeps its start plus a hash)."""
+    name = name or "default"
+    if len(name) <= max_length:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return f"{name[: max_length - 11]}-{digest}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("toy_world"):
         OmegaConf.register_new_resolver("toy_world", _toy_world_path)
+    if not OmegaConf.has_resolver("safe_dirname"):
+        OmegaConf.register_new_resolver("safe_dirname", safe_dirname)
 
 
 def _unknown_key_error(key: str, node: DictConfig, exc: TypeError) -> ConfigError | None:

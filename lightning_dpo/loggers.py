@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import secrets
+import string
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -165,11 +167,23 @@ def wandb_run_id(run_dir: str | Path) -> str:
     path = Path(run_dir) / WANDB_ID_FILE
     if path.exists():
         return path.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    alphabet = string.ascii_lowercase + string.digits  # what W&B's own ids use
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
     atomic_write_text(path, run_id + "\n")
     return run_id
+
+
+def _hydra_job() -> tuple[str | None, str | None]:
+    """(sweep name, job name) of the running Hydra multirun job, or (None, None)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None, None
+    if hydra_cfg.mode.name != "MULTIRUN":
+        return None, None
+    return Path(hydra_cfg.sweep.dir).name, hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)
 
 
 def make_wandb_logger(
@@ -181,29 +195,56 @@ def make_wandb_logger(
     mode: str | None = None,
     entity: str | None = None,
     job_type: str | None = None,
-    config: Mapping[str, Any] | None = None,
+    extra_tags: list[str] | None = None,
 ) -> Any:
-    """A Lightning `WandbLogger` that never blocks: offline without credentials or network."""
+    """A Lightning `WandbLogger` that never blocks: offline without credentials or network.
+
+    In a Hydra multirun each job gets its own run, grouped by the sweep and named after the job's
+    overrides; the run id lives in the run directory, so `ckpt_path=last` continues the same run.
+    """
     from lightning.pytorch.loggers import WandbLogger
 
     mode = choose_wandb_mode(mode)
-    if mode == "disabled":
-        os.environ["WANDB_MODE"] = "disabled"
-    run_id = wandb_run_id(save_dir)
+    sweep, job = _hydra_job()
     logger = WandbLogger(
         save_dir=save_dir,
         project=project,
-        name=name,
-        id=run_id,
-        group=group,
-        tags=list(tags or []),
+        name=name or job or Path(save_dir).name,
+        id=wandb_run_id(save_dir),
+        group=group or sweep,
+        tags=[str(t) for t in [*(tags or []), *(extra_tags or [])]],
         entity=entity,
         job_type=job_type,
         mode=mode,
-        config=dict(config or {}),
         settings=_wandb_settings(),
     )
     return logger
+
+
+# Panels: W&B files every metric under the section named by its first path component, so the
+# dynamics land in one "dynamics" section where each group's delta_sum/count/share sort together.
+# All series use trainer/global_step as x-axis (Lightning's binding); these set the summaries.
+METRIC_SUMMARIES = {"val/loss": "min", "val/rewards/accuracies": "max", "dynamics/*": "last", "eval/*": "last"}
+
+
+def setup_wandb_run(logger: Any, config: Mapping[str, Any]) -> None:
+    """Log the resolved config and declare the metrics' axes and summaries."""
+    run = logger.experiment
+    if not hasattr(run, "define_metric"):
+        return  # disabled mode
+    for pattern, summary in METRIC_SUMMARIES.items():
+        run.define_metric(pattern, step_metric="trainer/global_step", summary=summary)
+    logger.log_hyperparams(dict(config))
+
+
+def log_dynamics_charts(logger: Any, steps: list[int], shares: dict[str, list[float]]) -> None:
+    """One line chart of the four reducing groups' shares over steps (W&B custom chart)."""
+    import wandb
+
+    chart = wandb.plot.line_series(
+        xs=steps, ys=[shares[g] for g in shares], keys=list(shares), title="share of the toxicity reduction per group", xname="step",
+    )
+    logger.experiment.log({"dynamics/shares_chart": chart})
 
 
 def _wandb_settings() -> Any:

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_dpo.config import build, ensure_toy_world, register_resolvers
-from lightning_dpo.loggers import MetricsCSVLogger
+from lightning_dpo.loggers import MetricsCSVLogger, setup_wandb_run
 from lightning_dpo.model.loading import load_tokenizer
-from lightning_dpo.utils.errors import ConfigError, DataError, LightningDPOError
+from lightning_dpo.utils.errors import ConfigError, DataError, LightningDPOError, OutputError
 from lightning_dpo.utils.io import atomic_directory, atomic_write_json, ensure_writable_dir
 
 log = logging.getLogger("lightning_dpo.train")
@@ -48,7 +48,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     loggers: list[Any] = [MetricsCSVLogger(str(run_dir))]  # metrics.csv is always written
     for name, node in (cfg.get("logger") or {}).items():
         if node is not None and "_target_" in node:
-            loggers.append(build(node, f"logger.{name}"))
+            logger = build(node, f"logger.{name}")
+            if type(logger).__name__ == "WandbLogger":
+                setup_wandb_run(logger, OmegaConf.to_container(cfg, resolve=True))
+            loggers.append(logger)
     return loggers
 
 
@@ -116,6 +119,33 @@ def preflight(cfg: DictConfig) -> None:
         raise DataError(str(path), "file not found (config key 'data.path')")
 
 
+RUN_OUTPUTS = ("metrics.csv", "checkpoints", "dynamics", "probe.safetensors", "toxicity_eval.csv", "eval", "hf_model", "plots", "wandb", "wandb_run_id.txt")
+
+
+def prepare_run_dir(run_dir: Path, resuming: bool, requested: str | None) -> None:
+    """Never mix two runs in one directory, never overwrite one silently.
+
+    A fresh run in a directory that already holds a run's outputs is refused, unless
+    `ckpt_path=last` was asked for and there is no checkpoint to resume (an earlier attempt died
+    before its first checkpoint): then the earlier outputs move to `previous/<time>/`.
+    """
+    if resuming:
+        return
+    found = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if not found:
+        return
+    if requested != "last":
+        raise OutputError(
+            f"{run_dir} already holds a run ({', '.join(found)}): resume it with ckpt_path=last, "
+            "or start a new one in another directory (hydra.run.dir=...)"
+        )
+    archive = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    archive.mkdir(parents=True)
+    for name in found:
+        (run_dir / name).rename(archive / name)
+    log.warning("no checkpoint to resume in %s: moved the earlier attempt's outputs to %s and started afresh", run_dir, archive)
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> float | None:
     ensure_toy_world(cfg)  # only if the config uses it (the demo); built once, then cached
     preflight(cfg)
@@ -131,10 +161,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | None:
         optimizer=build(cfg.optim.optimizer, "optim.optimizer"),
         scheduler=build(cfg.optim.scheduler, "optim.scheduler"),
     )
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir / "checkpoints")
+    prepare_run_dir(run_dir, resuming=ckpt_path is not None, requested=cfg.get("ckpt_path"))
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg, run_dir)
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir / "checkpoints")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     if getattr(trainer, "_lightning_dpo_interrupted", False):

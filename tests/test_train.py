@@ -77,3 +77,19 @@ def test_monitoring_does_not_change_training(tmp_path, small_world):
     run(tmp_path / "without", "~callbacks.neuron_dynamics", "~callbacks.toxicity_eval")
     a, b = weights(tmp_path / "with"), weights(tmp_path / "without")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fresh_run_never_mixes_with_an_earlier_one(tmp_path, small_world):
+    from lightning_dpo.utils.errors import OutputError
+
+    run_dir = tmp_path / "run"
+    run(run_dir, "trainer.max_steps=2")
+    before = (run_dir / "metrics.csv").read_text()
+    with pytest.raises(OutputError, match="ckpt_path=last"):
+        run(run_dir, "trainer.max_steps=2")
+    assert (run_dir / "metrics.csv").read_text() == before  # nothing touched
+
+    (run_dir / "checkpoints" / "last.ckpt").unlink()  # an attempt that died before its first checkpoint
+    run(run_dir, "trainer.max_steps=2", "ckpt_path=last")
+    archived = list((run_dir / "previous").glob("*/metrics.csv"))
+    assert len(archived) == 1 and archived[0].read_text() == before

@@ -134,6 +134,12 @@ class DPOModule(L.LightningModule):
         )
         self._set_reference(None)  # the point of precomputing: free its memory
 
+    def on_train_start(self) -> None:
+        # a resumed run logs again what came after its checkpoint: drop those rows first
+        for logger in self.trainer.loggers:
+            if hasattr(logger, "truncate_after"):
+                logger.truncate_after(self.global_step)
+
     # -- batch -> loss ---------------------------------------------------------------------------
     def compute(self, batch: Mapping[str, torch.Tensor], diagnostics: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and the per-pair (or per-token) values behind every metric."""

@@ -1,0 +1,92 @@
+"""Sweeps: the compare table, and a real 2 x 2 multirun with offline W&B, a failure and a resume (slow)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import SMALL_WORLD
+from lightning_dpo.compare import compare
+
+
+def fake_job(root: Path, name: str, beta: float, lr: float, status: dict | None, rows: list[dict]) -> Path:
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(f"loss:\n  beta: {beta}\n  type: sigmoid\noptim:\n  lr: {lr}\n")
+    if status is not None:
+        (job / "status.json").write_text(json.dumps(status))
+    if rows:
+        with open(job / "metrics.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=sorted({k for r in rows for k in r}))
+            writer.writeheader()
+            writer.writerows(rows)
+    return job
+
+
+def test_compare_lists_every_job_with_its_status(tmp_path):
+    rows = [{"step": 0, "dynamics/TP-/share": "nan"}, {"step": 10, "val/loss": 0.5, "dynamics/TP-/share": 0.3, "dynamics/AN-/share": 0.7,
+             "dynamics/net_delta": 1.5, "eval/toxicity": 0.1}]
+    fake_job(tmp_path, "loss.beta=0.1,optim.lr=1e-06", 0.1, 1e-6, {"status": "completed"}, rows)
+    fake_job(tmp_path, "loss.beta=0.5,optim.lr=1e-06", 0.5, 1e-6, {"status": "failed", "error": "NonFiniteError: nan"}, rows[:1])
+    fake_job(tmp_path, "loss.beta=0.1,optim.lr=5e-06", 0.1, 5e-6, {"status": "running"}, rows[:1])
+    fake_job(tmp_path, "loss.beta=0.5,optim.lr=5e-06", 0.5, 5e-6, None, [])
+    table = {t["job"]: t for t in compare(tmp_path)}
+    assert len(table) == 4
+    done = table["loss.beta=0.1,optim.lr=1e-06"]
+    assert done["status"] == "completed" and done["steps"] == 10 and done["val/loss"] == 0.5 and done["share TP-"] == 0.3
+    assert done["eval/toxicity"] == 0.1 and done["net_delta"] == 1.5
+    assert table["loss.beta=0.5,optim.lr=1e-06"]["status"] == "failed" and "nan" in table["loss.beta=0.5,optim.lr=1e-06"]["error"]
+    assert table["loss.beta=0.1,optim.lr=5e-06"]["status"] == "incomplete"
+    assert table["loss.beta=0.5,optim.lr=5e-06"]["status"] == "not started"
+    assert (tmp_path / "compare.md").read_text().count("\n") == 2 + 4
+    assert (tmp_path / "plots" / "shares_by_job.png").exists() and (tmp_path / "plots" / "heatmap_tp_share.png").exists()
+
+
+def _cli(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lightning_dpo.train", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=1200)
+
+
+def _offline_run_ids(job: Path) -> list[str]:
+    return sorted(p.name.rsplit("-", 1)[1] for p in (job / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_sweep_with_offline_wandb_a_failure_and_a_resume(tmp_path):
+    env = dict(os.environ, LIGHTNING_DPO_CACHE=os.environ["LIGHTNING_DPO_CACHE"], WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    common = SMALL_WORLD + ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "data.batch_size=4",
+                            "data.val_size=16", "callbacks.neuron_dynamics.every_n_steps=2", "callbacks.toxicity_eval.every_n_steps=2",
+                            "callbacks.toxicity_eval.max_prompts=8", "logger=wandb"]
+    sweep = tmp_path / "sweep"
+    result = _cli(["-m", "loss.beta=0.1,0.5", "optim.lr=1e-4,1e-3,-1", f"hydra.sweep.dir={sweep}", *common], env, tmp_path)
+    assert result.returncode != 0  # Hydra reports the failed jobs after running all of them
+    jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    settings = {j: OmegaConf.load(j / ".hydra" / "config.yaml") for j in jobs}
+    assert sorted((s.loss.beta, s.optim.lr) for s in settings.values()) == sorted((b, lr) for b in (0.1, 0.5) for lr in (1e-4, 1e-3, -1))
+    assert all(len(j.name) <= 120 for j in jobs)  # long override lists are shortened with a hash
+    good = [j for j in jobs if settings[j].optim.lr > 0]
+    ids = [_offline_run_ids(j) for j in good]
+    assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == 4  # one run per job, distinct ids
+    assert all((j / "wandb_run_id.txt").read_text().strip() == i[0] for j, i in zip(good, ids))
+
+    table = {t["job"]: t for t in compare(sweep)}
+    assert len(table) == 6
+    assert sum(t["status"] == "completed" for t in table.values()) == 4
+    assert all(t["status"] == "failed" and "optim.lr" in t["error"] for t in table.values() if t["lr"] == -1)
+
+    job = good[0]  # resume one job with more steps: same W&B run id, no duplicated snapshot
+    beta, lr = settings[job].loss.beta, settings[job].optim.lr
+    # the same sweep command with this job's values, ckpt_path=last and more steps: same job directory
+    resumed = _cli(["-m", f"loss.beta={beta}", f"optim.lr={lr}", f"hydra.sweep.dir={sweep}", "ckpt_path=last", *common, "trainer.max_steps=6"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert set(_offline_run_ids(job)) == {ids[0][0]} and len(list((job / "wandb").glob("offline-run-*"))) == 2
+    with open(job / "dynamics" / "groups.csv") as handle:
+        keys = [(r["step"], r["layer"], r["group"]) for r in csv.DictReader(handle)]
+    assert len(keys) == len(set(keys)) and {k[0] for k in keys} == {"0", "2", "4", "6"}
+    with open(job / "metrics.csv") as handle:
+        steps = [r["step"] for r in csv.DictReader(handle)]
+    assert len(steps) == len(set(steps)) and steps[-1] == "6"
