@@ -37,17 +37,17 @@ class StopCheckpoint(Checkpoint):
         self.requested = signum
         log.warning("received %s: saving a checkpoint at the next step boundary, then stopping", signal.Signals(signum).name)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Installed here, after Lightning's own SIGTERM handler (which would end the run with
+        # SIGTERMException before any checkpoint): ours replaces it for the training loop.
+        self._last_step_seen = trainer.global_step
         for sig in self.signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (e.g. a spawned worker): leave signals alone
                 pass
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_step_seen = trainer.global_step
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_signals()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -70,14 +70,23 @@ class StopCheckpoint(Checkpoint):
         self._last_step_seen = step
         if not at_boundary:
             return  # still accumulating gradients
-        if self.requested is not None:
-            trainer.save_checkpoint(str(self.path))
+        stop = self.requested is not None
+        if trainer.world_size > 1:  # any rank's signal stops every rank at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self._save(trainer)
             self.interrupted_at = step
             trainer._lightning_dpo_interrupted = True
             trainer.should_stop = True
             log.warning("saved %s at step %d; resume with ckpt_path=last", self.path, step)
         elif self.at_end and self._is_final_step(trainer):
-            trainer.save_checkpoint(str(self.path))
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(str(self.path))
+        for logger in trainer.loggers:  # as after ModelCheckpoint: metrics.csv covers what the checkpoint covers
+            if hasattr(logger, "truncate_after"):
+                logger.after_save_checkpoint(self)
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": 1}

@@ -37,6 +37,7 @@ class MetricsCSVLogger(Logger):
         self.columns: list[str] = ["step"]
         self._last_flush = 0.0
         self._dirty = False
+        self._checkpoint_pending = False
         if self.path.exists():
             self._read_existing()
 
@@ -97,14 +98,18 @@ class MetricsCSVLogger(Logger):
         if not self._dirty:
             return
         now = time.monotonic()
-        if not force and now - self._last_flush < self.flush_every_s:
+        if not (force or self._checkpoint_pending) and now - self._last_flush < self.flush_every_s:
             return
+        self._checkpoint_pending = False
         rows = [self.rows[s] for s in sorted(self.rows)]
         atomic_write_csv(self.path, self.columns, rows)
         self._last_flush, self._dirty = now, False
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        self.save(force=True)  # a checkpoint never runs ahead of the metrics written for it
+        """A checkpoint was written: flush now, and again at the next save() call, because
+        Lightning logs the step's train metrics only after the checkpoint hooks have run."""
+        self.save(force=True)
+        self._checkpoint_pending = True
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
