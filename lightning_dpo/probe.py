@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
 from torch import nn
 
 from lightning_dpo.utils.errors import ConfigError, DataError
@@ -128,9 +130,6 @@ def train_probe(
     source: str = "train",
 ) -> Probe:
     """Logistic regression on pooled final hidden states; `accuracy` is on the held-out split."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-
     if len(set(labels)) != 2:
         raise DataError(source, f"a probe needs two classes, got labels {sorted(set(labels))}")
     features = pooled_final_hidden(model, tokenizer, texts, batch_size, max_length).numpy()

@@ -31,7 +31,7 @@ from lightning_dpo.utils.io import atomic_directory, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 3  # bump when the generator changes, so cached worlds are rebuilt
+WORLD_VERSION = 4  # bump when the generator changes, so cached worlds are rebuilt
 EOS = "<|endoftext|>"
 
 
@@ -136,6 +136,7 @@ class ToyWorld:
             vocab_size=vocab_size, n_positions=64, n_embd=self.n_embd, n_layer=self.n_layer,
             n_head=self.n_head, n_inner=self.n_inner, bos_token_id=0, eos_token_id=0,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            activation_function="gelu_pytorch_tanh",  # GPT-2's tanh GELU, as one fused kernel
         )
 
     # -- text -------------------------------------------------------------------------------------
