@@ -68,6 +68,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("toy_world", _toy_world_path)
     if not OmegaConf.has_resolver("safe_dirname"):
         OmegaConf.register_new_resolver("safe_dirname", safe_dirname)
+    if not OmegaConf.has_resolver("cuda_available"):  # e.g. fused optimizers, which need CUDA tensors
+        OmegaConf.register_new_resolver("cuda_available", lambda: __import__("torch").cuda.is_available())
 
 
 def _unknown_key_error(key: str, node: DictConfig, exc: TypeError) -> ConfigError | None:

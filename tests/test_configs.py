@@ -22,16 +22,29 @@ def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
     probe = tmp_path / "probe.pt"
     torch.save(torch.randn(1, 64), probe)  # Lee et al.'s format: (1, d_model)
     prompts = world.eval_prompts
-    gpt2 = json.dumps(tiny_gpt2_config(vocab_size=600, n_embd=64)).replace('"', "")
-    return {
-        "toxicity_gpt2_medium": [
-            "model.name_or_path=null", f"+model.config={gpt2}", f"model.tokenizer={world.base_model}", f"data.path={lee}",
+    trl_pairs = tmp_path / "pairs.jsonl"
+    trl_pairs.write_text("".join(json.dumps({"prompt": f"p {i}", "chosen": " nice", "rejected": " bad"}) + "\n" for i in range(80)))
+
+    def tiny(config: dict) -> str:
+        return json.dumps(config).replace('"', "")
+
+    def common(model_config: dict, pairs: Path) -> list[str]:
+        return [
+            "model.name_or_path=null", f"model.config={tiny(model_config)}", f"model.tokenizer={world.base_model}", f"data.path={pairs}",
             f"callbacks.neuron_dynamics.probe.path={probe}", f"callbacks.neuron_dynamics.prompts={prompts}",
             "callbacks.neuron_dynamics.prompt_field=prompt", "callbacks.neuron_dynamics.prompt_filter=null",
             f"callbacks.toxicity_eval.prompts={prompts}", "callbacks.toxicity_eval.prompt_field=prompt",
             "callbacks.toxicity_eval.prompt_filter=null", "callbacks.toxicity_eval.scorer={name: profanity_check}",
-            "trainer.accelerator=cpu", "trainer.precision=32-true",
-        ],
+            "trainer.accelerator=cpu",
+        ]
+
+    small = {"vocab_size": 600, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+    return {  # the same architecture as the preset's model, at a tiny size
+        "toxicity_gpt2_medium": common(tiny_gpt2_config(vocab_size=600, n_embd=64), lee) + ["trainer.precision=32-true"],
+        "toxicity_gemma2_2b": common({"model_type": "gemma2", "head_dim": 16, **small}, trl_pairs),
+        "toxicity_mistral_7b": common({"model_type": "mistral", **small}, trl_pairs),
+        "toxicity_llama3_8b": common({"model_type": "llama", **small}, trl_pairs),
     }
 
 
@@ -50,9 +63,14 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, small_
     callbacks = build_callbacks(cfg)
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=False)
     assert module.loss_fn.beta == cfg.loss.beta and trainer.max_steps == cfg.trainer.max_steps
+    assert module.policy.config.model_type == cfg.model.config.model_type  # the preset's architecture
     batch = next(iter(datamodule.train_dataloader()))
-    loss, _ = module.compute(batch, diagnostics=True)
+    with trainer.precision_plugin.forward_context():
+        loss, _ = module.compute(batch, diagnostics=True)
     assert torch.isfinite(loss)
+    from lightning_dpo.mlp import find_output_projections
+
+    assert len(find_output_projections(module.policy)) == 2  # the neuron analysis finds its MLPs
 
 
 def test_the_paper_experiment_has_the_published_settings():
