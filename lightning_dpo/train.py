@@ -117,6 +117,14 @@ def preflight(cfg: DictConfig) -> None:
     path = cfg.data.get("path")
     if path and not Path(path).expanduser().is_file():
         raise DataError(str(path), "file not found (config key 'data.path')")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        probe = node.get("probe") if node is not None else None
+        if probe is None or probe.get("source") != "raw":
+            continue
+        if not probe.get("path"):
+            raise ConfigError(f"callbacks.{name}.probe.path", "probe.source=raw needs a probe file (e.g. Lee et al.'s probe.pt)")
+        if not Path(probe.path).expanduser().is_file():
+            raise DataError(str(probe.path), f"probe file not found (config key 'callbacks.{name}.probe.path')")
 
 
 RUN_OUTPUTS = ("metrics.csv", "checkpoints", "dynamics", "probe.safetensors", "toxicity_eval.csv", "eval", "hf_model", "plots", "wandb", "wandb_run_id.txt")

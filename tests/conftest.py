@@ -55,6 +55,15 @@ def compose_train(overrides: list[str], run_dir: Path | None = None):
     return cfg
 
 
+def compose_command(name: str, overrides: list[str]):
+    """A command's config (conf/commands/<name>.yaml) as `python -m lightning_dpo.<name> <overrides>` sees it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF / "commands"), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def small_world(_cache_dir: Path):
     """The toy world with SMALL_WORLD parameters, built once per session."""

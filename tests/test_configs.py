@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF, SHORT_RUN, SMALL_WORLD, compose_train, tiny_gpt2_config
+from conftest import CONF, SHORT_RUN, SMALL_WORLD, compose_train, tiny_gpt2_config, write_pairs
 from lightning_dpo.config import build
 from lightning_dpo.train import build_callbacks, train
 from lightning_dpo.utils.errors import ConfigError, DataError
@@ -42,6 +42,7 @@ def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
     return {  # the same architecture as the preset's model, at a tiny size
         "toxicity_gpt2_medium": common(tiny_gpt2_config(vocab_size=600, n_embd=64), lee) + ["trainer.precision=32-true"],
+        "toxicity_generated_pairs": common(tiny_gpt2_config(vocab_size=600, n_embd=64), trl_pairs) + ["trainer.precision=32-true"],
         "toxicity_gemma2_2b": common({"model_type": "gemma2", "head_dim": 16, **small}, trl_pairs),
         "toxicity_mistral_7b": common({"model_type": "mistral", **small}, trl_pairs),
         "toxicity_llama3_8b": common({"model_type": "llama", **small}, trl_pairs),
@@ -90,6 +91,12 @@ def test_paper_experiment_fails_fast_without_its_files(tmp_path):
     cfg = compose_train(["experiment=toxicity_gpt2_medium", f"data.path={tmp_path}/none.jsonl", "callbacks.neuron_dynamics.probe.path=x.pt"], tmp_path)
     with pytest.raises(DataError, match="data.path"):
         train(cfg)
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    with pytest.raises(ConfigError, match="callbacks.neuron_dynamics.probe.path"):  # the probe is required too
+        train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}"], tmp_path))
+    with pytest.raises(DataError, match="probe file not found"):
+        train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}", f"callbacks.neuron_dynamics.probe.path={tmp_path}/no.pt"], tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_world_yaml_matches_the_toy_world_defaults():

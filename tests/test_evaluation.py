@@ -8,10 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from conftest import CONF, SHORT_RUN, SMALL_WORLD, CharTokenizer, build_tiny, compose_train, tiny_gpt2_config, tiny_llama_config
+from conftest import SHORT_RUN, SMALL_WORLD, CharTokenizer, build_tiny, compose_command, compose_train, tiny_gpt2_config, tiny_llama_config
 from lightning_dpo.dynamics import Snapshot
 from lightning_dpo.evaluation import interventions as iv
 from lightning_dpo.evaluation.f1 import token_f1
@@ -19,7 +16,7 @@ from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
 from lightning_dpo.evaluation.scorers import PerspectiveScorer, ProfanityCheckScorer, WordListScorer, build_scorer
 from lightning_dpo.mlp import count_hooks, find_output_projections, hook_activations, hook_mlp_outputs
-from lightning_dpo.utils.errors import ConfigError, LightningDPOError
+from lightning_dpo.utils.errors import ConfigError
 
 IDS = torch.tensor([[3, 7, 11, 19, 23, 5], [8, 9, 10, 12, 13, 14]])
 
@@ -220,14 +217,6 @@ def trained_run(tmp_path_factory, small_world):
     run_dir = tmp_path_factory.mktemp("trained")
     train(compose_train(SMALL_WORLD + SHORT_RUN + ["trainer.max_steps=12", "optim.lr=1e-3"], run_dir))
     return run_dir
-
-
-def compose_command(name, overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF / "commands"), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
-    GlobalHydra.instance().clear()
-    return cfg
 
 
 def small_world_eval(world):

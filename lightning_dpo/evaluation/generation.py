@@ -1,8 +1,9 @@
-"""Batched greedy generation with left padding, for toxicity evaluation and the dynamics probe set.
+"""Batched generation with left padding, for toxicity evaluation, the dynamics probe set and pairs.
 
 One implementation for every caller: prompts are left-padded with a correct attention mask and
 explicit position ids, decoding uses the KV cache, and the continuation is separated from the
-prompt by token count (never by string replacement).
+prompt by token count (never by string replacement). Greedy by default; `temperature > 0`
+samples, reproducibly given a seeded `generator`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def tokenize_prompts(
     return out
 
 
+def _next_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+
+
 @torch.no_grad()
 def greedy_continue(
     model: nn.Module,
@@ -54,11 +62,13 @@ def greedy_continue(
     eos_token_id: int | None,
     pad_token_id: int,
     stop_at_eos: bool = True,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> Generation:
-    """Greedy decoding of `max_new_tokens` tokens from left-padded prompts.
+    """Decode `max_new_tokens` tokens from left-padded prompts: argmax, or sampling at `temperature`.
 
-    With `stop_at_eos=False` every row gets exactly `max_new_tokens` argmax tokens (the
-    published neuron analysis ran 20 argmax steps regardless of EOS).
+    With `stop_at_eos=False` every row gets exactly `max_new_tokens` tokens (the published
+    neuron analysis ran 20 argmax steps regardless of EOS).
     """
     batch = input_ids.shape[0]
     device = input_ids.device
@@ -66,7 +76,7 @@ def greedy_continue(
     cache_arg = _cache_argument(model)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     past = _cache_of(out)
-    next_token = out.logits[:, -1].argmax(-1)
+    next_token = _next_token(out.logits[:, -1], temperature, generator)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens, new_mask = [], []
     mask = attention_mask
@@ -85,7 +95,7 @@ def greedy_continue(
             use_cache=True, **{cache_arg: past},
         )
         past = _cache_of(out)
-        next_token = out.logits[:, -1].argmax(-1)
+        next_token = _next_token(out.logits[:, -1], temperature, generator)
     tokens = torch.stack(new_tokens, dim=1)
     tmask = torch.stack(new_mask, dim=1)
     return Generation(
@@ -114,8 +124,10 @@ def generate_continuations(
     max_new_tokens: int = 20,
     batch_size: int = 64,
     truncation_side: str = "right",
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> list[str]:
-    """Greedy continuations (text after the prompt, up to EOS) of each prompt."""
+    """Continuations (text after the prompt, up to EOS) of each prompt; greedy unless temperature > 0."""
     prompt_ids = tokenize_prompts(tokenizer, prompts, max_prompt_tokens, truncation_side)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts: list[str] = []
@@ -123,7 +135,8 @@ def generate_continuations(
     with eval_mode(model):
         for start in range(0, len(prompt_ids), batch_size):
             ids, mask = left_pad(prompt_ids[start : start + batch_size], pad)
-            gen = greedy_continue(model, ids.to(device), mask.to(device), max_new_tokens, tokenizer.eos_token_id, pad)
+            gen = greedy_continue(model, ids.to(device), mask.to(device), max_new_tokens, tokenizer.eos_token_id, pad,
+                                  temperature=temperature, generator=generator)
             for row in range(ids.shape[0]):
                 cont = [t for t in gen.continuation_ids(row) if t != tokenizer.eos_token_id]
                 texts.append(tokenizer.decode(cont, skip_special_tokens=True))

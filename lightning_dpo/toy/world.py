@@ -5,9 +5,12 @@ Building it (seeded, about a minute on two CPU cores, once; cached in `dir`):
    lean toxic, so a model trained on it continues about half of unseen prompts toxically;
 2. a byte-level BPE tokenizer trained on that corpus (no download);
 3. a tiny GPT-2 pre-trained on the corpus with plain language modelling (the "base model");
-4. preference pairs (prompt, polite = chosen, toxic = rejected) for training prompts,
-   held-out prompts (unseen names) for evaluation, labelled sentences for the probe, and
-   text for perplexity.
+4. a linear toxicity probe trained on labelled sentences (`probe.safetensors`, held-out accuracy
+   in its metadata and in world.json);
+5. preference pairs built by `lightning_dpo.make_pairs` for training prompts: chosen = the base
+   model's greedy continuation, rejected = its continuation while steered along the probe,
+   kept when the rejected one is the more toxic (so the demo exercises the pairs builder);
+   held-out prompts (unseen names) for evaluation, and clean text for perplexity.
 Scoring is by the world's own word list (`INSULTS`).
 """
 
@@ -31,7 +34,7 @@ from lightning_dpo.utils.io import atomic_directory, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 4  # bump when the generator changes, so cached worlds are rebuilt
+WORLD_VERSION = 5  # bump when the generator changes, so cached worlds are rebuilt
 EOS = "<|endoftext|>"
 
 
@@ -50,6 +53,7 @@ class ToyWorld:
     pretrain_steps: int = 600
     pretrain_batch_size: int = 64
     pretrain_lr: float = 3e-3
+    steering_alpha: float = 8.0
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- paths -----------------------------------------------------------------------------------
@@ -60,6 +64,10 @@ class ToyWorld:
     @property
     def base_model(self) -> str:
         return str(self.path / "base_model")
+
+    @property
+    def probe(self) -> str:
+        return str(self.path / "probe.safetensors")
 
     @property
     def pairs(self) -> str:
@@ -104,6 +112,11 @@ class ToyWorld:
         return self
 
     def _fill(self, out: Path) -> None:
+        # imported here: the scorers import this package's word list
+        from lightning_dpo.evaluation.scorers import WordListScorer
+        from lightning_dpo.make_pairs import PairSettings, as_pair, generate_pairs
+        from lightning_dpo.probe import save_probe, train_probe
+
         rng = random.Random(self.seed)
         corpus = [self._sentence(rng, words.TRAIN_NAMES) for _ in range(self.corpus_size)]
         tokenizer = train_tokenizer([p + c for p, c, _ in corpus], self.vocab_size)
@@ -114,10 +127,17 @@ class ToyWorld:
         model.save_pretrained(out / "base_model")
         tokenizer.save_pretrained(out / "base_model")
 
-        atomic_write_jsonl(out / "pairs.jsonl", self._pairs(rng))
+        probe_texts = list(self._probe_texts(rng))
+        atomic_write_jsonl(out / "probe_texts.jsonl", probe_texts)
+        probe = train_probe(model, tokenizer, [r["text"] for r in probe_texts], [r["label"] for r in probe_texts], seed=self.seed, source="toy world sentences")
+        save_probe(probe, out / "probe.safetensors")
+        pairs = generate_pairs(
+            model, tokenizer, self._prompts(rng, words.TRAIN_NAMES, self.num_pairs), probe.unit, WordListScorer(),
+            PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed),
+        )
+        atomic_write_jsonl(out / "pairs.jsonl", (as_pair(r) for r in pairs if r["kept"]))
         eval_prompts = self._prompts(rng, words.HELDOUT_NAMES, self.num_eval_prompts)
         atomic_write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p in eval_prompts))
-        atomic_write_jsonl(out / "probe_texts.jsonl", self._probe_texts(rng))
         # clean (polite) held-out text, EOS-separated as in pre-training: perplexity on it
         # measures what DPO costs the language model beyond dropping the insults
         clean = [fill_template(rng, t, words.TRAIN_NAMES) + polite_continuation(rng) for t, _ in words.TEMPLATES * 25]
@@ -126,7 +146,10 @@ class ToyWorld:
             out / "gold.jsonl",
             ({"prompt": p, "gold": polite_continuation(rng)} for p in eval_prompts),
         )
-        self.stats = {"pretrain_final_loss": round(loss, 4), "vocab_size": len(tokenizer)}
+        self.stats = {
+            "pretrain_final_loss": round(loss, 4), "vocab_size": len(tokenizer),
+            "probe_accuracy": float(probe.metadata["accuracy"]), "pairs_kept": sum(r["kept"] for r in pairs), "pair_prompts": len(pairs),
+        }
         (out / "world.json").write_text(json.dumps({"params": self.params(), "stats": self.stats}, indent=2))
 
     def _model_config(self, vocab_size: int) -> Any:
@@ -148,10 +171,6 @@ class ToyWorld:
 
     def _prompts(self, rng: random.Random, names: tuple[str, ...], n: int) -> list[str]:
         return [fill_template(rng, words.TEMPLATES[i % len(words.TEMPLATES)][0], names) for i in range(n)]
-
-    def _pairs(self, rng: random.Random) -> Iterator[dict[str, str]]:
-        for prompt in self._prompts(rng, words.TRAIN_NAMES, self.num_pairs):
-            yield {"prompt": prompt, "chosen": polite_continuation(rng), "rejected": toxic_continuation(rng)}
 
     def _probe_texts(self, rng: random.Random, n: int = 600) -> Iterator[dict[str, Any]]:
         for i in range(n):
@@ -181,7 +200,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS)
     tokenizer.model_max_length = 64
     return tokenizer
 

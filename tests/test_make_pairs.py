@@ -1,0 +1,82 @@
+"""The pairs builder: steering only while active, the alpha=0 and margin rules, resumable output."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import compose_command
+from lightning_dpo.evaluation.generation import generate_continuations
+from lightning_dpo.make_pairs import keep_pair, run, steering
+from lightning_dpo.mlp import count_hooks
+from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
+from lightning_dpo.probe import load_probe
+
+
+def test_steering_changes_generations_only_while_active(small_world):
+    model, tokenizer = load_causal_lm(small_world.base_model).eval(), load_tokenizer(small_world.base_model)
+    unit = load_probe(small_world.probe).unit
+    prompts = [json.loads(line)["prompt"] for line in open(small_world.eval_prompts)][:16]
+    before = generate_continuations(model, tokenizer, prompts)
+    with steering(model, unit, alpha=12.0, layers=[0, 1]):
+        steered = generate_continuations(model, tokenizer, prompts)
+    after = generate_continuations(model, tokenizer, prompts)
+    assert steered != before and after == before and count_hooks(model) == 0
+
+
+@pytest.mark.parametrize(
+    "chosen, rejected, margin, chosen_text, rejected_text, kept",
+    [(0.0, 1.0, 0.0, " a", " b", True), (0.2, 0.5, 0.3, " a", " b", False), (0.1, 0.5, 0.3, " a", " b", True),
+     (0.5, 0.5, 0.0, " a", " b", False), (0.0, 1.0, 0.0, "  ", " b", False), (0.0, 1.0, 0.0, " a", "", False)],
+)
+def test_margin_rule(chosen, rejected, margin, chosen_text, rejected_text, kept):
+    assert keep_pair(chosen, rejected, margin, chosen_text, rejected_text) is kept
+
+
+def _config(world, out, *extra):
+    return compose_command("make_pairs", [
+        f"model={world.base_model}", f"probe={world.probe}", f"prompts.source={world.eval_prompts}", "prompts.field=prompt",
+        "prompts.min_tokens=4", "prompts.limit=24", "scorer.name=wordlist", "chunk_size=8", f"out={out}", *extra,
+    ])
+
+
+def test_alpha_zero_gives_identical_continuations_and_drops_every_pair(tmp_path, small_world):
+    report = run(_config(small_world, tmp_path / "pairs.jsonl", "steering.alpha=0"))
+    assert report["prompts"] == 24 and report["kept"] == 0 and report["dropped"] == 24
+    rows = [json.loads(line) for p in sorted((tmp_path / "pairs.jsonl.parts").glob("chunk_*.jsonl")) for line in p.read_text().splitlines()]
+    assert all(r["chosen"] == r["rejected"] for r in rows)
+    assert (tmp_path / "pairs.jsonl").read_text() == ""
+
+
+def test_an_interrupted_run_resumes_to_the_same_file(tmp_path, small_world, monkeypatch):
+    extra = ["chosen_temperature=1.0", "rejected_temperature=1.0", "steering.alpha=8"]  # sampling: the seeds must carry over
+    report = run(_config(small_world, tmp_path / "straight.jsonl", *extra))
+    assert 0 < report["kept"] < 24 and report["rejected_scores"]["mean"] > report["chosen_scores"]["mean"]
+    import lightning_dpo.make_pairs as mp
+
+    original, calls = mp.generate_pairs, []
+
+    def dies_on_the_second_chunk(*args, **kwargs):
+        calls.append(args[-1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mp, "generate_pairs", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(small_world, tmp_path / "resumed.jsonl", *extra))
+    assert not (tmp_path / "resumed.jsonl").exists() and len(list((tmp_path / "resumed.jsonl.parts").glob("chunk_*"))) == 1
+    monkeypatch.setattr(mp, "generate_pairs", original)
+    run(_config(small_world, tmp_path / "resumed.jsonl", *extra))
+    assert (tmp_path / "resumed.jsonl").read_text() == (tmp_path / "straight.jsonl").read_text()
+    from lightning_dpo.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="other settings"):  # a half-done run is never mixed with other settings
+        run(_config(small_world, tmp_path / "resumed.jsonl", "steering.alpha=2"))
+
+
+def test_the_demo_world_builds_its_pairs_with_it(small_world):
+    rows = [json.loads(line) for line in open(small_world.pairs)]
+    assert len(rows) == small_world.stats["pairs_kept"] > 0
+    assert all(r["rejected_score"] > r["chosen_score"] for r in rows)
+    assert small_world.stats["probe_accuracy"] >= 0.95
