@@ -53,11 +53,13 @@ def mean_activations(
 
     base = getattr(model, "base_model", model)
     count = torch.zeros((), dtype=torch.float64, device=device)
+    used = torch.nonzero(tokens.positions.any(0))
+    width = int(used.max()) + 1 if len(used) else 0  # later columns influence no averaged position
     with eval_mode(model), hook_activations(projections, accumulate):
         for start in range(0, tokens.input_ids.shape[0], batch_size):
-            ids = tokens.input_ids[start : start + batch_size].to(device)
-            mask = tokens.attention_mask[start : start + batch_size].to(device)
-            selected[:] = [tokens.positions[start : start + batch_size].to(device)]
+            ids = tokens.input_ids[start : start + batch_size, :width].to(device)
+            mask = tokens.attention_mask[start : start + batch_size, :width].to(device)
+            selected[:] = [tokens.positions[start : start + batch_size, :width].to(device)]
             count += selected[0].sum()
             base(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
     if reduce is not None:
