@@ -213,3 +213,33 @@ def test_generate_positions_mode_runs(tmp_path, small_world):
     train(compose_train(SMALL_WORLD + SHORT_RUN + ["~callbacks.toxicity_eval", "callbacks.neuron_dynamics.positions=generate", "trainer.max_steps=2"], tmp_path))
     run = load_run(tmp_path)
     assert run.steps == [0, 2] and not (tmp_path / "dynamics" / "tokens.safetensors").exists()
+
+
+def test_probe_files_in_every_released_shape(tmp_path):
+    from lightning_dpo.probe import Probe, load_probe, save_probe
+    from lightning_dpo.utils.errors import DataError
+
+    w = torch.randn(64)
+    torch.save(w.unsqueeze(0), tmp_path / "lee.pt")  # Lee et al.: (1, d_model)
+    torch.save(w, tmp_path / "flat.pt")
+    import numpy as np
+
+    np.save(tmp_path / "probe.npy", w.numpy())
+    save_probe(Probe(w, {"source": "test", "accuracy": 0.9}), tmp_path / "probe.safetensors")
+    for name in ("lee.pt", "flat.pt", "probe.npy", "probe.safetensors"):
+        assert torch.allclose(load_probe(tmp_path / name, d_model=64).direction, w)
+    assert load_probe(tmp_path / "probe.safetensors").metadata["accuracy"] == "0.9"
+    torch.save(torch.randn(2, 64), tmp_path / "two.pt")
+    with pytest.raises(DataError, match="shape"):
+        load_probe(tmp_path / "two.pt")
+
+
+def test_probe_features_pool_over_real_tokens_only(small_world):
+    from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
+    from lightning_dpo.probe import pooled_final_hidden
+
+    model, tokenizer = load_causal_lm(small_world.base_model).eval(), load_tokenizer(small_world.base_model)
+    short, long = "you are kind", "everyone at the market said that the people in the club were kind and honest"
+    together = pooled_final_hidden(model, tokenizer, [short, long])
+    alone = pooled_final_hidden(model, tokenizer, [short])
+    assert torch.allclose(together[0], alone[0], atol=1e-5)  # padding never enters the mean

@@ -140,3 +140,85 @@ def test_unreachable_hub_id_fails_with_a_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no retries: the hub counts as unreachable at once
     with pytest.raises(ModelLoadError, match="model.name_or_path=/path/to/folder"):
         load_causal_lm("some-org/no-such-model-here")
+
+
+def test_kl_metric_and_kl_penalty_against_an_independent_computation(tmp_path, char_tokenizer):
+    """train/kl = mean per-token KL(policy || reference) on completions; the kl_gamma penalty adds
+    kl_gamma x (mean over completion tokens of KL(reference || policy), chosen + rejected)."""
+    module = make_module(loss=PreferenceLoss(beta=0.1, kl_gamma=0.5))
+    with torch.no_grad():  # move the policy away from the reference
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dm = make_data(tmp_path, char_tokenizer)
+    batch = next(iter(dm.train_dataloader()))
+    loss, values = module.compute(batch, diagnostics=True)
+    ids, attn, cmask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    with torch.no_grad():
+        lp = torch.log_softmax(module.policy(input_ids=ids, attention_mask=attn).logits.double(), -1)
+        lq = torch.log_softmax(module.reference(input_ids=ids, attention_mask=attn).logits.double(), -1)
+    kl_pq, per_seq_qp = [], []
+    for row in range(ids.shape[0]):
+        positions = [t - 1 for t in range(ids.shape[1]) if cmask[row, t]]  # positions predicting completion tokens
+        kl_pq += [float((lp[row, t].exp() * (lp[row, t] - lq[row, t])).sum()) for t in positions]
+        per_seq_qp.append(sum(float((lq[row, t].exp() * (lq[row, t] - lp[row, t])).sum()) for t in positions) / len(positions))
+    assert values["kl"].mean().item() == pytest.approx(sum(kl_pq) / len(kl_pq), rel=1e-4)
+    n = ids.shape[0] // 2
+    penalty = torch.tensor(per_seq_qp[:n]) + torch.tensor(per_seq_qp[n:])
+    assert loss.item() == pytest.approx(values["loss"].mean().item(), rel=1e-6)
+    assert (values["loss"] - penalty.float() * 0.5).mean().item() == pytest.approx(
+        PreferenceLoss(beta=0.1)(*_logps(module, batch)).loss.item(), rel=1e-4)
+
+
+def _logps(module, batch):
+    from lightning_dpo.model.logprobs import sequence_logps
+
+    ids, attn, cmask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    with torch.no_grad():
+        pol, _ = sequence_logps(module.policy, ids, attn, cmask)
+        ref, _ = sequence_logps(module.reference, ids, attn, cmask)
+    n = ids.shape[0] // 2
+    lengths = cmask.sum(1)
+    return pol[:n], pol[n:], ref[:n], ref[n:], lengths[:n], lengths[n:]
+
+
+def test_warmup_then_constant_or_cosine():
+    from lightning_dpo.model.schedules import warmup_factor
+
+    assert [warmup_factor(s, 3, "constant", None, 0.0) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cosine = [warmup_factor(s, 2, "cosine", 12, 0.0) for s in range(13)]
+    assert cosine[:2] == [1 / 3, 2 / 3] and cosine[2] == 1.0 and cosine[7] == pytest.approx(0.5) and cosine[12] == pytest.approx(0.0)
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, char_tokenizer):
+    dm = make_data(tmp_path, char_tokenizer)
+    batch = next(iter(dm.train_dataloader()))
+    grads = []
+    for checkpointing in (False, True):
+        module = make_module(gradient_checkpointing=checkpointing)
+        module.train()
+        loss, _ = module.compute(batch, diagnostics=False)
+        loss.backward()
+        grads.append([p.grad.clone() for p in module.policy.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_precomputed_reference_logps_are_reused_from_the_cache(tmp_path, char_tokenizer, monkeypatch):
+    import lightning_dpo.model.reference_cache as rc
+
+    dm = make_data(tmp_path, char_tokenizer)
+    trainer(max_steps=1).fit(make_module(precompute_reference=True, reference_cache_dir=str(tmp_path / "cache")), datamodule=dm)
+    monkeypatch.setattr(rc, "compute_reference_logps", lambda *a, **k: pytest.fail("recomputed"))
+    dm = make_data(tmp_path, char_tokenizer)  # e.g. a resumed run: same data, same initial weights
+    trainer(max_steps=1).fit(make_module(precompute_reference=True, reference_cache_dir=str(tmp_path / "cache")), datamodule=dm)
+
+
+def test_validation_split_by_fraction_and_hub_style_dataset_folder(tmp_path, char_tokenizer):
+    dm = PreferenceDataModule(tokenizer=char_tokenizer, path=str(write_pairs(tmp_path / "p.jsonl", 40)), val_size=0.25)
+    dm.setup("fit")
+    assert (len(dm.train_dataset), len(dm.val_dataset)) == (30, 10)
+    folder = tmp_path / "hub_dataset"  # `datasets.load_dataset(<id>)` reads a local folder the same way
+    folder.mkdir()
+    write_pairs(folder / "train.jsonl", 12)
+    dm = PreferenceDataModule(tokenizer=char_tokenizer, hub_id=str(folder), val_size=2)
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 10
