@@ -180,6 +180,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | None:
         write_status(run_dir, "interrupted", step=trainer.global_step)
         log.warning("stopped at step %d on a signal; resume with ckpt_path=last hydra.run.dir=%s", trainer.global_step, run_dir)
         return None
+    if module.last_val_step != trainer.global_step and len(datamodule.val_dataset) > 0:
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # the final val/* for summaries and searches
     if trainer.is_global_zero:
         save_hf_model(module, tokenizer, run_dir)
         print_summary(trainer, datamodule, run_dir)

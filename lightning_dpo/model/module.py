@@ -100,6 +100,7 @@ class DPOModule(L.LightningModule):
         self._step_loss = torch.zeros(())  # summed over the micro-batches of one optimizer step
         self._step_batch: tuple[int, list[int]] | None = None  # (batch_idx, pair indices) for error messages
         self.last_grad_norm: float | None = None
+        self.last_val_step: int | None = None
 
     # -- the frozen reference ------------------------------------------------------------------
     @property
@@ -257,6 +258,7 @@ class DPOModule(L.LightningModule):
             # Lightning would log validation under the step *before* the last update; log it under
             # the number of updates behind the weights, like the train and dynamics metrics
             self.log("step", float(self.global_step), on_step=False, on_epoch=True)
+            self.last_val_step = self.global_step
 
     def _log_metrics(self, stage: str, metrics: nn.ModuleDict, prog_bar: tuple[str, ...] = ("loss", "rewards/accuracies")) -> None:
         for name in METRICS:
