@@ -14,7 +14,6 @@ Writes `<out>/table.md`, `table.csv`, `groups.md`, `groups.csv`, `analysis.json`
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -29,7 +28,8 @@ from lightning_dpo.evaluation import interventions as iv
 from lightning_dpo.evaluation.prompts import load_texts
 from lightning_dpo.evaluation.report import evaluate_model
 from lightning_dpo.probe import Probe, build_probe, load_probe
-from lightning_dpo.utils.io import atomic_save, atomic_write_csv, atomic_write_json, atomic_write_text, ensure_writable_dir
+from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_writable_dir
+from lightning_dpo.utils.report import markdown_table, pyplot, save_figure
 
 log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perplexity", "f1", "recovered_share_of_dpo_drop"]
@@ -77,23 +77,8 @@ def recovered(base_tox: float, row_tox: float, dpo_tox: float) -> float:
     return (base_tox - row_tox) / drop if drop != 0 else math.nan
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.4f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(table) + 1.5))
     labels = [f"{r['model']}: {r['intervention']}" for r in table]
@@ -101,16 +86,12 @@ def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out:
     ax.set_yticks(range(len(table)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set(xlabel=f"mean toxicity of greedy continuations ({table[0]['scorer']})", title="Toxicity by intervention")
-    paths.append(out / "plots" / "toxicity_by_intervention.png")
-    atomic_save(paths[-1], lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "plots" / "toxicity_by_intervention.png"))
     totals = [r for r in groups if r["layer"] == "all" and r["group"] in REDUCING_GROUPS]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.bar([r["group"] for r in totals], [100 * r["share"] for r in totals], color=["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4"])
     ax.set(ylabel="share of the reduction (%)", title="Reducing groups, base -> DPO")
-    paths.append(out / "plots" / "group_shares.png")
-    atomic_save(paths[-1], lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "plots" / "group_shares.png"))
     return paths
 
 
@@ -173,12 +154,6 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import hydra
+    from lightning_dpo.commands import hydra_command
 
-    from lightning_dpo.commands import run_command
-
-    @hydra.main(version_base="1.3", config_path="../conf/commands", config_name="analyze")
-    def _main(cfg: Any) -> None:
-        run_command(run, cfg)
-
-    _main()
+    hydra_command(run, "analyze")()

@@ -20,6 +20,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def hydra_command(fn: Callable[[Any], Any], config_name: str) -> Callable[[], Any]:
+    """The `python -m lightning_dpo.<command>` entry point: `conf/commands/<config_name>.yaml` + `fn`."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="../conf/commands", config_name=config_name)
+    def main(cfg: Any) -> None:
+        run_command(fn, cfg)
+
+    return main
+
+
 def run_command(fn: Callable[[Any], Any], cfg: Any) -> Any:
     """Run a command; a user error prints one clear line and exits with status 2 (no traceback)."""
     register_resolvers()

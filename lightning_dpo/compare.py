@@ -21,7 +21,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from lightning_dpo.dynamics import REDUCING_GROUPS
-from lightning_dpo.utils.io import atomic_save, atomic_write_csv, atomic_write_text
+from lightning_dpo.utils.io import atomic_write_csv, atomic_write_text
+from lightning_dpo.utils.report import markdown_table, pyplot, save_figure
 
 COLUMNS = [
     "job", "status", "beta", "lr", "loss", "steps", "val/loss", "val/rewards/accuracies", "val/rewards/margins",
@@ -65,30 +66,11 @@ def job_summary(job: Path) -> dict[str, Any]:
 
 
 def markdown(summaries: list[dict[str, Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.4g}"
-        return str(v).replace("|", "/")[:120]
-
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(s.get(c, "")) for c in COLUMNS) + " |" for s in summaries]
-    return "\n".join(lines) + "\n"
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return path
+    return markdown_table(summaries, COLUMNS)
 
 
 def plot_shares(summaries: list[dict[str, Any]], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
     for ax, group in zip(axes, REDUCING_GROUPS):
         key = f"dynamics/{group}/share"
@@ -99,15 +81,13 @@ def plot_shares(summaries: list[dict[str, Any]], out: Path) -> Path:
         ax.set(title=f"{group} share of the reduction", xlabel="optimizer step")
     axes[0].set_ylabel("share (%)")
     axes[-1].legend(fontsize=7)
-    return _save(fig, out / "shares_by_job.png")
+    return save_figure(fig, out / "shares_by_job.png")
 
 
 def plot_heatmap(summaries: list[dict[str, Any]], key: str, label: str, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     done = [s for s in summaries if s["status"] == "completed" and s["beta"] is not None and s["lr"] is not None]
     betas, lrs = sorted({s["beta"] for s in done}), sorted({s["lr"] for s in done})
@@ -126,7 +106,7 @@ def plot_heatmap(summaries: list[dict[str, Any]], key: str, label: str, path: Pa
     ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])
     ax.set(xlabel="learning rate (optim.lr)", ylabel="beta (loss.beta)", title=label)
     fig.colorbar(image, ax=ax, label=label)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def compare(sweep_dir: str | Path) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ Settings: `conf/commands/eval/{toy,paper}.yaml` (`eval=paper` for the papers' ev
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -87,12 +86,6 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import hydra
+    from lightning_dpo.commands import hydra_command
 
-    from lightning_dpo.commands import run_command
-
-    @hydra.main(version_base="1.3", config_path="../conf/commands", config_name="evaluate")
-    def _main(cfg: Any) -> None:
-        run_command(run, cfg)
-
-    _main()
+    hydra_command(run, "evaluate")()

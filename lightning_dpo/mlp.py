@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from lightning_dpo.utils.errors import ConfigError
 
@@ -114,73 +116,60 @@ def value_norms(projections: Sequence[OutputProjection]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def hook_activations(projections: Sequence[OutputProjection], fn: ActivationFn) -> Iterator[None]:
+def _installed(registrations: Sequence[Callable[[], RemovableHandle]]) -> Iterator[None]:
+    """Register every hook, yield, and remove them all on exit, also on error."""
+    handles: list[RemovableHandle] = []
+    try:
+        for register in registrations:
+            handles.append(register())
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def hook_activations(projections: Sequence[OutputProjection], fn: ActivationFn) -> contextlib.AbstractContextManager:
     """Call `fn(layer, m)` on each output projection's input `m` (batch, positions, d_mlp).
 
     If `fn` returns a tensor it replaces the input (patching, ablation, editing); if it returns
-    None the input passes unchanged (capture). The hooks are removed on exit, also on error.
+    None the input passes unchanged (capture).
     """
-    handles = []
 
-    def make_hook(layer: int) -> Callable:
+    def pre_hook(layer: int) -> Callable:
         def hook(module: nn.Module, args: tuple) -> tuple | None:
             replaced = fn(layer, args[0])
             return None if replaced is None else (replaced, *args[1:])
 
         return hook
 
-    try:
-        for proj in projections:
-            handles.append(proj.module.register_forward_pre_hook(make_hook(proj.layer)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _installed([partial(p.module.register_forward_pre_hook, pre_hook(p.layer)) for p in projections])
 
 
-@contextlib.contextmanager
-def hook_mlp_outputs(projections: Sequence[OutputProjection], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def hook_mlp_outputs(projections: Sequence[OutputProjection], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> contextlib.AbstractContextManager:
     """Replace each output projection's output (the MLP output before dropout) by `fn(layer, out)`."""
-    handles = []
 
-    def make_hook(layer: int) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            return fn(layer, output)
+    def post_hook(layer: int) -> Callable:
+        return lambda module, args, output: fn(layer, output)
 
-        return hook
-
-    try:
-        for proj in projections:
-            handles.append(proj.module.register_forward_hook(make_hook(proj.layer)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _installed([partial(p.module.register_forward_hook, post_hook(p.layer)) for p in projections])
 
 
-@contextlib.contextmanager
-def hook_residual(model: nn.Module, layers: Sequence[int], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def hook_residual(model: nn.Module, layers: Sequence[int], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> contextlib.AbstractContextManager:
     """Replace the residual stream after each listed decoder layer by `fn(layer, hidden)`."""
     blocks = find_decoder_layers(model)
-    handles = []
+    for layer in layers:
+        if not -len(blocks) <= layer < len(blocks):
+            raise ConfigError("layers", f"layer {layer} does not exist (the model has {len(blocks)} layers)")
 
-    def make_hook(layer: int) -> Callable:
+    def post_hook(layer: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
-            if isinstance(output, tuple):
+            if isinstance(output, tuple):  # some blocks return (hidden, extras...)
                 return (fn(layer, output[0]), *output[1:])
             return fn(layer, output)
 
         return hook
 
-    try:
-        for layer in layers:
-            if not -len(blocks) <= layer < len(blocks):
-                raise ConfigError("layers", f"layer {layer} does not exist (the model has {len(blocks)} layers)")
-            handles.append(blocks[layer].register_forward_hook(make_hook(layer % len(blocks))))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _installed([partial(blocks[layer].register_forward_hook, post_hook(layer % len(blocks))) for layer in layers])
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -16,26 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from lightning_dpo.dynamics import MIRROR_GROUPS, REDUCING_GROUPS, DynamicsRun, load_run
-from lightning_dpo.utils.io import atomic_save
+from lightning_dpo.utils.report import pyplot, save_figure
 
 COLORS = {"TP-": "#d62728", "TN+": "#ff7f0e", "AP+": "#2ca02c", "AN-": "#1f77b4",
           "TP+": "#d62728", "TN-": "#ff7f0e", "AP-": "#2ca02c", "AN+": "#1f77b4"}
 UNITS = "probe-direction units"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    _pyplot().close(fig)
-    return path
 
 
 def _totals(run: DynamicsRun):
@@ -44,7 +29,7 @@ def _totals(run: DynamicsRun):
 
 
 def plot_group_delta(run: DynamicsRun, out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     table = _totals(run)["delta_sum"]
     fig, ax = plt.subplots(figsize=(7, 4))
     for group in REDUCING_GROUPS + MIRROR_GROUPS:
@@ -53,22 +38,22 @@ def plot_group_delta(run: DynamicsRun, out: Path) -> Path:
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="optimizer step", ylabel=f"sum of D_i = P_i(0) - P_i(t) [{UNITS}]", title="Change in toxic-direction writing per neuron group")
     ax.legend(ncol=2, fontsize=8, title="solid: reduces toxicity")
-    return _save(fig, out / "group_delta_sum.png")
+    return save_figure(fig, out / "group_delta_sum.png")
 
 
 def plot_shares(run: DynamicsRun, out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     table = _totals(run)["share"][list(REDUCING_GROUPS)].dropna(how="all").fillna(0.0) * 100
     fig, ax = plt.subplots(figsize=(7, 4))
     if len(table):
         ax.stackplot(table.index, *(table[g] for g in REDUCING_GROUPS), labels=REDUCING_GROUPS, colors=[COLORS[g] for g in REDUCING_GROUPS], alpha=0.85)
     ax.set(xlabel="optimizer step", ylabel="share of the reduction (%)", ylim=(0, 100), title="Which neuron groups carry the toxicity reduction")
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, out / "reducing_shares.png")
+    return save_figure(fig, out / "reducing_shares.png")
 
 
 def plot_net_vs_gross(run: DynamicsRun, out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     table = _totals(run)["delta_sum"]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(table.index, table["gross_reduction"], label="gross reduction (sum of D_i > 0)")
@@ -76,11 +61,11 @@ def plot_net_vs_gross(run: DynamicsRun, out: Path) -> Path:
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="optimizer step", ylabel=f"sum of D_i [{UNITS}]", title="Net vs gross reduction of toxic-direction writing")
     ax.legend(fontsize=8)
-    return _save(fig, out / "net_vs_gross.png")
+    return save_figure(fig, out / "net_vs_gross.png")
 
 
 def plot_layer_heatmap(run: DynamicsRun, out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     last = run.steps[-1]
     frame = run.groups[(run.groups["step"] == last) & (run.groups["layer"].astype(str) != "all")]
     groups = list(REDUCING_GROUPS + MIRROR_GROUPS)
@@ -96,11 +81,11 @@ def plot_layer_heatmap(run: DynamicsRun, out: Path) -> Path:
     ax.set_yticks(range(len(layers)), layers)
     ax.set(xlabel="group", ylabel="layer", title=f"sum of D_i per layer and group at step {last}")
     fig.colorbar(image, ax=ax, label=f"sum of D_i [{UNITS}]")
-    return _save(fig, out / "layer_group_heatmap.png")
+    return save_figure(fig, out / "layer_group_heatmap.png")
 
 
 def plot_toxic_neurons(run: DynamicsRun, out: Path, n: int = 10) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     cos0 = (run.value_projection[0] / np.maximum(run.value_norm[0], 1e-12)).reshape(-1)
     top = np.argsort(-cos0)[:n]
     d_mlp = run.mean_activation.shape[2]
@@ -111,7 +96,7 @@ def plot_toxic_neurons(run: DynamicsRun, out: Path, n: int = 10) -> Path:
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="optimizer step", ylabel="mean activation a_i", title=f"Top {len(top)} toxic neurons (by cosine with the probe at step 0)")
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out / "toxic_neuron_activations.png")
+    return save_figure(fig, out / "toxic_neuron_activations.png")
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:

@@ -245,12 +245,6 @@ def run(cfg: Any) -> Probe:
 
 
 if __name__ == "__main__":
-    import hydra
+    from lightning_dpo.commands import hydra_command
 
-    from lightning_dpo.commands import run_command
-
-    @hydra.main(version_base="1.3", config_path="../conf/commands", config_name="probe")
-    def _main(cfg: Any) -> None:
-        run_command(run, cfg)
-
-    _main()
+    hydra_command(run, "probe")()

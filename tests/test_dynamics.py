@@ -1,6 +1,5 @@
 """Neuron dynamics: the decomposition, snapshots vs brute force, groups, hooks, files, DDP shards."""
 
-import math
 import os
 
 import pytest
@@ -10,7 +9,6 @@ from conftest import SHORT_RUN, SMALL_WORLD, build_tiny, compose_train, tiny_gpt
 from lightning_dpo.dynamics import Snapshot, build_probe_tokens, group_rows, load_run, mean_activations, take_snapshot, toxic_top_n
 from lightning_dpo.dynamics.groups import group_masks
 from lightning_dpo.mlp import count_hooks, find_output_projections, hook_activations, hook_mlp_outputs, value_projections
-from lightning_dpo.utils.torch_utils import left_pad
 
 
 def random_unit(d: int, seed: int = 0) -> torch.Tensor:

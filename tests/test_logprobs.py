@@ -1,6 +1,5 @@
 """Sequence log-probs: completion masking, EOS inside completions, padding never scored."""
 
-import math
 
 import pytest
 import torch

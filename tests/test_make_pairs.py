@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from conftest import compose_command
 from lightning_dpo.evaluation.generation import generate_continuations
