@@ -19,6 +19,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
@@ -33,7 +34,8 @@ register_resolvers()
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
-    atomic_write_json(run_dir / "status.json", {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra})
+    if rank_zero_only.rank == 0:  # one writer under DDP
+        atomic_write_json(run_dir / "status.json", {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra})
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

@@ -253,3 +253,13 @@ def test_analyze_command_on_the_demo_world(tmp_path, trained_run, small_world):
         assert (tmp_path / name).exists()
     shares = [g["share"] for g in summary["groups"] if g["group"] in ("TP-", "TN+", "AP+", "AN-")]
     assert sum(shares) == pytest.approx(1.0)
+
+
+def test_realtoxicityprompts_shaped_rows_nested_field_and_challenging_filter(tmp_path):
+    from lightning_dpo.evaluation.prompts import load_texts
+
+    path = tmp_path / "rtp.jsonl"
+    rows = [{"prompt": {"text": f"prompt {i}", "toxicity": 0.1}, "challenging": i % 3 == 0} for i in range(9)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_texts(str(path), field="prompt.text", where={"challenging": True}) == ["prompt 0", "prompt 3", "prompt 6"]
+    assert len(load_texts(str(path), field="prompt.text", limit=4)) == 4

@@ -90,3 +90,38 @@ def test_sweep_with_offline_wandb_a_failure_and_a_resume(tmp_path):
     with open(job / "metrics.csv") as handle:
         steps = [r["step"] for r in csv.DictReader(handle)]
     assert len(steps) == len(set(steps)) and steps[-1] == "6"
+
+
+@pytest.mark.parametrize("preset", ["launcher=slurm", "launcher=local_parallel", "hparams_search=optuna"])
+def test_sweep_presets_compose_and_their_plugins_instantiate(preset):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[preset, "paths.output_dir=/tmp/unused"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    if preset.startswith("launcher"):
+        launcher = instantiate(cfg.hydra.launcher)
+        assert type(launcher).__name__ in ("SlurmLauncher", "JoblibLauncher")
+        if preset == "launcher=slurm":
+            assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.ckpt_path == "last"
+    else:
+        assert cfg.hydra.sweeper.direction == "minimize" and set(cfg.hydra.sweeper.params) == {"loss.beta", "optim.lr"}
+        assert cfg.objective == "val/loss"
+
+
+@pytest.mark.slow
+def test_optuna_search_returns_the_objective(tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", *SMALL_WORLD,
+            "trainer.max_steps=4", "data.batch_size=4", "data.val_size=16", "callbacks.toxicity_eval.max_prompts=8"]
+    result = _cli(args, env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert set(best.best_params) == {"loss.beta", "optim.lr"} and best.best_value == best.best_value  # a number
+    statuses = [json.loads(p.read_text()) for p in tmp_path.glob("*/status.json")]
+    assert len(statuses) == 2 and all(s["status"] == "completed" and s["objective"] > 0 for s in statuses)
