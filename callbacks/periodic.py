@@ -23,6 +23,14 @@ from lightning_dpo.utils.torch_utils import eval_mode
 log = logging.getLogger(__name__)
 
 
+def is_final_step(trainer: L.Trainer) -> bool:
+    """True in `on_train_batch_end` of the last optimizer step (max_steps, or the last batch of the last epoch)."""
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        return trainer.global_step >= trainer.max_steps
+    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return bool(last_batch and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs)
+
+
 class PeriodicMeasurement(Callback):
     STATE_VERSION = 1
 
@@ -79,7 +87,9 @@ class PeriodicMeasurement(Callback):
         if step == self._last_step_seen:
             return  # still accumulating gradients: no optimizer step yet
         self._last_step_seen = step
-        if step % self.every_n_steps == 0:
+        if step % self.every_n_steps == 0 or (self.at_end and is_final_step(trainer)):
+            # the end-of-training measurement happens here when the step budget is reached, so the
+            # last.ckpt written right after it (StopCheckpoint) already holds it
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from callbacks.periodic import is_final_step
+
 log = logging.getLogger(__name__)
 
 
@@ -58,12 +60,6 @@ class StopCheckpoint(Checkpoint):
             signal.signal(sig, previous)
         self._previous.clear()
 
-    def _is_final_step(self, trainer: L.Trainer) -> bool:
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            return trainer.global_step >= trainer.max_steps
-        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        return bool(last_batch and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs)
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         at_boundary = step != self._last_step_seen
@@ -79,7 +75,7 @@ class StopCheckpoint(Checkpoint):
             trainer._lightning_dpo_interrupted = True
             trainer.should_stop = True
             log.warning("saved %s at step %d; resume with ckpt_path=last", self.path, step)
-        elif self.at_end and self._is_final_step(trainer):
+        elif self.at_end and is_final_step(trainer):
             self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:

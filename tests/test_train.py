@@ -93,3 +93,15 @@ def test_a_fresh_run_never_mixes_with_an_earlier_one(tmp_path, small_world):
     run(run_dir, "trainer.max_steps=2", "ckpt_path=last")
     archived = list((run_dir / "previous").glob("*/metrics.csv"))
     assert len(archived) == 1 and archived[0].read_text() == before
+
+
+def test_a_run_stopped_between_snapshots_keeps_its_end_measurements_consistent_after_resume(tmp_path, small_world):
+    run_dir = tmp_path / "run"
+    run(run_dir, "trainer.max_steps=5")  # snapshots every 2, evaluations every 4, and both at the end (5)
+    run(run_dir, "trainer.max_steps=8", "ckpt_path=last")
+    groups = {int(r["step"]) for r in read_csv(run_dir / "dynamics" / "groups.csv")}
+    evals = [int(r["step"]) for r in read_csv(run_dir / "toxicity_eval.csv")]
+    assert groups == {0, 2, 4, 5, 6, 8} and evals == [0, 4, 5, 8]
+    logged = {int(r["step"]) for r in read_csv(run_dir / "metrics.csv") if r.get("dynamics/net_delta")}
+    assert logged == groups
+    assert sorted(int(p.stem.split("_")[1]) for p in (run_dir / "dynamics").glob("step_*.safetensors")) == sorted(groups)
