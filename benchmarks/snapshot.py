@@ -35,7 +35,7 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_snapshot(model, vocab: int, prompts: int, batch_size: int, dtype: str, device: str, repeats: int = 3) -> dict:
+def time_snapshot(model, vocab: int, prompts: int, batch_size: int, dtype: str, device: str, repeats: int = 3, warmup: bool = True) -> dict:
     from lightning_dpo.dynamics import build_probe_tokens, take_snapshot
 
     model = model.to(device).eval()
@@ -49,7 +49,8 @@ def time_snapshot(model, vocab: int, prompts: int, batch_size: int, dtype: str, 
         sync()
         build_s = time.perf_counter() - start
         unit = torch.randn(model.config.n_embd, generator=g)
-        take_snapshot(model, tokens, unit, step=0, batch_size=batch_size)  # warm-up
+        if warmup:
+            take_snapshot(model, tokens, unit, step=0, batch_size=batch_size)
         times = []
         for _ in range(repeats):
             sync()
@@ -70,7 +71,7 @@ def bench_demo(args) -> None:
 
     world = ToyWorld(dir=str(Path(default_cache_dir()) / "toy_world" / "default")).build()
     model = load_causal_lm(world.base_model)
-    print(time_snapshot(model, model.config.vocab_size, args.prompts, args.batch_size, args.dtype, args.device))
+    print(time_snapshot(model, model.config.vocab_size, args.prompts, args.batch_size, args.dtype, args.device, args.repeats, not args.no_warmup))
 
 
 def bench_gpt2_medium(args) -> None:
@@ -78,7 +79,7 @@ def bench_gpt2_medium(args) -> None:
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=24, n_embd=1024, n_head=16, vocab_size=50257))
-    print(time_snapshot(model, 50257, args.prompts, args.batch_size, args.dtype, args.device))
+    print(time_snapshot(model, 50257, args.prompts, args.batch_size, args.dtype, args.device, args.repeats, not args.no_warmup))
 
 
 def bench_callback_share(args) -> None:
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up snapshot (slow CPU runs)")
     parser.add_argument("overrides", nargs="*", help="callback-share: Hydra overrides of the demo config")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, device {args.device}"
