@@ -98,8 +98,7 @@ class DPOModule(L.LightningModule):
         self.train_metrics = nn.ModuleDict({_metric_key(m): MeanMetric() for m in METRICS})
         self.val_metrics = nn.ModuleDict({_metric_key(m): MeanMetric() for m in METRICS})
         self._step_loss = torch.zeros(())  # summed over the micro-batches of one optimizer step
-        self._step_batch: tuple[int, list[int]] | None = None  # (batch_idx, pair indices) for error messages
-        self.last_grad_norm: float | None = None
+        self._step_batch: tuple[int, torch.Tensor] | None = None  # (batch_idx, pair indices) for error messages
         self.last_val_step: int | None = None
 
     # -- the frozen reference ------------------------------------------------------------------
@@ -202,7 +201,7 @@ class DPOModule(L.LightningModule):
         logging_step = self._is_logging_step()
         loss, values = self.compute(batch, diagnostics=logging_step)
         self._step_loss = self._step_loss.to(loss.device) + loss.detach()
-        self._step_batch = (batch_idx, batch["index"].tolist())
+        self._step_batch = (batch_idx, batch["index"])  # read only if the step fails: no host sync here
         if logging_step:
             for name, value in values.items():
                 self.train_metrics[_metric_key(name)].update(value)
@@ -217,10 +216,11 @@ class DPOModule(L.LightningModule):
         norm = _total_norm(grads) if grads else torch.zeros(())
         norm = self._reduce_if_sharded(norm)
         loss, self._step_loss = self._step_loss, torch.zeros(())
-        finite_loss, finite_grad = bool(torch.isfinite(loss)), bool(torch.isfinite(norm))
-        if not (finite_loss and finite_grad):
-            what = "loss" if not finite_loss else "gradient norm"
-            batch_idx, pairs = self._step_batch or (-1, [])
+        finite = torch.isfinite(torch.stack([loss.to(norm), norm]))
+        if not bool(finite.all()):  # the one host sync of the step
+            what = "loss" if not bool(finite[0]) else "gradient norm"
+            batch_idx, index = self._step_batch or (-1, torch.zeros(0))
+            pairs = index.tolist()
             message = (
                 f"non-finite {what} at optimizer step {self.global_step} "
                 f"(batch {batch_idx} of epoch {self.current_epoch}; pair indices {pairs[:16]})"
@@ -230,7 +230,6 @@ class DPOModule(L.LightningModule):
             log.warning("%s: skipping this optimizer step", message)
             optimizer.zero_grad(set_to_none=True)  # the optimizer then leaves every parameter as it is
             return
-        self.last_grad_norm = float(norm)
         if self._is_logging_step():
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
