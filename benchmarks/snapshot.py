@@ -88,7 +88,7 @@ def bench_callback_share(args) -> None:
     import lightning as L
     from hydra import compose, initialize_config_dir
 
-    from callbacks.neuron_dynamics import NeuronDynamicsCallback
+    from lightning_dpo.callbacks.neuron_dynamics import NeuronDynamicsCallback
     from lightning_dpo.config import register_resolvers
     from lightning_dpo.train import train
 

@@ -19,12 +19,12 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from callbacks.periodic import PeriodicMeasurement
+from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.dynamics import (
     REDUCING_GROUPS, DynamicsStore, ProbeTokens, Snapshot, build_probe_tokens, group_rows, summary_metrics, take_snapshot, toxic_top_n,
 )
 from lightning_dpo.dynamics.probe_set import POSITION_MODES, prompt_ids_for
-from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.data.texts import load_texts
 from lightning_dpo.probe import Probe, build_probe, save_probe
 from lightning_dpo.utils.errors import ConfigError
 
@@ -53,7 +53,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             raise ConfigError("callbacks.neuron_dynamics.positions", f"got {positions!r}; accepted: {list(POSITION_MODES)}")
         if num_positions < 1:
             raise ConfigError("callbacks.neuron_dynamics.num_positions", f"must be >= 1, got {num_positions}")
-        self.prompts = load_texts(prompts, field=prompt_field, where=prompt_filter, limit=max_prompts)
+        self.prompts = load_texts(prompts, field=prompt_field, where=prompt_filter, limit=max_prompts, key=f"callbacks.{name or 'neuron_dynamics'}.prompts")
         self.prompt_source = str(prompts)
         self.probe_cfg = dict(probe)
         self.positions = positions
@@ -65,6 +65,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         self.tokens: ProbeTokens | None = None
         self.baseline: Snapshot | None = None
         self.last_rows: list[dict[str, Any]] = []
+        self._restored_digests: dict[int, str] = {}
 
     # -- set-up at step 0 (or restored from the checkpoint) -----------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -129,13 +130,14 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         rows = group_rows(self.baseline, snapshot)
         top = toxic_top_n(self.baseline, snapshot, self.top_n)
         if trainer.is_global_zero:
-            self.store.write_snapshot(snapshot)
+            self.store.write_snapshot(snapshot)  # also records its checksum (kept in the checkpoint)
             self.store.add_group_rows(rows)
         self.last_rows = rows
         return summary_metrics(rows, top, self.top_n)
 
     def on_resume(self, trainer: L.Trainer, step: int) -> None:
-        self.store.truncate_after(step)
+        steps = [entry["step"] for entry in self.history]
+        self.store.restore(steps, self._restored_digests, self.baseline)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
@@ -143,7 +145,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if wandb_loggers and trainer.is_global_zero and self.history:
             from lightning_dpo.plot import make_plots
 
-            from lightning_dpo.loggers import log_dynamics_charts
+            from lightning_dpo.training.wandb_logger import log_dynamics_charts
 
             paths = make_plots(self.run_dir)
             steps = [e["step"] for e in self.history]
@@ -163,6 +165,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if self.baseline is not None:
             b = self.baseline
             state["baseline"] = {"step": b.step, "mean_activation": b.mean_activation, "value_projection": b.value_projection, "value_norm": b.value_norm}
+        state["snapshot_digests"] = dict(self.store.digests)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -173,6 +176,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             self.tokens = ProbeTokens(**state_dict["tokens"])
         if "baseline" in state_dict:
             self.baseline = Snapshot(**state_dict["baseline"])
+        self._restored_digests = {int(k): v for k, v in state_dict.get("snapshot_digests", {}).items()}
 
     # -- report -----------------------------------------------------------------------------------
     def summary(self) -> str:

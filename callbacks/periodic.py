@@ -17,18 +17,12 @@ import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 from lightning.pytorch.callbacks import Callback
 
+from lightning_dpo.callbacks.stop_checkpoint import was_interrupted
+from lightning_dpo.training.steps import StepBoundary, is_final_step
 from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.utils.torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
-
-
-def is_final_step(trainer: L.Trainer) -> bool:
-    """True in `on_train_batch_end` of the last optimizer step (max_steps, or the last batch of the last epoch)."""
-    if trainer.max_steps is not None and trainer.max_steps > 0:
-        return trainer.global_step >= trainer.max_steps
-    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-    return bool(last_batch and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs)
 
 
 class PeriodicMeasurement(Callback):
@@ -41,7 +35,7 @@ class PeriodicMeasurement(Callback):
         self.at_start, self.at_end = at_start, at_end
         self.name = name
         self.history: list[dict[str, Any]] = []
-        self._last_step_seen: int | None = None
+        self._boundary = StepBoundary()
 
     # subclasses implement this; it returns the scalars to log (already reduced across ranks)
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
@@ -51,7 +45,8 @@ class PeriodicMeasurement(Callback):
         """Write files derived from `history` (rank 0); called after every measurement and on resume."""
 
     def on_resume(self, trainer: L.Trainer, step: int) -> None:
-        """Remove outputs of measurements after `step` (they belong to a future the checkpoint never reached)."""
+        """Bring the files in line with `history` (restored, cut at `step`): verify or rebuild what
+        the history covers, remove what came after `step` (a future the checkpoint never reached)."""
 
     # -- schedule -------------------------------------------------------------------------------
     @property
@@ -72,28 +67,26 @@ class PeriodicMeasurement(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
-        stale = [e for e in self.history if e["step"] > step]
-        if stale or step > 0:
+        if self.history:  # restored from a checkpoint (of any step, 0 included)
             self.history = [e for e in self.history if e["step"] <= step]
             if trainer.is_global_zero:
                 self.on_resume(trainer, step)
                 self.on_history_changed(trainer)
-        self._last_step_seen = step
+        self._boundary.start(step)
         if self.at_start and step == 0:
             self._run(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == self._last_step_seen:
+        if not self._boundary.crossed(step):
             return  # still accumulating gradients: no optimizer step yet
-        self._last_step_seen = step
         if step % self.every_n_steps == 0 or (self.at_end and is_final_step(trainer)):
             # the end-of-training measurement happens here when the step budget is reached, so the
             # last.ckpt written right after it (StopCheckpoint) already holds it
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end and not getattr(trainer, "_lightning_dpo_interrupted", False):
+        if self.at_end and not was_interrupted(trainer):
             self._run(trainer, pl_module)
 
     # -- state ------------------------------------------------------------------------------------

@@ -14,11 +14,13 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from callbacks.periodic import PeriodicMeasurement
+from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.evaluation.perplexity import perplexity
-from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.data.texts import load_text, load_texts
 from lightning_dpo.evaluation.report import score_continuations
+from lightning_dpo.dynamics.store import file_digest
 from lightning_dpo.evaluation.scorers import build_scorer
+from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_jsonl
 
 
@@ -40,13 +42,15 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         name: str | None = None,
     ):
         super().__init__(every_n_steps, name=name)
-        self.prompts = load_texts(prompts, field=prompt_field, where=prompt_filter, limit=max_prompts)
+        key = f"callbacks.{name or 'toxicity_eval'}"
+        self.prompts = load_texts(prompts, field=prompt_field, where=prompt_filter, limit=max_prompts, key=f"{key}.prompts")
         scorer_cfg = {"name": scorer} if isinstance(scorer, str) else dict(scorer)
         self.scorer = build_scorer(scorer_cfg.pop("name"), **scorer_cfg)
         self.max_prompt_tokens, self.max_new_tokens, self.batch_size = max_prompt_tokens, max_new_tokens, batch_size
-        self.perplexity_text = Path(perplexity_text).read_text(encoding="utf-8") if perplexity_text else None
+        self.perplexity_text = load_text(perplexity_text, f"{key}.perplexity_text") if perplexity_text else None
         self.perplexity_window = perplexity_window
         self.output_dir = Path(output_dir) if output_dir else None
+        self.digests: dict[int, str] = {}  # step -> sha256 of its generations file
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
         tokenizer = trainer.datamodule.tokenizer
@@ -61,11 +65,13 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         if self.perplexity_text is not None:
             metrics["eval/perplexity"] = perplexity(pl_module.policy, tokenizer, self.perplexity_text, self.perplexity_window)["perplexity"]
         if self.output_dir is not None and trainer.is_global_zero:
-            atomic_write_jsonl(
-                self.output_dir / "eval" / f"generations_step_{step:07d}.jsonl",
-                ({"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)),
-            )
+            path = self._generations_file(step)
+            atomic_write_jsonl(path, ({"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)))
+            self.digests[step] = file_digest(path)  # kept in the checkpoint, checked on resume
         return metrics
+
+    def _generations_file(self, step: int) -> Path:
+        return self.output_dir / "eval" / f"generations_step_{step:07d}.jsonl"
 
     def on_history_changed(self, trainer: L.Trainer) -> None:
         if self.output_dir is None:
@@ -79,9 +85,25 @@ class ToxicityEvalCallback(PeriodicMeasurement):
     def on_resume(self, trainer: L.Trainer, step: int) -> None:
         if self.output_dir is None:
             return
+        steps = {entry["step"] for entry in self.history}
+        for s in sorted(steps):  # generations cannot be rebuilt without the weights of their step
+            path = self._generations_file(s)
+            found = file_digest(path)
+            if s in self.digests and found != self.digests[s]:
+                what = "is missing" if found is None else "does not match the checksum recorded in the checkpoint"
+                raise DataError(str(path), f"the generations of step {s} {what}, and they cannot be rebuilt without the "
+                                "weights of that step: restore the file, or resume from a checkpoint written before it")
         for path in (self.output_dir / "eval").glob("generations_step_*.jsonl"):
-            if int(path.stem.rsplit("_", 1)[1]) > step:
-                path.unlink()
+            if int(path.stem.rsplit("_", 1)[1]) not in steps:
+                path.unlink()  # a future the checkpoint never reached
+        self.digests = {s: d for s, d in self.digests.items() if s in steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generations_digests": dict(self.digests)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.digests = {int(k): v for k, v in state_dict.get("generations_digests", {}).items()}
 
     def summary(self) -> str:
         if not self.history:

@@ -25,7 +25,7 @@ from lightning_dpo.dynamics import REDUCING_GROUPS, build_probe_tokens, group_ro
 from lightning_dpo.dynamics.groups import GROUPS_CSV_COLUMNS
 from lightning_dpo.dynamics.probe_set import prompt_ids_for
 from lightning_dpo.evaluation import interventions as iv
-from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.data.texts import load_texts
 from lightning_dpo.evaluation.report import evaluate_model
 from lightning_dpo.probe import Probe, build_probe, load_probe
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_writable_dir
@@ -111,7 +111,7 @@ def run(cfg: Any) -> dict[str, Any]:
 
     ps = cfg.probe_set
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt_ids = prompt_ids_for(tokenizer, load_texts(ps.source, field=ps.field, where=ps.filter, limit=ps.limit), ps.max_prompt_tokens)
+    prompt_ids = prompt_ids_for(tokenizer, load_texts(ps.source, field=ps.field, where=ps.filter, limit=ps.limit, key="probe_set.source"), ps.max_prompt_tokens)
     tokens = build_probe_tokens(base, prompt_ids, pad, ps.num_positions, ps.batch_size)
     base_snap = take_snapshot(base, tokens, probe.unit, step=0, batch_size=ps.batch_size)
     dpo_snap = take_snapshot(dpo, tokens, probe.unit, step=1, batch_size=ps.batch_size)

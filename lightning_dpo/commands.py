@@ -24,7 +24,7 @@ def hydra_command(fn: Callable[[Any], Any], config_name: str) -> Callable[[], An
     """The `python -m lightning_dpo.<command>` entry point: `conf/commands/<config_name>.yaml` + `fn`."""
     import hydra
 
-    @hydra.main(version_base="1.3", config_path="../conf/commands", config_name=config_name)
+    @hydra.main(version_base="1.3", config_path="pkg://lightning_dpo.conf.commands", config_name=config_name)
     def main(cfg: Any) -> None:
         run_command(fn, cfg)
 

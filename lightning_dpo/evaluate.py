@@ -13,36 +13,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.data.texts import load_text, load_texts
 from lightning_dpo.evaluation.report import EvalSettings, evaluate_model
 from lightning_dpo.evaluation.scorers import build_scorer
-from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
 
-def load_perplexity_text(spec: str | None) -> str | None:
-    """A text file, or `wikitext-2` (the test split of wikitext-2-raw-v1 joined with blank lines)."""
-    if not spec:
-        return None
-    if spec == "wikitext-2":
-        try:
-            import datasets
-
-            rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
-        except Exception as exc:
-            raise DataError("wikitext-2", f"could not load it ({type(exc).__name__}); pass perplexity.text=<a local text file>") from exc
-        return "\n\n".join(rows["text"])
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise DataError(str(path), "perplexity text file not found (config key 'perplexity.text')")
-    return path.read_text(encoding="utf-8")
-
-
 def settings_from_config(cfg: Any, cache_dir: Path | None = None) -> EvalSettings:
     """EvalSettings from the `prompts`, `scorer`, `generation`, `perplexity` and `f1` config blocks."""
-    prompts = load_texts(cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit)
+    prompts = load_texts(cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit, key="prompts.source")
     scorer_cfg = dict(cfg.scorer)
     if scorer_cfg.get("name") == "perspective" and cache_dir is not None:
         scorer_cfg.setdefault("cache_path", str(cache_dir / "perspective_cache.jsonl"))  # resumable scoring
@@ -50,13 +31,13 @@ def settings_from_config(cfg: Any, cache_dir: Path | None = None) -> EvalSetting
     f1_prompts: list[str] = []
     f1_golds: list[str] = []
     if cfg.f1.get("data"):
-        f1_prompts = load_texts(cfg.f1.data, field=cfg.f1.prompt_field, limit=cfg.f1.limit)
-        f1_golds = load_texts(cfg.f1.data, field=cfg.f1.gold_field, limit=cfg.f1.limit)
+        f1_prompts = load_texts(cfg.f1.data, field=cfg.f1.prompt_field, limit=cfg.f1.limit, key="f1.data")
+        f1_golds = load_texts(cfg.f1.data, field=cfg.f1.gold_field, limit=cfg.f1.limit, key="f1.data")
     return EvalSettings(
         prompts=prompts, scorer=scorer,
         max_prompt_tokens=cfg.generation.max_prompt_tokens, max_new_tokens=cfg.generation.max_new_tokens,
         batch_size=cfg.generation.batch_size, truncation_side=cfg.generation.truncation_side,
-        perplexity_text=load_perplexity_text(cfg.perplexity.text), perplexity_window=cfg.perplexity.window,
+        perplexity_text=load_text(cfg.perplexity.text, "perplexity.text") if cfg.perplexity.text else None, perplexity_window=cfg.perplexity.window,
         f1_prompts=f1_prompts, f1_golds=f1_golds, max_gold_tokens=cfg.f1.max_gold_tokens,
     )
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lightning_dpo.evaluation.generation import generate_continuations
-from lightning_dpo.evaluation.prompts import load_texts
+from lightning_dpo.data.texts import WIKITEXT_2, load_texts, wikitext_lines
 from lightning_dpo.evaluation.scorers import Scorer, build_scorer
 from lightning_dpo.mlp import find_decoder_layers, hook_residual
 from lightning_dpo.utils.errors import ConfigError, DataError
@@ -47,19 +47,9 @@ def steering(model: nn.Module, unit: torch.Tensor, alpha: float, layers: Sequenc
         yield
 
 
-def wikitext_lines() -> list[str]:
-    try:
-        import datasets
-
-        rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="train")
-    except Exception as exc:
-        raise DataError("wikitext-2", f"could not load it ({type(exc).__name__}); pass prompts.source=<a .txt or .jsonl file>") from exc
-    return [t.strip() for t in rows["text"] if t.strip() and not t.strip().startswith("=")]
-
-
 def load_prompt_texts(cfg: Any, tokenizer: Any) -> list[str]:
     """Prompts cut to their first `max_tokens` tokens; shorter than `min_tokens` ones are skipped."""
-    texts = wikitext_lines() if cfg.source == "wikitext-2" else load_texts(cfg.source, field=cfg.field)
+    texts = wikitext_lines("prompts.source") if cfg.source == WIKITEXT_2 else load_texts(cfg.source, field=cfg.field, key="prompts.source")
     prompts = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         if len(ids) < cfg.min_tokens:

@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from lightning_dpo.data.texts import load_labelled_texts
 from lightning_dpo.utils.errors import ConfigError, DataError
 from lightning_dpo.utils.io import atomic_save
 from lightning_dpo.utils.torch_utils import eval_mode, model_device
@@ -167,44 +168,6 @@ def embedding_difference_direction(
     return Probe(direction, {"source": "embedding difference", "toxic_words": list(toxic_words), "neutral_words": list(neutral_words)})
 
 
-def read_labelled_texts(source: str, text_field: str = "text", label_field: str = "label", limit: int | None = None, split: str = "train") -> tuple[list[str], list[int]]:
-    """Labelled texts from .jsonl, .csv or a `datasets` id; a label > 0.5 counts as toxic."""
-    path = Path(source).expanduser()
-    rows: list[tuple[int, dict]] = []
-    if path.suffix == ".csv" and path.exists():
-        import csv
-
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = [(i + 2, r) for i, r in enumerate(csv.DictReader(handle))]
-    elif path.exists():
-        for line_no, raw in enumerate(path.read_bytes().splitlines(), start=1):
-            if raw.strip():
-                try:
-                    rows.append((line_no, json.loads(raw)))
-                except json.JSONDecodeError as exc:
-                    raise DataError(str(path), f"not JSON ({exc.msg})", line=line_no) from None
-    else:
-        try:
-            import datasets
-
-            rows = list(enumerate(datasets.load_dataset(source, split=split), start=1))
-        except Exception as exc:
-            raise DataError(source, f"cannot load ({type(exc).__name__}: {exc}); pass a local .jsonl/.csv file") from exc
-    texts, labels = [], []
-    for line_no, row in rows:
-        if text_field not in row or label_field not in row:
-            raise DataError(source, f"needs fields {text_field!r} and {label_field!r}", line=line_no)
-        try:
-            label = int(float(row[label_field]) > 0.5)
-        except (TypeError, ValueError):
-            raise DataError(source, f"label {row[label_field]!r} is not a number", line=line_no) from None
-        texts.append(str(row[text_field]))
-        labels.append(label)
-        if limit and len(texts) >= limit:
-            break
-    return texts, labels
-
-
 def build_probe(model: nn.Module, tokenizer: Any, source: str = "train", path: str | None = None, data: str | None = None, **kwargs: Any) -> Probe:
     """A probe from the configured source, validated against the model's d_model."""
     d_model = model.get_input_embeddings().weight.shape[1]
@@ -218,7 +181,7 @@ def build_probe(model: nn.Module, tokenizer: Any, source: str = "train", path: s
         if not data:
             raise ConfigError("probe.data", "source=train needs labelled texts (a .jsonl/.csv file or a datasets id)")
         read_keys = {k: kwargs.pop(k) for k in ("text_field", "label_field", "limit", "split") if k in kwargs}
-        texts, labels = read_labelled_texts(data, **read_keys)
+        texts, labels = load_labelled_texts(data, **read_keys)
         return train_probe(model, tokenizer, texts, labels, source=str(data), **kwargs).check_size(d_model)
     raise ConfigError("probe.source", f"unknown source {source!r}; accepted: ['train', 'raw', 'embed_diff']")
 

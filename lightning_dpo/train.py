@@ -2,13 +2,15 @@
 
 With no arguments it runs the embedded demo (the toy toxicity world, offline, on CPU). Every
 object is built from `conf/` with `hydra.utils.instantiate`; this file only wires them together.
-Run directory (Hydra's run dir; `hydra.run.dir=...` sets it) holds `.hydra/`, `metrics.csv`,
-`checkpoints/`, `status.json`, the callbacks' outputs, and at the end `hf_model/`.
+The run directory (Hydra's run dir; `hydra.run.dir=...` sets it) holds `.hydra/`, `metrics.csv`,
+`checkpoints/`, `status.json`, `train.log`, the callbacks' outputs, and at the end `hf_model/`.
+Claiming the directory, checking a resume and recording attempts: lightning_dpo/training/run_dir.py.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import sys
@@ -22,12 +24,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_dpo.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
 from lightning_dpo.config import build, ensure_toy_world, register_resolvers
-from lightning_dpo.loggers import MetricsCSVLogger, setup_wandb_run
 from lightning_dpo.model.loading import load_tokenizer
-from lightning_dpo.utils.errors import ConfigError, DataError, LightningDPOError, OutputError
-from lightning_dpo.utils.io import atomic_directory, atomic_write_json, ensure_writable_dir
+from lightning_dpo.training.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
+from lightning_dpo.training.metrics_csv import MetricsCSVLogger
+from lightning_dpo.training.run_dir import RunConfigInCheckpoint, RunDirectory, RunPlan, claim, resume_command, run_config, task_overrides
+from lightning_dpo.training.wandb_logger import setup_wandb_run
+from lightning_dpo.utils.errors import ConfigError, DataError, LightningDPOError, RunInterrupted
+from lightning_dpo.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger("lightning_dpo.train")
 register_resolvers()
@@ -94,31 +99,36 @@ def objective_value(trainer: L.Trainer, key: str | None) -> float | None:
     return float(value) if value is not None else math.nan
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Build everything from `cfg`, fit, save `hf_model/`, and return the objective."""
-    run_dir = ensure_writable_dir(cfg.paths.output_dir, "run directory (paths.output_dir)")
-    write_status(run_dir, "running")
-    try:
-        result = _train(cfg, run_dir)
-    except BaseException as exc:
-        write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        _cleanup()
-    return result
+def _number(cfg: DictConfig, key: str) -> float | None:
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    return float(value)
 
 
 def preflight(cfg: DictConfig) -> None:
-    """Checks that need no model: every `???` value is set and the data file exists."""
+    """Checks that need no model: every `???` value is set, numbers are numbers, files exist."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], f"is required but not set (all missing: {', '.join(missing)})")
-    lr = cfg.get("optim", {}).get("lr")
-    if lr is not None and not float(lr) > 0:
-        raise ConfigError("optim.lr", f"must be > 0, got {lr}")
+    lr = _number(cfg, "optim.lr")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ConfigError("optim.lr", f"must be a finite number > 0, got {lr}")
+    beta = _number(cfg, "loss.beta")
+    if beta is not None and not (math.isfinite(beta) and beta > 0):
+        raise ConfigError("loss.beta", f"must be a finite number > 0, got {beta}")
+    max_steps = _number(cfg, "trainer.max_steps")
+    if max_steps is not None and max_steps == 0 or max_steps is not None and max_steps < -1:
+        raise ConfigError("trainer.max_steps", f"must be > 0 (or -1 to train for trainer.max_epochs), got {int(max_steps)}")
     path = cfg.data.get("path")
-    if path and not Path(path).expanduser().is_file():
-        raise DataError(str(path), "file not found (config key 'data.path')")
+    if path:
+        data_path = Path(path).expanduser()
+        if not data_path.exists():
+            raise DataError(str(path), "file not found (config key 'data.path')")
+        if not data_path.is_file():
+            raise DataError(str(path), "is not a file (config key 'data.path' names one JSONL/JSON/CSV/Parquet file of pairs)")
     for name, node in (cfg.get("callbacks") or {}).items():
         probe = node.get("probe") if node is not None else None
         if probe is None or probe.get("source") != "raw":
@@ -129,36 +139,65 @@ def preflight(cfg: DictConfig) -> None:
             raise DataError(str(probe.path), f"probe file not found (config key 'callbacks.{name}.probe.path')")
 
 
-RUN_OUTPUTS = ("metrics.csv", "checkpoints", "dynamics", "probe.safetensors", "toxicity_eval.csv", "eval", "hf_model", "plots", "wandb", "wandb_run_id.txt")
+def train(cfg: DictConfig) -> float | None:
+    """Claim the run directory, check the run, then build everything from `cfg`, fit, save
+    `hf_model/`, and return the objective. Raises `RunInterrupted` after a signal (with the
+    checkpoint written and the command to resume)."""
+    with claim(cfg.paths.output_dir) as run_dir:
+        return _claimed(cfg, run_dir)
 
 
-def prepare_run_dir(run_dir: Path, resuming: bool, requested: str | None) -> None:
-    """Never mix two runs in one directory, never overwrite one silently.
-
-    A fresh run in a directory that already holds a run's outputs is refused, unless
-    `ckpt_path=last` was asked for and there is no checkpoint to resume (an earlier attempt died
-    before its first checkpoint): then the earlier outputs move to `previous/<time>/`.
-    """
-    if resuming:
-        return
-    found = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    if not found:
-        return
-    if requested != "last":
-        raise OutputError(
-            f"{run_dir} already holds a run ({', '.join(found)}): resume it with ckpt_path=last, "
-            "or start a new one in another directory (hydra.run.dir=...)"
-        )
-    archive = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
-    archive.mkdir(parents=True)
-    for name in found:
-        (run_dir / name).rename(archive / name)
-    log.warning("no checkpoint to resume in %s: moved the earlier attempt's outputs to %s and started afresh", run_dir, archive)
-
-
-def _train(cfg: DictConfig, run_dir: Path) -> float | None:
+def _claimed(cfg: DictConfig, run_dir: Path) -> float | None:
+    run = RunDirectory(run_dir)
     ensure_toy_world(cfg)  # only if the config uses it (the demo); built once, then cached
-    preflight(cfg)
+    ckpt_path, checkpoint = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir / "checkpoints")
+    rank_zero = rank_zero_only.rank == 0
+    if rank_zero:  # every check before anything is written (other ranks follow rank 0's claim)
+        plan = run.plan(cfg, ckpt_path, checkpoint)
+    else:
+        plan = RunPlan(ckpt_path, checkpoint_step=int((checkpoint or {}).get("global_step", 0)))
+    del checkpoint
+    if plan.already_complete:
+        previous = json.loads((run_dir / "status.json").read_text())
+        log.info("%s is complete at trainer.max_steps=%d: nothing to train (pass a larger trainer.max_steps to extend it)",
+                 run_dir, plan.checkpoint_step)
+        return previous.get("objective")
+    try:
+        preflight(cfg)
+    except LightningDPOError as exc:
+        if rank_zero and not plan.resuming and not plan.archive:  # our own, empty directory: record the failure
+            run.start_attempt(cfg, plan)
+            write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if rank_zero:
+        run.start_attempt(cfg, plan)
+    log_file = _log_to_file(run_dir / "train.log") if rank_zero else None
+    write_status(run_dir, "running", **({"resumed_from_step": plan.checkpoint_step} if plan.resuming else {}))
+    try:
+        return _train(cfg, run_dir, plan)
+    except RunInterrupted as exc:
+        write_status(run_dir, "interrupted", step=exc.step, signal=exc.signum, resume=exc.command)
+        raise
+    except (KeyboardInterrupt, SystemExit) as exc:  # a second Ctrl-C (Lightning turns it into SystemExit)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        write_status(run_dir, "interrupted", error=f"stopped at once ({type(exc).__name__}), without a checkpoint of this step",
+                     resume=resume_command(run_dir, task_overrides()) if last.exists() else None)
+        raise
+    except BaseException as exc:
+        _record_failure(run_dir, exc)
+        raise
+    finally:
+        _cleanup()
+        if log_file is not None:
+            logging.getLogger().removeHandler(log_file)
+            log_file.close()
+
+
+def _train(cfg: DictConfig, run_dir: Path, plan: RunPlan) -> float | None:
+    callbacks = build_callbacks(cfg)
+    stop = next((cb for cb in callbacks if isinstance(cb, StopCheckpoint)), None)
+    if stop is not None:
+        stop.install_signal_handlers()  # from here on a signal ends the run with a checkpoint
     L.seed_everything(cfg.seed, workers=True)
     loss = build(cfg.loss, "loss")  # cheap checks first: a bad value fails before anything loads
     tokenizer_source = cfg.model.get("tokenizer") or cfg.model.get("name_or_path")
@@ -171,17 +210,16 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | None:
         optimizer=build(cfg.optim.optimizer, "optim.optimizer"),
         scheduler=build(cfg.optim.scheduler, "optim.scheduler"),
     )
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir / "checkpoints")
-    prepare_run_dir(run_dir, resuming=ckpt_path is not None, requested=cfg.get("ckpt_path"))
-    callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg, run_dir)
+    callbacks += [loggers[0].checkpoint_callback(), RunConfigInCheckpoint(run_config(cfg))]
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path)
 
-    if getattr(trainer, "_lightning_dpo_interrupted", False):
-        write_status(run_dir, "interrupted", step=trainer.global_step)
-        log.warning("stopped at step %d on a signal; resume with ckpt_path=last hydra.run.dir=%s", trainer.global_step, run_dir)
-        return None
+    stopped = stop_checkpoint_of(trainer)
+    if stopped is not None and stopped.interrupted:
+        command = resume_command(run_dir, task_overrides())
+        log.warning("stopped at step %d on a signal; to finish this run: %s", trainer.global_step, command)
+        raise RunInterrupted(int(stopped.requested), trainer.global_step, command)
     if module.last_val_step != trainer.global_step and len(datamodule.val_dataset) > 0:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the final val/* for summaries and searches
     if trainer.is_global_zero:
@@ -190,6 +228,22 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | None:
     objective = objective_value(trainer, cfg.get("objective"))
     write_status(run_dir, "completed", step=trainer.global_step, objective=objective)
     return objective
+
+
+def _record_failure(run_dir: Path, exc: BaseException) -> None:
+    """status.json = failed, without hiding the original error if the status cannot be written (a full disk)."""
+    try:
+        write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+    except Exception as status_exc:  # the original error is what the user must see
+        log.error("could not record the failure in %s: %s", run_dir / "status.json", status_exc)
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """`train.log`: every log record of this attempt, appended (resumed attempts add to it)."""
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 def _cleanup() -> None:
@@ -206,10 +260,12 @@ def _cleanup() -> None:
         torch.cuda.empty_cache()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://lightning_dpo.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)
+    except RunInterrupted as exc:
+        sys.exit(exc.exit_code)  # also ends a sweep: its other jobs resume with the same command and ckpt_path=last
     except LightningDPOError as exc:
         if _is_multirun():
             raise  # Hydra records the failed job and runs the others

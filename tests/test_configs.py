@@ -82,7 +82,7 @@ def test_the_paper_experiment_has_the_published_settings():
     assert (cfg.data.batch_size, cfg.data.max_prompt_length, cfg.data.max_completion_length, cfg.data.val_size) == (4, 64, 64, 64)
     assert cfg.data.format == "lee" and cfg.trainer.gradient_clip_val == 10 and cfg.trainer.val_check_interval == 25
     assert cfg.callbacks.early_stopping.patience == 30 and cfg.callbacks.early_stopping.monitor == "val/loss"
-    assert cfg.callbacks.model_checkpoint.save_last and cfg.callbacks.model_checkpoint.monitor == "val/loss"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and cfg.callbacks.stop_checkpoint.after_validation
 
 
 def test_paper_experiment_fails_fast_without_its_files(tmp_path):

@@ -256,7 +256,7 @@ def test_analyze_command_on_the_demo_world(tmp_path, trained_run, small_world):
 
 
 def test_realtoxicityprompts_shaped_rows_nested_field_and_challenging_filter(tmp_path):
-    from lightning_dpo.evaluation.prompts import load_texts
+    from lightning_dpo.data.texts import load_texts
 
     path = tmp_path / "rtp.jsonl"
     rows = [{"prompt": {"text": f"prompt {i}", "toxicity": 0.1}, "challenging": i % 3 == 0} for i in range(9)]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import SHORT_RUN, SMALL_WORLD, build_tiny, compose_train, tiny_gpt2_config, write_pairs
-from lightning_dpo.checkpointing import check_checkpoint
+from lightning_dpo.training.checkpoints import check_checkpoint
 from lightning_dpo.data import PreferenceDataModule, read_preference_rows
 from lightning_dpo.model import DPOModule, PreferenceLoss
 from lightning_dpo.model.schedules import warmup_schedule
@@ -147,7 +147,7 @@ def test_a_bad_state_never_replaces_the_last_good_checkpoint(tmp_path, char_toke
     module = _module()
     trainer = _fit(module, tmp_path, char_tokenizer, 2, enable_checkpointing=False, default_root_dir=str(tmp_path))
     good = tmp_path / "last.ckpt"
-    from lightning_dpo.checkpointing import AtomicCheckpointIO
+    from lightning_dpo.training.checkpoints import AtomicCheckpointIO
 
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     trainer.save_checkpoint(str(good))
@@ -200,7 +200,7 @@ def test_an_unusable_output_directory_fails_clearly(tmp_path, small_world):
 # -- network ---------------------------------------------------------------------------------
 
 def test_wandb_without_credentials_or_server_goes_offline_with_one_warning(monkeypatch, tmp_path, caplog):
-    from lightning_dpo.loggers import choose_wandb_mode
+    from lightning_dpo.training.wandb_logger import choose_wandb_mode
 
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(var, raising=False)
@@ -255,7 +255,7 @@ def test_a_signal_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path, small
 
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_equals_the_uninterrupted_run(tmp_path, small_world):
-    every = ["callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.model_checkpoint.monitor=null", "trainer.val_check_interval=5"]
+    every = ["callbacks.stop_checkpoint.every_n_steps=3", "trainer.val_check_interval=5"]
     killed = tmp_path / "killed"
     process = _start(killed, every + ["trainer.max_steps=100000"])
     _wait_for(killed / "dynamics" / "step_0000010.safetensors", process)

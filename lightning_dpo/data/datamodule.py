@@ -149,9 +149,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = ResumableSampler(len(self.train_dataset), seed=self.seed, shuffle=True, rank=rank, world_size=world)
+        sampler = ResumableSampler(self.train_dataset, seed=self.seed, shuffle=True, rank=rank, world_size=world, consumed=self._consumed)
         self._train_sampler = sampler
-        self._skip_consumed(sampler)
         return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
@@ -164,9 +163,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = ResumableSampler(len(self.val_dataset), seed=self.seed, shuffle=False, rank=rank, world_size=1)
-        if world > 1:  # shard without padding so no pair is counted twice
-            sampler = list(range(rank, len(self.val_dataset), world))
+        # every rank its own slice, without padding, so that no pair is counted twice
+        sampler = list(range(rank, len(self.val_dataset), world))
         return DataLoader(
             self.val_dataset,
             batch_size=self.eval_batch_size,
@@ -176,21 +174,22 @@ class PreferenceDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def _skip_consumed(self, sampler: ResumableSampler) -> None:
-        """After a restore, skip what the restored optimizer steps consumed in the current epoch."""
+    def _consumed(self, epoch: int) -> int:
+        """This rank's samples of `epoch` that the optimizer steps behind the weights already used."""
         trainer = getattr(self, "trainer", None)
         if trainer is None or trainer.global_step == 0:
-            return
-        batches_per_epoch = math.ceil(len(sampler) / self.batch_size)
+            return 0
+        batches_per_epoch = math.ceil(len(self._train_sampler) / self.batch_size)
         limit = trainer.limit_train_batches
         if isinstance(limit, int):
             batches_per_epoch = min(batches_per_epoch, limit)
         elif limit is not None and limit < 1.0:
             batches_per_epoch = int(batches_per_epoch * limit)
+        # Lightning steps at an epoch's last batch even when the accumulation is incomplete
         steps_per_epoch = math.ceil(batches_per_epoch / trainer.accumulate_grad_batches)
-        epoch, step_in_epoch = divmod(trainer.global_step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        sampler.skip_next(step_in_epoch * trainer.accumulate_grad_batches * self.batch_size)
+        steps_in_epoch = min(max(trainer.global_step - epoch * steps_per_epoch, 0), steps_per_epoch)
+        batches = min(steps_in_epoch * trainer.accumulate_grad_batches, batches_per_epoch)
+        return batches * self.batch_size
 
     # -- resumable-loader protocol: lets Lightning know mid-epoch resume is exact -----------------
     def state_dict(self) -> dict[str, Any]:
@@ -208,13 +207,13 @@ class PreferenceDataModule(L.LightningDataModule):
 class ResumableDataLoader(DataLoader):
     """A DataLoader that Lightning treats as resumable (it implements the state protocol).
 
-    The position itself is restored by `PreferenceDataModule._skip_consumed` from the restored
-    global step; the state saved here lets a resume check that the order is the same one.
+    The position itself comes from the restored step count (see `ResumableSampler`); the state
+    saved here only lets a resume check that the order is the same one.
     """
 
     def state_dict(self) -> dict[str, Any]:
         sampler = self.sampler
-        return {"seed": sampler.seed, "num_samples": sampler.num_samples, "world_size": sampler.world_size}
+        return {"seed": sampler.seed, "num_samples": len(sampler.dataset), "world_size": sampler.num_replicas}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         current = self.state_dict()

@@ -1,4 +1,4 @@
-"""Reading preference rows from a JSONL file or a `datasets` hub id.
+"""Preference rows from a file (JSONL, or .json/.csv/.parquet: lightning_dpo/data/files.py) or a hub id.
 
 Field names are configurable; presets cover TRL's (`prompt`/`chosen`/`rejected`) and Lee et
 al.'s released PPLM pairs (`prompt_text`, `unpert_gen_text` = chosen, `pert_gen_text` = rejected).
@@ -7,13 +7,12 @@ A bad row is an error naming the file and line, or, with `on_bad_row="skip"`, co
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from lightning_dpo.data.files import Row, hub_rows, read_rows, resolve_local
 from lightning_dpo.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -93,68 +92,21 @@ def _handle(exc: _RowError, path: str, line: int, on_bad_row: str, report: ReadR
     report.skipped[exc.reason] += 1
 
 
-def read_jsonl_rows(
-    path: str | Path, fields: Mapping[str, str], on_bad_row: str = "error"
-) -> tuple[list[PreferenceRecord], ReadReport]:
-    path = Path(path)
+def _records(source: str, rows: Iterable[Row], fields: Mapping[str, str], on_bad_row: str) -> tuple[list[PreferenceRecord], ReadReport]:
     if on_bad_row not in BAD_ROW_POLICIES:
         raise ConfigError("data.on_bad_row", f"got {on_bad_row!r}; accepted: {list(BAD_ROW_POLICIES)}")
-    if not path.is_file():
-        raise DataError(str(path), "file not found (config key 'data.path')")
-    report = ReadReport(source=str(path))
-    records: list[PreferenceRecord] = []
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue  # blank lines are not rows
-            report.rows_read += 1
-            try:
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise _RowError("not UTF-8", f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise _RowError("not JSON", f"not valid JSON ({exc.msg}, column {exc.colno})") from None
-                records.append(_record_from_row(row, fields, line_no))
-            except _RowError as exc:
-                _handle(exc, str(path), line_no, on_bad_row, report)
-    report.kept = len(records)
-    return records, report
-
-
-def read_hub_rows(
-    dataset_id: str, split: str, fields: Mapping[str, str], on_bad_row: str = "error", **load_kwargs: Any
-) -> tuple[list[PreferenceRecord], ReadReport]:
-    """Rows of a `datasets` hub dataset (downloaded on first use, then cached by `datasets`)."""
-    try:
-        import datasets
-    except ImportError as exc:  # pragma: no cover - datasets is a core dependency
-        raise ConfigError("data.hub_id", "the `datasets` package is needed for hub datasets") from exc
-    try:
-        dataset = datasets.load_dataset(dataset_id, split=split, **load_kwargs)
-    except Exception as exc:
-        raise DataError(
-            dataset_id,
-            f"could not load the dataset ({type(exc).__name__}: {exc}). Without network access, "
-            "export it to JSONL and pass data.path=<file> instead",
-        ) from exc
-    source = f"{dataset_id}[{split}]"
     report = ReadReport(source=source)
-    records = []
-    for index, row in enumerate(_iter_rows(dataset)):
+    records: list[PreferenceRecord] = []
+    for row in rows:
         report.rows_read += 1
         try:
-            records.append(_record_from_row(row, fields, index + 1))
+            if row.error is not None:
+                raise _RowError(row.reason or "unreadable", row.error)
+            records.append(_record_from_row(row.value, fields, row.line))
         except _RowError as exc:
-            _handle(exc, source, index + 1, on_bad_row, report)
+            _handle(exc, source, row.line, on_bad_row, report)
     report.kept = len(records)
     return records, report
-
-
-def _iter_rows(dataset: Iterable[Any]) -> Iterable[Any]:
-    yield from dataset
 
 
 def read_preference_rows(
@@ -170,5 +122,8 @@ def read_preference_rows(
     if bool(path) == bool(hub_id):
         raise ConfigError("data.path", "set exactly one of data.path (a JSONL file) or data.hub_id (a datasets id)")
     if path:
-        return read_jsonl_rows(path, mapping, on_bad_row)
-    return read_hub_rows(hub_id, split, mapping, on_bad_row)
+        local = resolve_local(path, "data.path")
+        if local is None:
+            raise DataError(str(path), "file not found (config key 'data.path'; a hub dataset goes in data.hub_id)")
+        return _records(str(local), read_rows(local), mapping, on_bad_row)
+    return _records(f"{hub_id}[{split}]", hub_rows(hub_id, split, "data.hub_id"), mapping, on_bad_row)

@@ -1,52 +1,40 @@
-"""A seeded, epoch-aware, rank-aware sampler that can resume in the middle of an epoch.
+"""The training order: torch's DistributedSampler, plus a skip that makes mid-epoch resume exact.
 
-The order of epoch `e` is a permutation drawn from `seed + e`, so it does not depend on any
-global RNG state. Under data parallelism rank `r` of `w` takes positions `r, r + w, ...` of that
-permutation: the union of the ranks' batches `j` is exactly the single-process batch `j` of
-size `w * batch_size`, which makes a DDP run equal a single-process run with the same global batch.
-Resuming skips the samples that the restored optimizer steps already consumed in the epoch.
+The order is DistributedSampler's (`drop_last=True`): epoch `e` is a permutation drawn from
+`seed + e` (independent of any global RNG state), cut to a multiple of the world size, and rank
+`r` of `w` takes positions `r, r + w, ...`. The union of the ranks' batches `j` is therefore the
+single-process batch `j` of size `w * batch_size`, which makes a DDP run equal a single-process
+run with the same global batch.
+
+The one addition: when an epoch's iteration starts, `consumed(epoch)` says how many of this
+rank's samples of that epoch the restored optimizer steps already used, and those are skipped.
+It is asked at iteration time, from the epoch Lightning is about to run and the restored step
+count, so every restart path of Lightning's loops (mid-epoch, at an epoch's last batch, after a
+validation) yields exactly the batches an uninterrupted run would have seen next.
+
+Why not Lightning's stateful-dataloader resume: it restores a loader's own saved state, which is
+a second record of the position that can disagree with the weights (a checkpoint written after a
+validation, a loader rebuilt with other workers). The optimizer-step count is the one number the
+weights already carry; the loader's `state_dict` only records the order's parameters, to warn
+when a resume would change them.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Sized
 
-import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
-class ResumableSampler(Sampler[int]):
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
-        self.num_samples = num_samples
-        self.seed = seed
-        self.shuffle = shuffle
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self._skip = 0  # samples of this rank to skip at the next iteration only
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of each epoch."""
-        self.epoch = epoch
-
-    def skip_next(self, num_samples: int) -> None:
-        """Skip the first `num_samples` of the next iteration (mid-epoch resume)."""
-        self._skip = num_samples
-
-    def order(self, epoch: int) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            perm = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            perm = list(range(self.num_samples))
-        usable = self.num_samples - self.num_samples % self.world_size
-        return perm[:usable][self.rank :: self.world_size]
+class ResumableSampler(DistributedSampler):
+    def __init__(
+        self, dataset: Sized, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+        consumed: Callable[[int], int] | None = None,
+    ):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.consumed = consumed  # epoch -> samples of this rank already used in that epoch
 
     def __iter__(self) -> Iterator[int]:
-        indices = self.order(self.epoch)
-        skip, self._skip = self._skip, 0
+        indices = list(super().__iter__())
+        skip = self.consumed(self.epoch) if self.consumed is not None else 0
         return iter(indices[skip:])
-
-    def __len__(self) -> int:
-        # the full epoch length, also when resuming: Lightning counts batches from the restored position
-        return self.num_samples // self.world_size

@@ -6,15 +6,18 @@
                                             mean_activation, value_projection, value_norm:
                                             float32 (n_layers, d_mlp); metadata: step
 <run_dir>/dynamics/groups.csv               step,layer,group,count,delta_sum,share (layer `all` = totals)
-<run_dir>/dynamics/meta.json                probe-set source, position mode, top_n, shapes
+<run_dir>/dynamics/meta.json                probe-set source, position mode, top_n, and the size and
+                                            sha256 of every snapshot file
 
-Every file is written atomically. Everything logged is recomputable from these files:
-`load_run(run_dir)` returns them, and `lightning_dpo.dynamics.group_rows` recomputes groups.csv.
+Every file is written atomically. The snapshots are the source of truth: everything logged is
+recomputable from them (`load_run(run_dir)` returns them, `lightning_dpo.dynamics.group_rows`
+recomputes groups.csv), and a resumed run verifies them against the checksums its checkpoint
+holds and rebuilds groups.csv from them.
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +27,23 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lightning_dpo.dynamics.groups import GROUPS_CSV_COLUMNS
+from lightning_dpo.dynamics.groups import GROUPS_CSV_COLUMNS, group_rows
 from lightning_dpo.dynamics.probe_set import ProbeTokens
 from lightning_dpo.dynamics.snapshot import Snapshot
+from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import atomic_save, atomic_write_csv, atomic_write_json
 
 
 def step_file(directory: Path, step: int) -> Path:
     return directory / f"step_{step:07d}.safetensors"
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 of a file's bytes, or None when it does not exist."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
 
 
 class DynamicsStore:
@@ -41,15 +53,21 @@ class DynamicsStore:
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / subdir
         self.group_rows: list[dict[str, Any]] = []
+        self.meta: dict[str, Any] = {}
+        self.digests: dict[int, str] = {}  # step -> sha256 of its snapshot file (kept in the checkpoint)
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_json(self.dir / "meta.json", meta)
+    def write_meta(self, meta: dict[str, Any] | None = None) -> None:
+        if meta is not None:
+            self.meta = dict(meta)
+        files = {str(step): {"bytes": step_file(self.dir, step).stat().st_size, "sha256": digest}
+                 for step, digest in sorted(self.digests.items()) if step_file(self.dir, step).exists()}
+        atomic_write_json(self.dir / "meta.json", {**self.meta, "snapshots": files})
 
     def write_tokens(self, tokens: ProbeTokens) -> None:
         tensors = {k: v.contiguous() for k, v in tokens.to_dict().items()}
         atomic_save(self.dir / "tokens.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
-    def write_snapshot(self, snapshot: Snapshot) -> None:
+    def write_snapshot(self, snapshot: Snapshot) -> str:
         tensors = {
             "mean_activation": snapshot.mean_activation.float().contiguous(),
             "value_projection": snapshot.value_projection.float().contiguous(),
@@ -57,32 +75,44 @@ class DynamicsStore:
         }
         path = step_file(self.dir, snapshot.step)
         atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata={"step": str(snapshot.step)}))
+        self.digests[snapshot.step] = file_digest(path)
+        self.write_meta()
+        return self.digests[snapshot.step]
 
     def add_group_rows(self, rows: list[dict[str, Any]]) -> None:
         steps = {r["step"] for r in rows}
         self.group_rows = [r for r in self.group_rows if r["step"] not in steps] + rows
         atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS, self.group_rows)
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: forget snapshots the restored checkpoint had not reached."""
-        if not self.group_rows and (self.dir / "groups.csv").exists():
-            self.group_rows = read_groups_csv(self.dir / "groups.csv")
-        self.group_rows = [r for r in self.group_rows if r["step"] <= step]
-        atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS, self.group_rows)
+    def restore(self, steps: list[int], digests: dict[int, str], baseline: Snapshot) -> None:
+        """On resume: keep exactly the snapshots of `steps`, each verified against the checksum the
+        checkpoint recorded, and rebuild groups.csv from them. A damaged step-0 snapshot is written
+        again from the baseline in the checkpoint; any other one cannot be rebuilt (the weights of
+        its step are gone), so the run stops naming it."""
+        self.digests = dict(digests)
+        for step in steps:
+            path = step_file(self.dir, step)
+            expected = digests.get(step)
+            found = file_digest(path)
+            if expected is not None and found == expected:
+                continue
+            if expected is None and found is not None:  # a checkpoint without checksums: readable is all we can ask
+                read_snapshot(path)
+                self.digests[step] = found
+                continue
+            if step == baseline.step:
+                self.write_snapshot(baseline)
+                continue
+            what = "is missing" if found is None else "does not match the checksum recorded in the checkpoint (damaged or replaced)"
+            raise DataError(str(path), f"the snapshot of step {step} {what}, and it cannot be rebuilt without the weights of "
+                            "that step: restore the file, or resume from a checkpoint written before it")
         for path in self.dir.glob("step_*.safetensors"):
-            if int(path.stem.split("_")[1]) > step:
-                path.unlink()
-
-
-def read_groups_csv(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({
-                "step": int(row["step"]), "layer": row["layer"], "group": row["group"],
-                "count": int(row["count"]), "delta_sum": float(row["delta_sum"]), "share": float(row["share"]) if row["share"] else float("nan"),
-            })
-    return rows
+            if int(path.stem.split("_")[1]) not in steps:
+                path.unlink()  # a future the checkpoint never reached
+        self.digests = {s: d for s, d in self.digests.items() if s in steps}
+        self.group_rows = [r for s in steps for r in group_rows(baseline, read_snapshot(step_file(self.dir, s)))]
+        atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS, self.group_rows)
+        self.write_meta()
 
 
 def read_snapshot(path: Path) -> Snapshot:

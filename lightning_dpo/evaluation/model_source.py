@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
@@ -24,10 +23,9 @@ def load_model_and_tokenizer(source: str, tokenizer: str | None = None, dtype: s
 
 
 def _from_checkpoint(path: Path, tokenizer: str | None, dtype: str) -> tuple[nn.Module, Any]:
-    from lightning_dpo.checkpointing import check_checkpoint
+    from lightning_dpo.training.checkpoints import check_checkpoint
 
-    check_checkpoint(path)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = check_checkpoint(path)
     hparams = state.get("hyper_parameters", {})
     if not (hparams.get("name_or_path") or hparams.get("config")):
         raise CheckpointError(f"{path}: no model description in the checkpoint's hyper-parameters")

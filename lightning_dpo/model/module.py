@@ -40,6 +40,7 @@ METRICS = (
     "kl",
 )
 NONFINITE_POLICIES = ("raise", "skip")
+PROGRESS_BAR = ("loss", "rewards/accuracies")
 
 
 def _metric_key(name: str) -> str:
@@ -134,12 +135,6 @@ class DPOModule(L.LightningModule):
         )
         self._set_reference(None)  # the point of precomputing: free its memory
 
-    def on_train_start(self) -> None:
-        # a resumed run logs again what came after its checkpoint: drop those rows first
-        for logger in self.trainer.loggers:
-            if hasattr(logger, "truncate_after"):
-                logger.truncate_after(self.global_step)
-
     # -- batch -> loss ---------------------------------------------------------------------------
     def compute(self, batch: Mapping[str, torch.Tensor], diagnostics: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and the per-pair (or per-token) values behind every metric."""
@@ -194,20 +189,14 @@ class DPOModule(L.LightningModule):
         every = self.trainer.log_every_n_steps
         return every > 0 and (self.global_step + 1) % every == 0
 
-    def _is_step_boundary(self) -> bool:
-        return not self.trainer.fit_loop._should_accumulate()
-
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logging_step = self._is_logging_step()
         loss, values = self.compute(batch, diagnostics=logging_step)
         self._step_loss = self._step_loss.to(loss.device) + loss.detach()
         self._step_batch = (batch_idx, batch["index"])  # read only if the step fails: no host sync here
-        if logging_step:
+        if logging_step:  # aggregated over the step's micro-batches, logged at the optimizer step
             for name, value in values.items():
                 self.train_metrics[_metric_key(name)].update(value)
-            if self._is_step_boundary():
-                self._log_metrics("train", self.train_metrics)
-                self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -229,9 +218,25 @@ class DPOModule(L.LightningModule):
                 raise NonFiniteError(message + "; set model.on_nonfinite=skip to skip such steps")
             log.warning("%s: skipping this optimizer step", message)
             optimizer.zero_grad(set_to_none=True)  # the optimizer then leaves every parameter as it is
-            return
+            norm = None
         if self._is_logging_step():
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            self._log_train_metrics(optimizer, norm)
+
+    def _log_train_metrics(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor | None) -> None:
+        """The step's train metrics, straight to the loggers under `global_step` (the updates behind
+        the weights the loss was computed with). Logged here, before `on_train_batch_end`, so that
+        a checkpoint written at this step already holds them (Lightning's own `self.log` would flush
+        them only after the checkpoint hooks)."""
+        metrics = {f"train/{name}": float(value) for name, value in self._compute_metrics(self.train_metrics).items()}
+        metrics["train/lr"] = float(optimizer.param_groups[0]["lr"])
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        metrics["epoch"] = float(self.current_epoch)
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+        for name in PROGRESS_BAR:  # the progress bar only; the loggers have them already
+            if f"train/{name}" in metrics:
+                self.log(f"train/{name}", metrics[f"train/{name}"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def _reduce_if_sharded(self, norm: torch.Tensor) -> torch.Tensor:
         strategy = self.trainer.strategy if self._trainer is not None else None
@@ -252,21 +257,25 @@ class DPOModule(L.LightningModule):
             self.val_metrics[_metric_key(name)].update(value)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_metrics, prog_bar=("loss", "rewards/accuracies"))
+        for name, value in self._compute_metrics(self.val_metrics).items():
+            self.log(f"val/{name}", value, prog_bar=name in PROGRESS_BAR, on_step=False, on_epoch=True)
         if not self.trainer.sanity_checking:
             # Lightning would log validation under the step *before* the last update; log it under
             # the number of updates behind the weights, like the train and dynamics metrics
             self.log("step", float(self.global_step), on_step=False, on_epoch=True)
             self.last_val_step = self.global_step
 
-    def _log_metrics(self, stage: str, metrics: nn.ModuleDict, prog_bar: tuple[str, ...] = ("loss", "rewards/accuracies")) -> None:
+    @staticmethod
+    def _compute_metrics(metrics: nn.ModuleDict) -> dict[str, torch.Tensor]:
+        """Each metric's mean since the last call, then reset (metrics never updated are left out)."""
+        out = {}
         for name in METRICS:
             metric = metrics[_metric_key(name)]
             if metric.update_count == 0:
                 continue  # e.g. kl without a live reference
-            value = metric.compute()
+            out[name] = metric.compute()
             metric.reset()
-            self.log(f"{stage}/{name}", value, prog_bar=name in prog_bar, on_step=stage == "train", on_epoch=stage != "train")
+        return out
 
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

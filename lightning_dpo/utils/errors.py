@@ -33,3 +33,17 @@ class CheckpointError(LightningDPOError, RuntimeError):
 
 class NonFiniteError(LightningDPOError, FloatingPointError):
     """A NaN or infinite loss or gradient during training."""
+
+
+class RunInterrupted(LightningDPOError):
+    """Training stopped on a signal after saving a resumable checkpoint."""
+
+    def __init__(self, signum: int, step: int, command: str):
+        import signal
+
+        self.signum, self.step, self.command = signum, step, command
+        super().__init__(f"stopped at step {step} on {signal.Signals(signum).name}; resume with: {command}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "ended by this signal"

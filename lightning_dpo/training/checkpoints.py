@@ -27,8 +27,9 @@ def _other_checkpoints(path: Path) -> list[Path]:
     return sorted((p for p in path.parent.glob("*.ckpt") if p != path), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def check_checkpoint(path: str | Path) -> Path:
-    """Open the checkpoint lazily (memory-mapped) so a truncated or corrupted file fails here, by name."""
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Open the checkpoint lazily (memory-mapped) so a truncated or corrupted file fails here, by
+    name; returns its contents (tensors memory-mapped, not read)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (config key 'ckpt_path')")
@@ -40,18 +41,19 @@ def check_checkpoint(path: str | Path) -> Path:
         others = _other_checkpoints(path)
         hint = f"; the previous checkpoint is {others[0]} (pass ckpt_path={others[0]})" if others else ""
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}){hint}") from exc
-    return path
+    return state
 
 
-def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
+def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> tuple[str | None, dict[str, Any] | None]:
     """`null` starts fresh; `last` resumes from `<checkpoint_dir>/last.ckpt` if it exists (else
-    starts fresh); any other value is a checkpoint file. The file is checked before training."""
+    starts fresh); any other value is a checkpoint file. The file is checked before training:
+    returns its path and contents (tensors memory-mapped), or (None, None) for a fresh run."""
     if not ckpt_path:
-        return None
+        return None, None
     if ckpt_path == "last":
         last = Path(checkpoint_dir) / "last.ckpt"
         if not last.exists():
             log.info("ckpt_path=last: no %s yet, starting from scratch", last)
-            return None
-        return str(check_checkpoint(last))
-    return str(check_checkpoint(ckpt_path))
+            return None, None
+        return str(last), check_checkpoint(last)
+    return str(ckpt_path), check_checkpoint(ckpt_path)

@@ -1,132 +1,20 @@
-"""Loggers: `metrics.csv` in the run directory (always) and Weights & Biases (optional).
-
-`MetricsCSVLogger` writes one row per logging step (train, validation and dynamics scalars of the
-same step merged into one row), rewrites the file atomically, and on resume drops the rows that
-the restored checkpoint had not yet reached, so a resumed run's file equals an uninterrupted one's.
-"""
+"""Weights & Biases: a logger that never blocks (offline without credentials or network), one run
+per job, and a run id kept in the run directory so that a resumed job continues its own run."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import secrets
 import string
-import time
-from argparse import Namespace
 from pathlib import Path
 from typing import Any, Mapping
 
-from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only
-
-from lightning_dpo.utils.io import atomic_write_csv, atomic_write_text
+from lightning_dpo.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id.txt"
-
-
-class MetricsCSVLogger(Logger):
-    def __init__(self, save_dir: str, filename: str = "metrics.csv", flush_every_s: float = 10.0):
-        super().__init__()
-        self._save_dir = str(save_dir)
-        self.path = Path(save_dir) / filename
-        self.flush_every_s = flush_every_s
-        self.rows: dict[int, dict[str, Any]] = {}
-        self.columns: list[str] = ["step"]
-        self._last_flush = 0.0
-        self._dirty = False
-        self._checkpoint_pending = False
-        if self.path.exists():
-            self._read_existing()
-
-    @property
-    def name(self) -> str:
-        return "csv"
-
-    @property
-    def version(self) -> str:
-        return ""
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def log_dir(self) -> str:
-        return self._save_dir
-
-    def _read_existing(self) -> None:
-        with open(self.path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            for name in reader.fieldnames or []:
-                if name not in self.columns:
-                    self.columns.append(name)
-            for row in reader:
-                step = int(row["step"])
-                self.rows[step] = {k: _parse(v) for k, v in row.items() if v not in ("", None)}
-
-    def truncate_after(self, step: int) -> None:
-        """Forget rows logged after `step` (they will be logged again by the resumed run)."""
-        dropped = [s for s in self.rows if s > step]
-        for s in dropped:
-            del self.rows[s]
-        if dropped:
-            log.info("metrics.csv: dropped %d rows after step %d (resumed from that step)", len(dropped), step)
-            self._dirty = True
-            self.save(force=True)
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Namespace | Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
-        pass  # the resolved config lives in .hydra/config.yaml
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        step = int(step if step is not None else metrics.get("step", len(self.rows)))
-        row = self.rows.setdefault(step, {"step": step})
-        for key, value in metrics.items():
-            if key == "step":
-                continue
-            if key not in self.columns:
-                self.columns.append(key)
-            row[key] = float(value) if hasattr(value, "__float__") else value
-        self._dirty = True
-
-    @rank_zero_only
-    def save(self, force: bool = False) -> None:
-        if not self._dirty:
-            return
-        now = time.monotonic()
-        if not (force or self._checkpoint_pending) and now - self._last_flush < self.flush_every_s:
-            return
-        self._checkpoint_pending = False
-        rows = [self.rows[s] for s in sorted(self.rows)]
-        atomic_write_csv(self.path, self.columns, rows)
-        self._last_flush, self._dirty = now, False
-
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        """A checkpoint was written: flush now, and again at the next save() call, because
-        Lightning logs the step's train metrics only after the checkpoint hooks have run."""
-        self.save(force=True)
-        self._checkpoint_pending = True
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        self.save(force=True)
-
-
-def _parse(value: str) -> Any:
-    """CSV text back to the number it was written from (int or float), else the text."""
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
-# -- Weights & Biases ----------------------------------------------------------------------------
 
 
 def _wandb_credentials() -> bool:

@@ -1,0 +1,1 @@
+"""The training loop's plumbing around Lightning: step boundaries, the run directory, loggers, checkpoints."""

@@ -1,0 +1,114 @@
+"""A signal at any step, then `ckpt_path=last`, gives byte-identical files to an uninterrupted run.
+
+The signal is a real SIGTERM / SIGINT sent by this process to itself (tests/helpers/signals.py),
+so the handlers under test are the ones a user's `kill` or Ctrl-C reaches; the run goes through
+`train(cfg)` in-process. The subprocess versions (exit codes, the printed hint) are in
+test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import SHORT_RUN, SMALL_WORLD, compose_train
+from lightning_dpo.train import train
+from lightning_dpo.utils.errors import RunInterrupted
+
+# 8 steps; validation every 4, snapshots every 2, toxicity evaluations every 4 (SHORT_RUN), and an
+# epoch of 3 batches, so the run crosses two epoch boundaries (steps 3 and 6).
+RUN = SMALL_WORLD + SHORT_RUN + ["+trainer.limit_train_batches=3"]
+FILES = ("metrics.csv", "dynamics/groups.csv", "toxicity_eval.csv")
+
+
+def _run(run_dir: Path, overrides: list[str], signal_at: dict | None = None) -> None:
+    cfg = compose_train(RUN + overrides, run_dir)
+    if signal_at is not None:  # first, so that a step-0 signal lands in the step-0 measurements
+        callbacks = OmegaConf.to_container(cfg.callbacks)
+        cfg.callbacks = {"signal_at": {"_target_": "helpers.signals.SignalAt", **signal_at}, **callbacks}
+    train(cfg)
+
+
+def _outputs(run_dir: Path) -> dict[str, bytes]:
+    out = {name: (run_dir / name).read_bytes() for name in FILES}
+    for path in sorted((run_dir / "dynamics").glob("step_*.safetensors")):
+        out[f"dynamics/{path.name}"] = path.read_bytes()
+    for path in sorted((run_dir / "eval").glob("generations_step_*.jsonl")):
+        out[f"eval/{path.name}"] = path.read_bytes()
+    return out
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, small_world):
+    run_dir = tmp_path_factory.mktemp("straight")
+    _run(run_dir, [])
+    return run_dir
+
+
+def _interrupt_and_resume(run_dir: Path, signal_at: dict, extra: list[str] = ()) -> int:
+    with pytest.raises(RunInterrupted) as info:
+        _run(run_dir, list(extra), signal_at)
+    assert info.value.command.endswith(f"hydra.run.dir={run_dir} ckpt_path=last")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted", status
+    stopped = int(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"])
+    _run(run_dir, list(extra) + ["ckpt_path=last"])
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    return stopped
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    fa, fb = _outputs(a), _outputs(b)
+    assert fa.keys() == fb.keys()
+    for name in fa:
+        assert fa[name] == fb[name], name
+    assert sorted(p.name for p in (a / "checkpoints").iterdir()) == sorted(p.name for p in (b / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("step", range(0, 8))
+def test_sigterm_at_any_step_then_resume_is_byte_identical(tmp_path, straight, step):
+    stopped = _interrupt_and_resume(tmp_path / "run", {"step": step})
+    assert stopped == step
+    _assert_same(straight, tmp_path / "run")
+
+
+def test_sigterm_at_the_final_step_then_resume_completes_identically(tmp_path, straight):
+    stopped = _interrupt_and_resume(tmp_path / "run", {"step": 8})
+    assert stopped == 8
+    _assert_same(straight, tmp_path / "run")
+
+
+@pytest.mark.parametrize("step", [0, 3, 4])
+def test_ctrl_c_then_resume_is_byte_identical(tmp_path, straight, step):
+    assert _interrupt_and_resume(tmp_path / "run", {"step": step, "signal_name": "SIGINT"}) == step
+    _assert_same(straight, tmp_path / "run")
+
+
+# Gradient accumulation over 2 batches with 3-batch epochs: each epoch's second optimizer step has
+# a single micro-batch, so epoch ends and step ends fall on different batches.
+ACCUMULATE = ["trainer.accumulate_grad_batches=2", "trainer.val_check_interval=2"]
+
+
+@pytest.fixture(scope="module")
+def straight_accumulated(tmp_path_factory, small_world):
+    run_dir = tmp_path_factory.mktemp("straight_accumulated")
+    _run(run_dir, ACCUMULATE)
+    return run_dir
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5])
+def test_a_signal_during_gradient_accumulation_stops_at_the_next_step(tmp_path, straight_accumulated, step):
+    # sent in the first micro-batch after optimizer step `step`: honoured at the end of step + 1
+    stopped = _interrupt_and_resume(tmp_path / "run", {"step": step, "micro_batch": True}, ACCUMULATE)
+    assert stopped == step + 1
+    _assert_same(straight_accumulated, tmp_path / "run")
