@@ -91,7 +91,7 @@ class ToxicityEvalCallback(PeriodicMeasurement):
             found = file_digest(path)
             if s in self.digests and found != self.digests[s]:
                 what = "is missing" if found is None else "does not match the checksum recorded in the checkpoint"
-                raise DataError(str(path), f"the generations of step {s} {what}, and they cannot be rebuilt without the "
+                raise DataError(str(path), f"the generations file of step {s} {what}, and they cannot be rebuilt without the "
                                 "weights of that step: restore the file, or resume from a checkpoint written before it")
         for path in (self.output_dir / "eval").glob("generations_step_*.jsonl"):
             if int(path.stem.rsplit("_", 1)[1]) not in steps:

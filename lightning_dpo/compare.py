@@ -1,11 +1,16 @@
 """`python -m lightning_dpo.compare <sweep_dir>`: one table over the jobs of a sweep, and figures.
 
-For every job directory (a folder with `.hydra/config.yaml`): beta, lr, status, steps, final
-`val/loss`, `val/rewards/accuracies`, `val/rewards/margins`, the last `eval/toxicity` if present,
-the four reducing groups' final shares, gross and net reduction. Jobs that failed or did not
-finish are listed with their status, never dropped. Writes `<sweep_dir>/compare.md`,
-`compare.csv`, `plots/shares_by_job.png` (the four shares over steps, every job on a shared axis)
-and `plots/heatmap_tp_share.png`, `plots/heatmap_net_delta.png` (beta x lr).
+For every job directory (a folder with `.hydra/config.yaml`): the loss type, beta, lr, status,
+steps, the final validation metrics, the held-out evaluation at the start and the end (toxicity
+with its scorer's name, perplexity, F1: a job that "wins" on toxicity by destroying fluency shows
+here), the four reducing groups' final shares, gross and net reduction. Jobs that failed or did
+not finish are listed with their status; a job whose files cannot be read is listed as
+`unreadable`, naming the file and why, and the rest of the table is built.
+
+Writes `<sweep_dir>/compare.md`, `compare.csv`, and `plots/`: `shares_by_job.png` (the four
+shares over steps, one panel per group, one line per job), `jobs_overview.png` (toxicity and
+perplexity from start to end, and the shares, per job), and for beta x lr sweeps heatmaps of the
+final TP- share, net change, toxicity and perplexity.
 """
 
 from __future__ import annotations
@@ -18,46 +23,115 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.dynamics import REDUCING_GROUPS
+from lightning_dpo.training.metrics_csv import read_metrics_csv
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_text
-from lightning_dpo.utils.report import markdown_table, pyplot, save_figure
+from lightning_dpo.utils.report import annotate_cells, markdown_table, pyplot, save_figure
 
 COLUMNS = [
-    "job", "status", "beta", "lr", "loss", "steps", "val/loss", "val/rewards/accuracies", "val/rewards/margins",
-    "eval/toxicity", "share TP-", "share TN+", "share AP+", "share AN-", "gross_reduction", "net_delta", "error",
+    "job", "status", "loss", "beta", "lr", "steps", "val/loss", "val/rewards/accuracies", "val/rewards/margins",
+    "scorer", "eval/toxicity start", "eval/toxicity", "eval/perplexity start", "eval/perplexity", "eval/f1",
+    "share TP-", "share TN+", "share AP+", "share AN-", "gross_reduction", "net_delta", "error",
 ]
+GROUP_COLORS = {"TP-": "#d62728", "TN+": "#ff7f0e", "AP+": "#2ca02c", "AN-": "#1f77b4"}
+
+
+class UnreadableJob(Exception):
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
-    return sorted(p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml") if "wandb" not in p.parts)
+    return sorted(p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml") if "wandb" not in p.parts and "attempts" not in p.parts)
 
 
-def _last(rows: list[dict[str, str]], key: str) -> float:
-    for row in reversed(rows):
-        if row.get(key) not in (None, ""):
-            return float(row[key])
-    return math.nan
+def _load_config(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:
+        raise UnreadableJob(path, f"not a YAML config ({type(exc).__name__})") from None
+    if not isinstance(cfg, DictConfig):
+        raise UnreadableJob(path, "not a mapping of settings")
+    return cfg
+
+
+def _load_status(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"status": "not started"}
+    try:
+        status = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UnreadableJob(path, f"not JSON ({type(exc).__name__})") from None
+    if not isinstance(status, dict):
+        raise UnreadableJob(path, "not a JSON object")
+    return status
+
+
+def _load_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    try:
+        rows = read_metrics_csv(path)
+    except (UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise UnreadableJob(path, f"not a CSV file ({type(exc).__name__})") from None
+    for row in rows:
+        bad = [k for k, v in row.items() if not isinstance(v, (int, float))]
+        if bad or not isinstance(row.get("step"), int):
+            raise UnreadableJob(path, f"non-numeric value in column {(bad or ['step'])[0]!r}")
+    return rows
+
+
+def _number(cfg: DictConfig, key: str, path: Path) -> float | None:
+    try:
+        value = OmegaConf.select(cfg, key)
+    except Exception as exc:
+        raise UnreadableJob(path, f"{key} cannot be read ({type(exc).__name__})") from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UnreadableJob(path, f"{key} is not a number: {value!r}")
+    return float(value)
+
+
+def _first(rows: list[dict[str, Any]], key: str) -> float:
+    return next((float(r[key]) for r in rows if key in r), math.nan)
+
+
+def _last(rows: list[dict[str, Any]], key: str) -> float:
+    return next((float(r[key]) for r in reversed(rows) if key in r), math.nan)
+
+
+def _scorer(job: Path) -> str:
+    try:
+        with open(job / "toxicity_eval.csv", newline="", encoding="utf-8") as handle:
+            return next(csv.DictReader(handle), {}).get("scorer", "") or ""
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return ""
 
 
 def job_summary(job: Path) -> dict[str, Any]:
-    cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-    status_file = job / "status.json"
-    status = json.loads(status_file.read_text()) if status_file.exists() else {"status": "not started"}
-    state = status.get("status", "unknown")
+    """One row of the table; raises UnreadableJob naming the file that cannot be read."""
+    cfg = _load_config(job / ".hydra" / "config.yaml")
+    status = _load_status(job / "status.json")
+    state = str(status.get("status", "unknown"))
     if state == "running":
         state = "incomplete"  # no live process writes 'running' after a crash
-    rows: list[dict[str, str]] = []
-    if (job / "metrics.csv").exists():
-        with open(job / "metrics.csv", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+    rows = _load_metrics(job / "metrics.csv")
+    loss = OmegaConf.select(cfg, "loss.type", default=None)
     summary: dict[str, Any] = {
-        "job": str(job.name), "status": state, "beta": OmegaConf.select(cfg, "loss.beta"), "lr": OmegaConf.select(cfg, "optim.lr"),
-        "loss": OmegaConf.select(cfg, "loss.type"), "steps": int(rows[-1]["step"]) if rows else 0,
-        "error": status.get("error", "") if state == "failed" else "",
+        "job": job.name, "status": state, "loss": str(loss) if loss is not None else "",
+        "beta": _number(cfg, "loss.beta", job / ".hydra" / "config.yaml"), "lr": _number(cfg, "optim.lr", job / ".hydra" / "config.yaml"),
+        "steps": int(rows[-1]["step"]) if rows else 0, "scorer": _scorer(job),
+        "error": str(status.get("error") or "") if state in ("failed", "interrupted") else "",
     }
-    for key in ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "eval/toxicity", "dynamics/gross_reduction", "dynamics/net_delta"):
+    for key in ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "eval/toxicity", "eval/perplexity", "eval/f1"):
+        summary[key] = _last(rows, key)
+    for key in ("eval/toxicity", "eval/perplexity"):
+        summary[f"{key} start"] = _first(rows, key)
+    for key in ("dynamics/gross_reduction", "dynamics/net_delta"):
         summary[key.replace("dynamics/", "")] = _last(rows, key)
     for group in REDUCING_GROUPS:
         summary[f"share {group}"] = _last(rows, f"dynamics/{group}/share")
@@ -65,47 +139,100 @@ def job_summary(job: Path) -> dict[str, Any]:
     return summary
 
 
-def markdown(summaries: list[dict[str, Any]]) -> str:
-    return markdown_table(summaries, COLUMNS)
+def _unreadable(job: Path, exc: UnreadableJob) -> dict[str, Any]:
+    return {"job": job.name, "status": "unreadable", "error": f"{exc.path}: {exc.reason}", "_rows": []}
+
+
+def label(summary: dict[str, Any]) -> str:
+    """A short legend entry for a job: its loss type if the sweep varies it, beta, lr."""
+    parts = [summary["loss"]] if summary.get("loss") not in (None, "", "sigmoid") else []
+    parts += [f"beta={summary['beta']:g}" if isinstance(summary.get("beta"), float) else "",
+              f"lr={summary['lr']:g}" if isinstance(summary.get("lr"), float) else ""]
+    return ", ".join(p for p in parts if p) or summary["job"]
 
 
 def plot_shares(summaries: list[dict[str, Any]], out: Path) -> Path:
+    """The four shares over steps: one panel per group, one line (with a marker per snapshot) per job."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
+    jobs = [s for s in summaries if s["_rows"]]
+    colors = plt.get_cmap("viridis" if len(jobs) > 10 else "tab10")
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), sharey=True, layout="constrained")
     for ax, group in zip(axes, REDUCING_GROUPS):
         key = f"dynamics/{group}/share"
-        for s in summaries:
-            points = [(int(r["step"]), 100 * float(r[key])) for r in s["_rows"] if r.get(key) not in (None, "", "nan")]
+        for i, s in enumerate(jobs):
+            points = [(r["step"], 100 * float(r[key])) for r in s["_rows"] if key in r and math.isfinite(float(r[key]))]
             if points:
-                ax.plot(*zip(*points), label=f"beta={s['beta']}, lr={s['lr']}")
-        ax.set(title=f"{group} share of the reduction", xlabel="optimizer step")
-    axes[0].set_ylabel("share (%)")
-    axes[-1].legend(fontsize=7)
+                color = colors(i / max(1, len(jobs) - 1)) if len(jobs) > 10 else colors(i % 10)
+                ax.plot(*zip(*points), marker="o", markersize=3, lw=1.2, color=color, label=label(s))
+        ax.set(title=f"{group} share of the reduction", xlabel="optimizer step", ylim=(-5, 105))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of the gross reduction (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        h, lab = ax.get_legend_handles_labels()
+        handles += [x for x, y in zip(h, lab) if y not in labels]
+        labels += [y for y in lab if y not in labels]
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="job")
     return save_figure(fig, out / "shares_by_job.png")
 
 
-def plot_heatmap(summaries: list[dict[str, Any]], key: str, label: str, path: Path) -> Path | None:
+def plot_overview(summaries: list[dict[str, Any]], out: Path) -> Path | None:
+    """Per job: toxicity and perplexity from the first to the last evaluation, and the final shares."""
     import numpy as np
 
-    plt = pyplot()
-
-    done = [s for s in summaries if s["status"] == "completed" and s["beta"] is not None and s["lr"] is not None]
-    betas, lrs = sorted({s["beta"] for s in done}), sorted({s["lr"] for s in done})
-    if not betas or not lrs:
+    jobs = [s for s in summaries if s["status"] != "unreadable" and s["_rows"]]
+    if not jobs:
         return None
+    plt = pyplot()
+    names = [label(s) for s in jobs]
+    y = np.arange(len(jobs))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(jobs) + 2.2), sharey=True, layout="constrained")
+    scorer = next((s["scorer"] for s in jobs if s.get("scorer")), "scorer not recorded")
+    for ax, key, unit in ((axes[0], "eval/toxicity", f"mean toxicity ({scorer})"), (axes[1], "eval/perplexity", "perplexity")):
+        start = np.array([s.get(f"{key} start", math.nan) for s in jobs], dtype=float)
+        end = np.array([s.get(key, math.nan) for s in jobs], dtype=float)
+        ax.hlines(y, start, end, color="#999999", lw=1.5)
+        ax.scatter(start, y, color="#999999", label="step 0", zorder=3)
+        ax.scatter(end, y, color="#1f77b4", label="end", zorder=3)
+        for yi, value in zip(y, end):
+            if math.isfinite(value):
+                ax.annotate(f"{value:.3g}", (value, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set(xlabel=unit, title=f"{key.split('/')[1]}: step 0 -> end")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    left = np.zeros(len(jobs))
+    for group in REDUCING_GROUPS:
+        values = np.nan_to_num(np.array([100 * s.get(f"share {group}", math.nan) for s in jobs], dtype=float))
+        axes[2].barh(y, values, left=left, color=GROUP_COLORS[group], label=group)
+        left += values
+    axes[2].set(xlabel="share of the gross reduction (%)", title="final group shares", xlim=(0, 100))
+    axes[2].legend(fontsize=7, loc="lower right", ncol=4)
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    return save_figure(fig, out / "jobs_overview.png")
+
+
+def plot_heatmap(summaries: list[dict[str, Any]], key: str, title: str, unit: str, path: Path) -> Path | None:
+    import numpy as np
+
+    done = [s for s in summaries if s["status"] == "completed" and isinstance(s.get("beta"), float) and isinstance(s.get("lr"), float)]
+    betas, lrs = sorted({s["beta"] for s in done}), sorted({s["lr"] for s in done})
+    if len(betas) * len(lrs) < 2:
+        return None  # not a beta x lr sweep
     grid = np.full((len(betas), len(lrs)), np.nan)
     for s in done:
-        grid[betas.index(s["beta"]), lrs.index(s["lr"])] = s[key] * (100 if key.startswith("share") else 1)
-    fig, ax = plt.subplots(figsize=(1.6 * len(lrs) + 2, 1.0 * len(betas) + 1.5))
+        grid[betas.index(s["beta"]), lrs.index(s["lr"])] = s.get(key, math.nan) * (100 if key.startswith("share") else 1)
+    if np.isnan(grid).all():
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * len(lrs) + 2.5, 1.0 * len(betas) + 1.8), layout="constrained")
     image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
-    for i in range(len(betas)):
-        for j in range(len(lrs)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", color="white", fontsize=8)
+    annotate_cells(ax, image, grid, "{:.3g}")
     ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])
-    ax.set(xlabel="learning rate (optim.lr)", ylabel="beta (loss.beta)", title=label)
-    fig.colorbar(image, ax=ax, label=label)
+    ax.set(xlabel="learning rate (optim.lr)", ylabel="beta (loss.beta)", title=title)
+    fig.colorbar(image, ax=ax, label=unit)
     return save_figure(fig, path)
 
 
@@ -114,14 +241,25 @@ def compare(sweep_dir: str | Path) -> list[dict[str, Any]]:
     jobs = find_jobs(sweep_dir)
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir}: no job directories (folders with .hydra/config.yaml)")
-    summaries = [job_summary(j) for j in jobs]
+    summaries = []
+    for job in jobs:
+        try:
+            summaries.append(job_summary(job))
+        except UnreadableJob as exc:
+            summaries.append(_unreadable(job, exc))
     table = [{k: v for k, v in s.items() if k != "_rows"} for s in summaries]
     atomic_write_csv(sweep_dir / "compare.csv", COLUMNS, table)
-    atomic_write_text(sweep_dir / "compare.md", markdown(table))
+    atomic_write_text(sweep_dir / "compare.md", markdown_table(table, COLUMNS))
     plots = sweep_dir / "plots"
     plot_shares(summaries, plots)
-    plot_heatmap(summaries, "share TP-", "final TP- share of the reduction (%)", plots / "heatmap_tp_share.png")
-    plot_heatmap(summaries, "net_delta", "final net change, sum of D_i", plots / "heatmap_net_delta.png")
+    plot_overview(summaries, plots)
+    scorer = next((s["scorer"] for s in summaries if s.get("scorer")), "scorer not recorded")
+    plot_heatmap(summaries, "share TP-", "final TP- share of the reduction", "share of the gross reduction (%)", plots / "heatmap_tp_share.png")
+    plot_heatmap(summaries, "net_delta", "final net change of toxic-direction writing", "sum of D_i [probe-direction units]",
+                 plots / "heatmap_net_delta.png")
+    plot_heatmap(summaries, "eval/toxicity", "final toxicity of held-out continuations", f"mean toxicity ({scorer})",
+                 plots / "heatmap_toxicity.png")
+    plot_heatmap(summaries, "eval/perplexity", "final perplexity on held-out text", "perplexity", plots / "heatmap_perplexity.png")
     return table
 
 
@@ -134,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(markdown(table))
+    print(markdown_table(table, COLUMNS))
     not_done = [t for t in table if t["status"] != "completed"]
     if not_done:
         print(f"{len(not_done)} job(s) not completed: " + ", ".join(f"{t['job']} ({t['status']})" for t in not_done))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_dpo.dynamics import MIRROR_GROUPS, REDUCING_GROUPS, DynamicsRun, load_run
+from lightning_dpo.utils.errors import LightningDPOError
 from lightning_dpo.utils.report import pyplot, save_figure
 
 COLORS = {"TP-": "#d62728", "TN+": "#ff7f0e", "AP+": "#2ca02c", "AN-": "#1f77b4",
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paths = make_plots(args.run_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, LightningDPOError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in paths:

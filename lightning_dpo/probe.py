@@ -55,6 +55,22 @@ class Probe:
         return self
 
 
+def _one_tensor(loaded: Any, path: Path) -> torch.Tensor:
+    """The probe tensor of a loaded file: a tensor, or a dict holding exactly one (e.g. a saved
+    nn.Linear's state dict, whose `weight` is the direction; its bias is not part of it)."""
+    if isinstance(loaded, torch.Tensor):
+        return loaded
+    if isinstance(loaded, dict):
+        tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        named = {k: v for k, v in tensors.items() if k == "direction" or k.endswith("weight")}
+        for candidates in (named, tensors):
+            if len(candidates) == 1:
+                return next(iter(candidates.values()))
+        raise DataError(str(path), f"holds a dict with keys {sorted(map(str, loaded))}: expected one tensor (or a dict with "
+                        "one tensor, or one named 'direction' or '...weight')")
+    raise DataError(str(path), f"holds a {type(loaded).__name__}, not a tensor")
+
+
 def save_probe(probe: Probe, path: str | Path) -> Path:
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in probe.metadata.items()}
     tensors = {"direction": probe.direction.detach().float().cpu().contiguous()}
@@ -66,25 +82,26 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
     """A `probe.safetensors` file, or a raw tensor file (.pt/.pth/.npy) as released by Lee et al."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(str(path), "probe file not found")
+        raise DataError(str(path), "probe file not found" if not path.is_dir() else "is a directory, not a probe file")
+    metadata: dict[str, Any] = {"source": f"raw:{path.name}"}
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as handle:
-                direction = handle.get_tensor("direction")
+                tensors = {k: handle.get_tensor(k) for k in handle.keys()}
                 metadata = dict(handle.metadata() or {})
+            direction = _one_tensor(tensors, path)
         elif path.suffix == ".npy":
             import numpy as np
 
-            direction, metadata = torch.from_numpy(np.load(path)), {"source": f"raw:{path.name}"}
+            direction = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(loaded, dict):  # a state dict with one weight, e.g. a saved nn.Linear
-                weights = [v for k, v in loaded.items() if k.endswith("weight")] or list(loaded.values())
-                loaded = weights[0]
-            direction, metadata = loaded, {"source": f"raw:{path.name}"}
+            direction = _one_tensor(torch.load(path, map_location="cpu", weights_only=True), path)
+    except DataError:
+        raise
     except Exception as exc:
-        raise DataError(str(path), f"cannot read the probe ({type(exc).__name__}: {exc})") from exc
-    direction = torch.as_tensor(direction).float()
+        kind = {".safetensors": "a safetensors file", ".npy": "a NumPy .npy file"}.get(path.suffix, "a tensor file written by torch.save")
+        raise DataError(str(path), f"is not {kind} ({type(exc).__name__}: {exc})") from exc
+    direction = direction.float()
     if direction.dim() == 2 and 1 in direction.shape:
         direction = direction.reshape(-1)
     if direction.dim() != 1:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
 from lightning_dpo.config import build, ensure_toy_world, register_resolvers
-from lightning_dpo.model.loading import load_tokenizer
+from lightning_dpo.model.loading import load_tokenizer, max_positions
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_dpo.training.metrics_csv import MetricsCSVLogger
 from lightning_dpo.training.run_dir import RunConfigInCheckpoint, RunDirectory, RunPlan, claim, resume_command, run_config, task_overrides
@@ -139,6 +139,28 @@ def preflight(cfg: DictConfig) -> None:
             raise DataError(str(probe.path), f"probe file not found (config key 'callbacks.{name}.probe.path')")
 
 
+# (config keys whose sum is one sequence's length) for every sequence training and measuring build
+SEQUENCE_LENGTHS = (
+    ("data.max_prompt_length", "data.max_completion_length"),
+    ("callbacks.neuron_dynamics.max_prompt_tokens", "callbacks.neuron_dynamics.num_positions"),
+    ("callbacks.toxicity_eval.max_prompt_tokens", "callbacks.toxicity_eval.max_new_tokens"),
+)
+
+
+def check_lengths(cfg: DictConfig, limit: int | None) -> None:
+    """Every sequence fits the model's positions (GPT-2's position table would fail mid-training
+    with an IndexError at whichever step a long row comes up)."""
+    if not limit:
+        return
+    for keys in SEQUENCE_LENGTHS:
+        values = [OmegaConf.select(cfg, k) for k in keys]
+        if any(v is None for v in values):
+            continue
+        if sum(values) > limit:
+            listing = " + ".join(f"{k}={v}" for k, v in zip(keys, values))
+            raise ConfigError(keys[0], f"{listing} = {sum(values)} tokens, but the model has positions for {limit}: lower them")
+
+
 def train(cfg: DictConfig) -> float | None:
     """Claim the run directory, check the run, then build everything from `cfg`, fit, save
     `hf_model/`, and return the objective. Raises `RunInterrupted` after a signal (with the
@@ -172,9 +194,13 @@ def _claimed(cfg: DictConfig, run_dir: Path) -> float | None:
     if rank_zero:
         run.start_attempt(cfg, plan)
     log_file = _log_to_file(run_dir / "train.log") if rank_zero else None
-    write_status(run_dir, "running", **({"resumed_from_step": plan.checkpoint_step} if plan.resuming else {}))
     try:
-        return _train(cfg, run_dir, plan)
+        callbacks = build_callbacks(cfg)
+        stop = next((cb for cb in callbacks if isinstance(cb, StopCheckpoint)), None)
+        if stop is not None:  # before the status says "running": from here on a signal ends the run with a checkpoint
+            stop.install_signal_handlers()
+        write_status(run_dir, "running", **({"resumed_from_step": plan.checkpoint_step} if plan.resuming else {}))
+        return _train(cfg, run_dir, plan, callbacks)
     except RunInterrupted as exc:
         write_status(run_dir, "interrupted", step=exc.step, signal=exc.signum, resume=exc.command)
         raise
@@ -193,11 +219,7 @@ def _claimed(cfg: DictConfig, run_dir: Path) -> float | None:
             log_file.close()
 
 
-def _train(cfg: DictConfig, run_dir: Path, plan: RunPlan) -> float | None:
-    callbacks = build_callbacks(cfg)
-    stop = next((cb for cb in callbacks if isinstance(cb, StopCheckpoint)), None)
-    if stop is not None:
-        stop.install_signal_handlers()  # from here on a signal ends the run with a checkpoint
+def _train(cfg: DictConfig, run_dir: Path, plan: RunPlan, callbacks: list[L.Callback]) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     loss = build(cfg.loss, "loss")  # cheap checks first: a bad value fails before anything loads
     tokenizer_source = cfg.model.get("tokenizer") or cfg.model.get("name_or_path")
@@ -210,6 +232,7 @@ def _train(cfg: DictConfig, run_dir: Path, plan: RunPlan) -> float | None:
         optimizer=build(cfg.optim.optimizer, "optim.optimizer"),
         scheduler=build(cfg.optim.scheduler, "optim.scheduler"),
     )
+    check_lengths(cfg, max_positions(module.policy))
     loggers = build_loggers(cfg, run_dir)
     callbacks += [loggers[0].checkpoint_callback(), RunConfigInCheckpoint(run_config(cfg))]
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])

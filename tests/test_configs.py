@@ -123,6 +123,9 @@ def test_world_yaml_matches_the_toy_world_defaults():
         ("model.on_nonfinite=ignore", "model.on_nonfinite"),
         ("data.val_size=-3", "data.val_size"),
         ("optim.schedule=linear", "optim.schedule"),
+        ("optim.lr=inf", "optim.lr"),
+        ("loss.beta=abc", "loss.beta"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
     ],
 )
 def test_invalid_values_fail_before_training_naming_the_key(override, key, tmp_path, small_world):

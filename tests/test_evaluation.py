@@ -251,6 +251,8 @@ def test_analyze_command_on_the_demo_world(tmp_path, trained_run, small_world):
         assert expected in labels
     for name in ("table.md", "table.csv", "groups.md", "groups.csv", "analysis.json", "plots/toxicity_by_intervention.png"):
         assert (tmp_path / name).exists()
+    analysis = json.loads((tmp_path / "analysis.json").read_text(), parse_constant=lambda name: pytest.fail(f"bare {name} in analysis.json"))
+    assert any(g["share"] is None for g in analysis["groups"])  # the mirror groups' share is undefined: null, not NaN
     shares = [g["share"] for g in summary["groups"] if g["group"] in ("TP-", "TN+", "AP+", "AN-")]
     assert sum(shares) == pytest.approx(1.0)
 

@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -235,22 +236,45 @@ def _ckpt_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
 
+def _status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_a_signal_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path, small_world, sig):
+def test_a_signal_saves_a_checkpoint_and_the_printed_command_finishes_the_run(tmp_path, small_world, sig):
     run_dir = tmp_path / "run"
-    process = _start(run_dir, ["trainer.max_steps=100000"])
+    process = _start(run_dir, ["trainer.max_steps=40", "loss.beta=0.2"])  # both differ from the defaults
     _wait_for(run_dir / "dynamics" / "step_0000004.safetensors", process)
     process.send_signal(sig)
     output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert process.returncode == 128 + sig, output[-3000:]  # interrupted: not a success, and says by what
+    status = _status(run_dir)
     step = _ckpt_step(run_dir / "checkpoints" / "last.ckpt")
-    assert step >= 4 and "resume with ckpt_path=last" in output
-    resumed = _start(run_dir, [f"trainer.max_steps={step + 2}", "ckpt_path=last"])
-    output, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, output[-3000:]
-    assert _ckpt_step(run_dir / "checkpoints" / "last.ckpt") == step + 2
+    assert status["status"] == "interrupted" and status["step"] == step and 4 <= step < 40
+    command = status["resume"]
+    assert command in output and "trainer.max_steps=40" in command and "loss.beta=0.2" in command
+    args = shlex.split(command)
+    assert args[:3] == ["python", "-m", "lightning_dpo.train"]
+    resumed = subprocess.run([sys.executable, *args[1:]], env=dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled"),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _status(run_dir)["status"] == "completed" and _ckpt_step(run_dir / "checkpoints" / "last.ckpt") == 40
+
+
+@pytest.mark.slow
+def test_sigterm_as_soon_as_the_run_starts_leaves_a_checkpoint_or_fails_loudly(tmp_path, small_world):
+    run_dir = tmp_path / "run"
+    process = _start(run_dir, [])
+    deadline = time.monotonic() + 300
+    while not ((run_dir / "status.json").exists() and '"running"' in (run_dir / "status.json").read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # while the model loads or the step-0 measurements run
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert _status(run_dir)["status"] == "interrupted"
+    assert _ckpt_step(run_dir / "checkpoints" / "last.ckpt") == _status(run_dir)["step"]
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ def test_compare_lists_every_job_with_its_status(tmp_path):
     assert table["loss.beta=0.1,optim.lr=5e-06"]["status"] == "incomplete"
     assert table["loss.beta=0.5,optim.lr=5e-06"]["status"] == "not started"
     assert (tmp_path / "compare.md").read_text().count("\n") == 2 + 4
-    assert (tmp_path / "plots" / "shares_by_job.png").exists() and (tmp_path / "plots" / "heatmap_tp_share.png").exists()
+    assert (tmp_path / "plots" / "shares_by_job.png").exists() and (tmp_path / "plots" / "jobs_overview.png").exists()
+    assert not (tmp_path / "plots" / "heatmap_tp_share.png").exists()  # one completed cell is no beta x lr map
 
 
 def _cli(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
@@ -125,3 +126,68 @@ def test_optuna_search_returns_the_objective(tmp_path):
     assert set(best.best_params) == {"loss.beta", "optim.lr"} and best.best_value == best.best_value  # a number
     statuses = [json.loads(p.read_text()) for p in tmp_path.glob("*/status.json")]
     assert len(statuses) == 2 and all(s["status"] == "completed" and s["objective"] > 0 for s in statuses)
+
+
+@pytest.mark.parametrize("damage, file, reason", [
+    ("binary config", ".hydra/config.yaml", "not a YAML config"),
+    ("list config", ".hydra/config.yaml", "not a mapping of settings"),
+    ("non-object status", "status.json", "not a JSON object"),
+    ("binary status", "status.json", "not JSON"),
+    ("non-numeric metrics", "metrics.csv", "non-numeric value in column 'val/loss'"),
+    ("bad beta", ".hydra/config.yaml", "loss.beta is not a number: 'abc'"),
+])
+def test_compare_lists_a_damaged_job_as_unreadable_and_builds_the_rest(tmp_path, damage, file, reason):
+    rows = [{"step": 0, "dynamics/TP-/share": 0.5}, {"step": 10, "val/loss": 0.5, "dynamics/TP-/share": 0.3}]
+    fake_job(tmp_path, "good", 0.1, 1e-6, {"status": "completed"}, rows)
+    bad = fake_job(tmp_path, "bad", 0.5, 1e-6, {"status": "completed"}, rows)
+    target = bad / file
+    if damage == "binary config" or damage == "binary status":
+        target.write_bytes(b"\x00\xff\xfe\x00 binary")
+    elif damage == "list config":
+        target.write_text("- a\n- b\n")
+    elif damage == "non-object status":
+        target.write_text("[1, 2]")
+    elif damage == "non-numeric metrics":
+        target.write_text("step,val/loss\n0,0.5\n10,oops\n")
+    elif damage == "bad beta":
+        target.write_text("loss:\n  beta: abc\n  type: sigmoid\noptim:\n  lr: 1e-6\n")
+    table = {t["job"]: t for t in compare(tmp_path)}
+    assert table["good"]["status"] == "completed" and table["good"]["share TP-"] == 0.3
+    assert table["bad"]["status"] == "unreadable" and table["bad"]["error"].startswith(f"{target}: {reason}")
+    assert "| bad | unreadable |" in (tmp_path / "compare.md").read_text()
+
+
+def test_compare_heatmap_text_is_dark_on_light_cells_and_light_on_dark(tmp_path):
+    rows = lambda share: [{"step": 10, "dynamics/TP-/share": share, "dynamics/net_delta": share}]  # noqa: E731
+    for beta, share in ((0.1, 0.0), (0.5, 1.0)):
+        fake_job(tmp_path, f"b{beta}", beta, 1e-4, {"status": "completed"}, rows(share))
+    from lightning_dpo.compare import job_summary, plot_heatmap
+    from lightning_dpo.utils import report
+
+    texts = []
+    original = report.annotate_cells
+
+    def capture(ax, image, grid, fmt="{:.3g}", fontsize=8):
+        original(ax, image, grid, fmt, fontsize)
+        texts.extend((t.get_text(), t.get_color()) for t in ax.texts)
+
+    import lightning_dpo.compare as compare_module
+
+    compare_module.annotate_cells = capture
+    try:
+        summaries = [job_summary(tmp_path / "b0.1"), job_summary(tmp_path / "b0.5")]
+        assert plot_heatmap(summaries, "share TP-", "t", "share (%)", tmp_path / "h.png") is not None
+    finally:
+        compare_module.annotate_cells = original
+    colors = dict(texts)
+    assert colors == {"0": "white", "100": "black"}  # viridis: dark purple at the low end, light yellow at the high end
+
+
+def test_plot_on_a_truncated_snapshot_names_the_file(tmp_path, capsys):
+    from lightning_dpo.plot import main
+
+    (tmp_path / "dynamics").mkdir()
+    path = tmp_path / "dynamics" / "step_0000000.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    assert main([str(tmp_path)]) == 2
+    assert f"{path}: cannot read the snapshot" in capsys.readouterr().err

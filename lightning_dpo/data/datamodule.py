@@ -115,15 +115,16 @@ class PreferenceDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(records), generator=generator).tolist()
         records = [records[i] for i in order]
-        n_val = split_sizes(len(records), self.val_size)
-        if n_val >= len(records):
-            raise ConfigError(
-                "data.val_size", f"{self.val_size} leaves no training pairs out of {len(records)} in {source}"
-            )
         pairs, self.truncation_report = tokenize_pairs(
             self.tokenizer, records, self.max_prompt_length, self.max_completion_length
         )
         log.info("tokenized %d pairs: %s", len(pairs), self.truncation_report.summary())
+        if not pairs:
+            raise DataError(str(source), f"no usable preference pairs: all {len(records)} have the same chosen and rejected "
+                            "completion (after truncation to data.max_completion_length), which teaches nothing")
+        n_val = split_sizes(len(pairs), self.val_size)
+        if n_val >= len(pairs):
+            raise ConfigError("data.val_size", f"{self.val_size} leaves no training pairs out of {len(pairs)} in {source}")
         self.val_dataset = PreferenceDataset(_reindex(pairs[:n_val]))
         self.train_dataset = PreferenceDataset(_reindex(pairs[n_val:]))
 

@@ -35,12 +35,16 @@ class TokenizedPair:
 class TruncationReport:
     prompts_truncated: int = 0
     completions_truncated: int = 0
+    identical_dropped: int = 0  # pairs whose chosen and rejected ids are equal (after truncation)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.prompts_truncated} prompts cut to their last tokens, "
             f"{self.completions_truncated} completions cut to their first tokens"
         )
+        if self.identical_dropped:
+            text += f", {self.identical_dropped} pairs dropped because chosen and rejected are identical"
+        return text
 
 
 def eos_id(tokenizer: Any) -> int:
@@ -91,7 +95,10 @@ def tokenize_pairs(
                 report.completions_truncated += 1
                 ids = ids[:max_completion_length]
             completions.append(ids)
-        pairs.append(TokenizedPair(i, list(p), completions[0], completions[1]))
+        if completions[0] == completions[1]:
+            report.identical_dropped += 1  # a zero margin forever: it only dilutes the loss (ln 2 per pair)
+            continue
+        pairs.append(TokenizedPair(len(pairs), list(p), completions[0], completions[1]))
     return pairs, report
 
 

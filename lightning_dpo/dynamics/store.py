@@ -116,10 +116,27 @@ class DynamicsStore:
 
 
 def read_snapshot(path: Path) -> Snapshot:
-    with safe_open(str(path), framework="pt") as handle:
-        step = int((handle.metadata() or {}).get("step", path.stem.split("_")[1]))
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    return Snapshot(step, tensors["mean_activation"], tensors["value_projection"], tensors["value_norm"])
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            step = int((handle.metadata() or {}).get("step", path.stem.split("_")[1]))
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        return Snapshot(step, tensors["mean_activation"], tensors["value_projection"], tensors["value_norm"])
+    except Exception as exc:  # truncated, not safetensors, or a tensor missing
+        raise DataError(str(path), f"cannot read the snapshot ({type(exc).__name__}: {exc}); the file is damaged") from None
+
+
+def _read_groups(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype={"layer": str})
+    except Exception as exc:
+        raise DataError(str(path), f"cannot read it as CSV ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in GROUPS_CSV_COLUMNS if c not in frame.columns]
+    bad = [c for c in ("step", "count", "delta_sum") if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c])]
+    if missing or bad:
+        raise DataError(str(path), f"damaged: {'missing columns ' + str(missing) if missing else 'non-numeric values in ' + str(bad)}")
+    return frame
 
 
 @dataclass
@@ -158,7 +175,7 @@ def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
     snapshots = [read_snapshot(p) for p in paths]
     stack = lambda name: np.stack([getattr(s, name).numpy() for s in snapshots])  # noqa: E731
     groups_path = directory / "groups.csv"
-    groups = pd.read_csv(groups_path, dtype={"layer": str}) if groups_path.exists() else pd.DataFrame(columns=GROUPS_CSV_COLUMNS)
+    groups = _read_groups(groups_path) if groups_path.exists() else pd.DataFrame(columns=GROUPS_CSV_COLUMNS)
     tokens = {}
     if (directory / "tokens.safetensors").exists():
         with safe_open(str(directory / "tokens.safetensors"), framework="np") as handle:
@@ -167,7 +184,12 @@ def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
     if (run_dir / "probe.safetensors").exists():
         with safe_open(str(run_dir / "probe.safetensors"), framework="np") as handle:
             probe = handle.get_tensor("direction")
-    meta = json.loads((directory / "meta.json").read_text()) if (directory / "meta.json").exists() else {}
+    meta = {}
+    if (directory / "meta.json").exists():
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+        except ValueError as exc:
+            raise DataError(str(directory / "meta.json"), f"not JSON ({exc})") from None
     return DynamicsRun(
         run_dir, [s.step for s in snapshots], stack("mean_activation"), stack("value_projection"), stack("value_norm"),
         groups, tokens, probe, meta,

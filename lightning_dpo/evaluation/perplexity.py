@@ -13,16 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_dpo.model.loading import max_positions
 from lightning_dpo.utils.torch_utils import eval_mode, model_device
-
-
-def max_positions(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, key, None)
-        if value:
-            return int(value)
-    return None
 
 
 @torch.no_grad()

@@ -46,10 +46,26 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+# files that make a folder loadable by from_pretrained, per kind of thing loaded
+_FOLDER_FILES = {
+    "model config": ("config.json",),
+    "model": ("config.json",),
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"),
+}
+
+
 def _from_pretrained(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
     """`loader.from_pretrained` for a local folder, a cached hub id, or (when reachable) the hub."""
-    if Path(name_or_path).expanduser().exists():
-        return loader.from_pretrained(str(Path(name_or_path).expanduser()), **kwargs)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        needed = _FOLDER_FILES.get(what, ())
+        if not path.is_dir() or not any((path / f).exists() for f in needed):
+            raise ModelLoadError(f"cannot load the {what} from {path}: expected a folder written by save_pretrained "
+                                 f"(with {' or '.join(needed)}), which this is not")
+        try:
+            return loader.from_pretrained(str(path), **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load the {what} from {path}: {exc}") from exc
     try:
         return loader.from_pretrained(name_or_path, local_files_only=True, **kwargs)
     except OSError:
@@ -136,6 +152,16 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model has positions for (GPT-2 `n_positions`, else `max_position_embeddings`)."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    return None
 
 
 def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:

@@ -11,6 +11,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -69,8 +70,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json_value(obj: Any) -> Any:
+    """`obj` with every NaN or infinity replaced by None (JSON has no such numbers: a bare NaN breaks
+    strict parsers, jq and most other languages' readers)."""
+    if isinstance(obj, dict):
+        return {k: strict_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(v) for v in obj]
+    if isinstance(obj, float) or type(obj).__module__ == "numpy" and hasattr(obj, "dtype") and obj.dtype.kind == "f":
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Strict JSON (NaN and infinities written as null), atomically."""
+    text = json.dumps(strict_json_value(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:

@@ -9,16 +9,35 @@ from typing import Any, Sequence
 from lightning_dpo.utils.io import atomic_save
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A Markdown table; floats with 4 significant digits, NaN as an empty cell."""
+def column_format(values: Sequence[Any], digits: int = 4) -> str:
+    """One number format for a whole column: `digits` significant digits for its largest value,
+    the same decimals for every row (so 0.4500 and 0.0011 line up); scientific notation for the
+    whole column when its largest magnitude is below 1e-3 or at least 1e6."""
+    numbers = [abs(float(v)) for v in values if _is_number(v) and math.isfinite(float(v))]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values if _is_number(v)):
+        return "{:,d}"
+    largest = max(numbers, default=0.0)
+    if largest and (largest < 1e-3 or largest >= 1e6):
+        return f"{{:.{digits - 1}e}}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(largest))) if largest else digits - 1
+    return f"{{:.{decimals}f}}"
 
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.4g}"
-        return str(value).replace("|", "/")[:160]
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_cell(value: Any, fmt: str) -> str:
+    if _is_number(value):
+        return "" if isinstance(value, float) and math.isnan(value) else fmt.format(value)
+    return "" if value is None else str(value).replace("|", "/").replace("\n", " ")[:160]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> str:
+    """A Markdown table: each numeric column in one format (`column_format`), NaN as an empty cell."""
+    formats = {c: column_format([row.get(c) for row in rows], digits) for c in columns}
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(row.get(c, ""), formats[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -37,3 +56,19 @@ def save_figure(fig: Any, path: Path) -> Path:
     atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     pyplot().close(fig)
     return path
+
+
+def annotate_cells(ax: Any, image: Any, grid: Any, fmt: str = "{:.3g}", fontsize: int = 8) -> None:
+    """Write each cell's value on a heatmap, dark on light cells and light on dark ones (by the
+    luminance of the cell's colour), so every value is readable whatever the colour map."""
+    import numpy as np
+
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            value = grid[i, j]
+            if not np.isfinite(value):
+                continue
+            r, g, b, _ = image.cmap(image.norm(value))
+            luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+            ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=fontsize,
+                    color="black" if luminance > 0.5 else "white")

@@ -1,4 +1,5 @@
-"""A signal at any step, then `ckpt_path=last`, gives byte-identical files to an uninterrupted run.
+"""Resume is exact: a signal at any step, then `ckpt_path=last`, gives byte-identical files to an
+uninterrupted run; files damaged or deleted in between are rebuilt from the checkpoint, or named.
 
 The signal is a real SIGTERM / SIGINT sent by this process to itself (tests/helpers/signals.py),
 so the handlers under test are the ones a user's `kill` or Ctrl-C reaches; the run goes through
@@ -112,3 +113,67 @@ def test_a_signal_during_gradient_accumulation_stops_at_the_next_step(tmp_path, 
     stopped = _interrupt_and_resume(tmp_path / "run", {"step": step, "micro_batch": True}, ACCUMULATE)
     assert stopped == step + 1
     _assert_same(straight_accumulated, tmp_path / "run")
+
+
+# -- files damaged or deleted between the stop and the resume ------------------------------------
+
+def _stop_at_4(run_dir: Path) -> None:
+    with pytest.raises(RunInterrupted):
+        _run(run_dir, [], {"step": 4})
+
+
+def test_deleted_groups_csv_and_truncated_metrics_csv_are_rebuilt_on_resume(tmp_path, straight, caplog):
+    run_dir = tmp_path / "run"
+    _stop_at_4(run_dir)
+    (run_dir / "dynamics" / "groups.csv").unlink()
+    metrics = (run_dir / "metrics.csv").read_bytes()
+    (run_dir / "metrics.csv").write_bytes(metrics[: len(metrics) // 2])  # cut mid-row
+    _run(run_dir, ["ckpt_path=last"])
+    assert "rebuilt it from the checkpoint" in caplog.text
+    _assert_same(straight, run_dir)
+
+
+def test_a_damaged_step0_snapshot_is_rewritten_from_the_checkpoint(tmp_path, straight):
+    run_dir = tmp_path / "run"
+    _stop_at_4(run_dir)
+    path = run_dir / "dynamics" / "step_0000000.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    _run(run_dir, ["ckpt_path=last"])
+    _assert_same(straight, run_dir)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_later_snapshot_stops_the_resume_naming_the_file(tmp_path, small_world, damage):
+    from lightning_dpo.utils.errors import DataError
+
+    run_dir = tmp_path / "run"
+    _stop_at_4(run_dir)
+    path = run_dir / "dynamics" / "step_0000002.safetensors"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-10])
+    else:
+        path.unlink()
+    with pytest.raises(DataError, match=rf"{path}: the snapshot of step 2 (is missing|does not match the checksum).*cannot be rebuilt"):
+        _run(run_dir, ["ckpt_path=last"])
+
+
+def test_deleted_generations_stop_the_resume_naming_the_file(tmp_path, small_world):
+    from lightning_dpo.utils.errors import DataError
+
+    run_dir = tmp_path / "run"
+    _stop_at_4(run_dir)
+    path = run_dir / "eval" / "generations_step_0000004.jsonl"
+    path.unlink()
+    with pytest.raises(DataError, match=rf"{path}: the generations file of step 4 is missing"):
+        _run(run_dir, ["ckpt_path=last"])
+
+
+def test_meta_json_records_each_snapshot_size_and_checksum(straight):
+    import hashlib
+
+    meta = json.loads((straight / "dynamics" / "meta.json").read_text())
+    files = sorted((straight / "dynamics").glob("step_*.safetensors"))
+    assert sorted(meta["snapshots"]) == [str(int(p.stem.split("_")[1])) for p in files]
+    for path in files:
+        entry = meta["snapshots"][str(int(path.stem.split("_")[1]))]
+        assert entry == {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
