@@ -66,6 +66,7 @@ def time_snapshot(model, vocab: int, prompts: int, batch_size: int, dtype: str, 
 
 def bench_demo(args) -> None:
     from lightning_dpo.config import default_cache_dir
+
     from lightning_dpo.model.loading import load_causal_lm
     from lightning_dpo.toy import ToyWorld
 
@@ -87,12 +88,14 @@ def bench_callback_share(args) -> None:
     (probe training, probe tokens, every snapshot, files) and the rest."""
     import lightning as L
     from hydra import compose, initialize_config_dir
-
     from lightning_dpo.callbacks.neuron_dynamics import NeuronDynamicsCallback
-    from lightning_dpo.config import register_resolvers
+
+    from lightning_dpo.toy.config import register_toy_resolver
     from lightning_dpo.train import train
+    from lightning_dpo.utils.config import register_resolvers
 
     register_resolvers()
+    register_toy_resolver()
     spent = {"on_train_start": 0.0, "on_train_batch_end": 0.0, "on_train_end": 0.0}
 
     def timed(hook, method):

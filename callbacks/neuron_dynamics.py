@@ -18,14 +18,23 @@ from typing import Any, Mapping
 
 import lightning as L
 import torch
-
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
+
+from lightning_dpo.data.texts import VALIDATION, describe_prompt_set, load_prompt_set
+from lightning_dpo.utils.io import atomic_write_jsonl
 from lightning_dpo.dynamics import (
-    REDUCING_GROUPS, DynamicsStore, ProbeTokens, Snapshot, build_probe_tokens, group_rows, summary_metrics, take_snapshot, toxic_top_n,
+    REDUCING_GROUPS,
+    DynamicsStore,
+    ProbeTokens,
+    Snapshot,
+    build_probe_tokens,
+    group_rows,
+    summary_metrics,
+    take_snapshot,
+    toxic_top_n,
 )
 from lightning_dpo.dynamics.probe_set import POSITION_MODES, prompt_ids_for
-from lightning_dpo.data.texts import load_texts
-from lightning_dpo.probe import Probe, build_probe, save_probe
+from lightning_dpo.neurons.probe import Probe, build_probe, save_probe
 from lightning_dpo.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,30 +43,35 @@ log = logging.getLogger(__name__)
 class NeuronDynamicsCallback(PeriodicMeasurement):
     def __init__(
         self,
-        prompts: str,
+        prompts: Mapping[str, Any],
         probe: Mapping[str, Any],
         output_dir: str,
-        every_n_steps: int = 10,
+        every_n_steps: int = 25,
         positions: str = "fixed",
-        prompt_field: str = "prompt",
-        prompt_filter: Mapping[str, Any] | None = None,
         max_prompts: int | None = None,
-        max_prompt_tokens: int = 32,
+        max_prompt_tokens: int | None = 32,
+        prepend_bos: bool = False,
         num_positions: int = 20,
-        batch_size: int = 64,
+        center_writing_weights: bool = False,
+        batch_size: int = 256,
         top_n: int = 128,
         name: str | None = None,
     ):
         super().__init__(every_n_steps, name=name)
+        self.key = f"callbacks.{name or 'neuron_dynamics'}"
         if positions not in POSITION_MODES:
-            raise ConfigError("callbacks.neuron_dynamics.positions", f"got {positions!r}; accepted: {list(POSITION_MODES)}")
+            raise ConfigError(f"{self.key}.positions", f"got {positions!r}; accepted: {list(POSITION_MODES)}")
         if num_positions < 1:
-            raise ConfigError("callbacks.neuron_dynamics.num_positions", f"must be >= 1, got {num_positions}")
-        self.prompts = load_texts(prompts, field=prompt_field, where=prompt_filter, limit=max_prompts, key=f"callbacks.{name or 'neuron_dynamics'}.prompts")
-        self.prompt_source = str(prompts)
+            raise ConfigError(f"{self.key}.num_positions", f"must be >= 1, got {num_positions}")
         self.probe_cfg = dict(probe)
+        if self.probe_cfg.get("source") == "raw" and not self.probe_cfg.get("path"):
+            raise ConfigError("probe.path", "the neuron dynamics need a probe: probe.path=<probe file> (or probe=train probe.data=<labelled texts>)")
+        self.prompt_spec, self.max_prompts = dict(prompts), max_prompts
+        # a file is read now (a bad one fails before training); the validation prompts at fit start
+        self.prompts = None if self.prompt_spec.get("source") == VALIDATION else load_prompt_set(self.prompt_spec, f"{self.key}.prompts", max_prompts)
         self.positions = positions
-        self.max_prompt_tokens, self.num_positions = max_prompt_tokens, num_positions
+        self.max_prompt_tokens, self.prepend_bos, self.num_positions = max_prompt_tokens, prepend_bos, num_positions
+        self.center_writing_weights = center_writing_weights
         self.batch_size, self.top_n = batch_size, top_n
         self.run_dir = Path(output_dir)
         self.store = DynamicsStore(self.run_dir)
@@ -68,6 +82,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         self._restored_digests: dict[int, str] = {}
 
     # -- set-up at step 0 (or restored from the checkpoint) -----------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.prompts is None:
+            records = trainer.datamodule.val_records
+            self.prompts = load_prompt_set(self.prompt_spec, f"{self.key}.prompts", self.max_prompts, [r.prompt for r in records])
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         with torch.no_grad():
             if self.probe is None:
@@ -76,6 +95,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
                 self.tokens = self._probe_tokens(trainer, pl_module, fixed=True)
         if trainer.is_global_zero:
             save_probe(self.probe, self.run_dir / "probe.safetensors")
+            atomic_write_jsonl(self.store.dir / "prompts.jsonl", ({"prompt": p} for p in self.prompts))
             if self.tokens is not None:
                 self.store.write_tokens(self.tokens)
             self.store.write_meta(self._meta(pl_module))
@@ -99,17 +119,19 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             raise RuntimeError("resuming without the dynamics state in the checkpoint: the fixed probe tokens are unknown")
         tokenizer = trainer.datamodule.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = prompt_ids_for(tokenizer, self.prompts, self.max_prompt_tokens)
+        ids = prompt_ids_for(tokenizer, self.prompts, self.max_prompt_tokens, self.prepend_bos)
         with trainer.precision_plugin.forward_context():
             return build_probe_tokens(pl_module.policy, ids, pad, self.num_positions, self.batch_size)
 
     def _meta(self, pl_module: L.LightningModule) -> dict[str, Any]:
         return {
-            "prompts": self.prompt_source,
+            "prompts": describe_prompt_set(self.prompt_spec, len(self.prompts)),
             "num_prompts": len(self.prompts),
             "positions": self.positions,
             "num_positions": self.num_positions,
             "max_prompt_tokens": self.max_prompt_tokens,
+            "prepend_bos": self.prepend_bos,
+            "center_writing_weights": self.center_writing_weights,
             "top_n": self.top_n,
             "probe": {k: str(v) for k, v in self.probe.metadata.items()},
             "definitions": "P_i = a_i * p_i; D_i = P_i(0) - P_i(t); types frozen at step 0; see README",
@@ -123,7 +145,8 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
         with trainer.precision_plugin.forward_context():
             snapshot = take_snapshot(
-                pl_module.policy, tokens.shard(trainer.global_rank, trainer.world_size), self.probe.unit, step, self.batch_size, reduce
+                pl_module.policy, tokens.shard(trainer.global_rank, trainer.world_size), self.probe.unit, step, self.batch_size, reduce,
+                self.center_writing_weights,
             )
         if self.baseline is None:
             self.baseline = snapshot
@@ -143,8 +166,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         super().on_train_end(trainer, pl_module)
         wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
         if wandb_loggers and trainer.is_global_zero and self.history:
-            from lightning_dpo.plot import make_plots
-
+            from lightning_dpo.dynamics.figures import make_plots
             from lightning_dpo.training.wandb_logger import log_dynamics_charts
 
             paths = make_plots(self.run_dir)

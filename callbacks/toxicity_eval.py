@@ -1,9 +1,14 @@
-"""ToxicityEvalCallback: greedy continuations of a prompt subset, scored every N steps.
+"""ToxicityEvalCallback: greedy continuations of held-out prompts, scored every N steps.
 
-Logs `eval/toxicity` (mean score), `eval/toxicity_share` (share above 0.5) and, when a text is
-given, `eval/perplexity`. The history is written to `<output_dir>/toxicity_eval.csv` (with the
-scorer's name beside every number) and each evaluation's generations to
-`<output_dir>/eval/generations_step_<step>.jsonl`.
+Logs `eval/toxicity` (mean score), `eval/toxicity_share` (share above 0.5), `eval/perplexity` and,
+with gold continuations (`f1_data`), `eval/f1`. By default everything is measured on the run's own
+held-out data: the prompts of the validation pairs, and perplexity on their chosen completions;
+the scorer's name is written beside every number.
+
+Files (`output_dir`): `toxicity_eval.csv` (the history, with the scorer), `eval/generations_step_<step>.jsonl`
+(each evaluation's continuations and scores), and the record of what was measured, which
+`python -m lightning_dpo.evaluate/analyze <run dir>` reuse: `eval/meta.json` (prompt set, scorer and
+its settings, perplexity text, F1 data), `eval/prompts.jsonl`, `eval/perplexity_text.txt`, `eval/f1.jsonl`.
 """
 
 from __future__ import annotations
@@ -15,43 +20,77 @@ import lightning as L
 import torch
 
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
-from lightning_dpo.evaluation.perplexity import perplexity
-from lightning_dpo.data.texts import load_text, load_texts
-from lightning_dpo.evaluation.report import score_continuations
+from lightning_dpo.data.texts import VALIDATION, describe_prompt_set, load_prompt_set, load_text, load_texts
 from lightning_dpo.dynamics.store import file_digest
+from lightning_dpo.evaluation.evaluate_model import score_continuations
+from lightning_dpo.evaluation.f1 import continuation_f1, f1_of_continuations
+from lightning_dpo.evaluation.perplexity import perplexity
 from lightning_dpo.evaluation.scorers import build_scorer
 from lightning_dpo.utils.errors import DataError
-from lightning_dpo.utils.io import atomic_write_csv, atomic_write_jsonl
+from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 
 class ToxicityEvalCallback(PeriodicMeasurement):
     def __init__(
         self,
-        prompts: str,
-        scorer: Mapping[str, Any] | str = "wordlist",
+        prompts: Mapping[str, Any],
+        scorer: Mapping[str, Any],
         every_n_steps: int = 25,
         max_prompts: int | None = 256,
-        prompt_field: str = "prompt",
-        prompt_filter: Mapping[str, Any] | None = None,
         max_prompt_tokens: int = 32,
         max_new_tokens: int = 20,
         batch_size: int = 64,
         perplexity_text: str | None = None,
         perplexity_window: int = 1024,
+        f1_data: str | None = None,
         output_dir: str | None = None,
         name: str | None = None,
     ):
         super().__init__(every_n_steps, name=name)
-        key = f"callbacks.{name or 'toxicity_eval'}"
-        self.prompts = load_texts(prompts, field=prompt_field, where=prompt_filter, limit=max_prompts, key=f"{key}.prompts")
-        scorer_cfg = {"name": scorer} if isinstance(scorer, str) else dict(scorer)
-        self.scorer = build_scorer(scorer_cfg.pop("name"), **scorer_cfg)
+        self.key = f"callbacks.{name or 'toxicity_eval'}"
+        self.prompt_spec, self.max_prompts = dict(prompts), max_prompts
+        # a file is read now (a bad one fails before training); the validation prompts at fit start
+        self.prompts = None if self.prompt_spec.get("source") == VALIDATION else load_prompt_set(self.prompt_spec, f"{self.key}.prompts", max_prompts)
+        self.scorer_config = dict(scorer)
+        options = dict(self.scorer_config)
+        self.scorer = build_scorer(options.pop("name"), **options)
         self.max_prompt_tokens, self.max_new_tokens, self.batch_size = max_prompt_tokens, max_new_tokens, batch_size
-        self.perplexity_text = load_text(perplexity_text, f"{key}.perplexity_text") if perplexity_text else None
+        self.perplexity_source = perplexity_text
+        self.perplexity_text = load_text(perplexity_text, f"{self.key}.perplexity_text") if perplexity_text else None
         self.perplexity_window = perplexity_window
+        self.f1_source = f1_data
+        self.f1_prompts = load_texts(f1_data, field="prompt", key=f"{self.key}.f1_data") if f1_data else []
+        self.f1_golds = load_texts(f1_data, field="gold", key=f"{self.key}.f1_data") if f1_data else []
         self.output_dir = Path(output_dir) if output_dir else None
         self.digests: dict[int, str] = {}  # step -> sha256 of its generations file
 
+    # -- what is measured ---------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        records = trainer.datamodule.val_records if trainer.datamodule.val_dataset is not None else []
+        if self.prompts is None:
+            self.prompts = load_prompt_set(self.prompt_spec, f"{self.key}.prompts", self.max_prompts, [r.prompt for r in records])
+        if self.perplexity_text is None and records:
+            eos = trainer.datamodule.tokenizer.eos_token or "\n\n"
+            self.perplexity_text = "".join(r.chosen + eos for r in records)  # the run's own held-out text
+            self.perplexity_source = f"the validation pairs' chosen completions ({len(records)} pairs)"
+        if self.output_dir is not None and trainer.is_global_zero:
+            self._write_record()
+
+    def _write_record(self) -> None:
+        folder = self.output_dir / "eval"
+        atomic_write_jsonl(folder / "prompts.jsonl", ({"prompt": p} for p in self.prompts))
+        if self.perplexity_text is not None:
+            atomic_write_text(folder / "perplexity_text.txt", self.perplexity_text)
+        if self.f1_prompts:
+            atomic_write_jsonl(folder / "f1.jsonl", ({"prompt": p, "gold": g} for p, g in zip(self.f1_prompts, self.f1_golds)))
+        atomic_write_json(folder / "meta.json", {
+            "prompts": describe_prompt_set(self.prompt_spec, len(self.prompts)),
+            "scorer": self.scorer.name, "scorer_config": self.scorer_config,
+            "perplexity_text": self.perplexity_source, "f1_data": self.f1_source,
+            "max_prompt_tokens": self.max_prompt_tokens, "max_new_tokens": self.max_new_tokens,
+        })
+
+    # -- one evaluation -----------------------------------------------------------------------------
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
         tokenizer = trainer.datamodule.tokenizer
         rank, world = trainer.global_rank, trainer.world_size
@@ -64,6 +103,11 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         metrics = {"eval/toxicity": float(sums[0] / sums[2]), "eval/toxicity_share": float(sums[1] / sums[2])}
         if self.perplexity_text is not None:
             metrics["eval/perplexity"] = perplexity(pl_module.policy, tokenizer, self.perplexity_text, self.perplexity_window)["perplexity"]
+        if self.f1_prompts and self.f1_prompts == self.prompts and world == 1:  # the same greedy continuations: reuse them
+            metrics["eval/f1"] = f1_of_continuations(tokenizer, texts, self.f1_golds)["f1"]
+        elif self.f1_prompts:
+            metrics["eval/f1"] = continuation_f1(pl_module.policy, tokenizer, self.f1_prompts, self.f1_golds, self.max_prompt_tokens,
+                                                 self.max_new_tokens, batch_size=self.batch_size)["f1"]
         if self.output_dir is not None and trainer.is_global_zero:
             path = self._generations_file(step)
             atomic_write_jsonl(path, ({"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)))
@@ -78,8 +122,7 @@ class ToxicityEvalCallback(PeriodicMeasurement):
             return
         rows = [{"scorer": self.scorer.name, **entry} for entry in self.history]
         columns = ["step", "scorer", "eval/toxicity", "eval/toxicity_share"]
-        if self.perplexity_text is not None:
-            columns.append("eval/perplexity")
+        columns += [c for c in ("eval/perplexity", "eval/f1") if any(c in e for e in self.history)]
         atomic_write_csv(self.output_dir / "toxicity_eval.csv", columns, rows)
 
     def on_resume(self, trainer: L.Trainer, step: int) -> None:
@@ -91,13 +134,14 @@ class ToxicityEvalCallback(PeriodicMeasurement):
             found = file_digest(path)
             if s in self.digests and found != self.digests[s]:
                 what = "is missing" if found is None else "does not match the checksum recorded in the checkpoint"
-                raise DataError(str(path), f"the generations file of step {s} {what}, and they cannot be rebuilt without the "
+                raise DataError(str(path), f"the generations file of step {s} {what}, and it cannot be rebuilt without the "
                                 "weights of that step: restore the file, or resume from a checkpoint written before it")
         for path in (self.output_dir / "eval").glob("generations_step_*.jsonl"):
             if int(path.stem.rsplit("_", 1)[1]) not in steps:
                 path.unlink()  # a future the checkpoint never reached
         self.digests = {s: d for s, d in self.digests.items() if s in steps}
 
+    # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generations_digests": dict(self.digests)}
 
@@ -115,4 +159,6 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         )
         if "eval/perplexity" in first:
             text += f"; perplexity {first['eval/perplexity']:.2f} -> {last['eval/perplexity']:.2f}"
+        if "eval/f1" in first:
+            text += f"; F1 {first['eval/f1']:.3f} -> {last['eval/f1']:.3f}"
         return text

@@ -1,4 +1,9 @@
-"""`python -m lightning_dpo.analyze base=<model> dpo=<model | run dir> [probe.path=...]`: the papers' tables.
+"""`python -m lightning_dpo.analyze dpo=<run dir | model> [model.name_or_path=<base model>]`: the papers' tables.
+
+Pointed at a training run, everything defaults to the run's own: its base model, its best
+checkpoint as the DPO model (hf_model_best/, else hf_model/; the choice is printed and recorded),
+its probe, probe set, evaluation prompts, scorer, perplexity text and F1 data (conf/analyze.yaml).
+
 
 1. Mean activations of every MLP neuron of the base and the DPO model on one fixed probe set (the
    base model's greedy continuations), the DPO model with its own value vectors; the group table
@@ -21,29 +26,52 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from lightning_dpo.dynamics import REDUCING_GROUPS, build_probe_tokens, group_rows, take_snapshot
-from lightning_dpo.dynamics.groups import GROUPS_CSV_COLUMNS
+from lightning_dpo.data.texts import describe_prompt_set, load_prompt_set, load_texts
+from lightning_dpo.dynamics import (
+    REDUCING_GROUPS,
+    build_probe_tokens,
+    group_rows,
+    take_snapshot,
+)
 from lightning_dpo.dynamics.probe_set import prompt_ids_for
-from lightning_dpo.evaluation import interventions as iv
-from lightning_dpo.data.texts import load_texts
-from lightning_dpo.evaluation.report import evaluate_model
-from lightning_dpo.probe import Probe, build_probe, load_probe
-from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text, ensure_writable_dir
-from lightning_dpo.utils.report import markdown_table, pyplot, save_figure
+from lightning_dpo.evaluation.evaluate_model import evaluate_model, settings_from_config
+from lightning_dpo.evaluation.model_source import describe_model_source, load_model_and_tokenizer
+from lightning_dpo.evaluation.run_record import RUN, RunRecord, require_run
+from lightning_dpo.neurons import interventions as iv
+from lightning_dpo.neurons.groups import GROUPS_CSV_COLUMNS
+from lightning_dpo.neurons.probe import Probe, build_probe, load_probe
+from lightning_dpo.utils.figures import pyplot, save_figure
+from lightning_dpo.utils.io import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+)
+from lightning_dpo.utils.tables import markdown_table
+from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perplexity", "f1", "recovered_share_of_dpo_drop"]
 
 
-def resolve_probe(cfg: Any, base: torch.nn.Module, tokenizer: Any) -> Probe:
+def resolve_probe(cfg: Any, run: RunRecord | None, base: torch.nn.Module, tokenizer: Any) -> Probe:
+    """probe=run: the probe the training run measured its dynamics with; else the configured one."""
     d_model = base.get_input_embeddings().weight.shape[1]
-    if cfg.probe.get("path"):
-        return load_probe(cfg.probe.path, d_model)
-    run_probe = Path(str(cfg.dpo)).expanduser() / "probe.safetensors"
-    if run_probe.is_file():  # the probe the training run measured its dynamics with
-        return load_probe(run_probe, d_model)
+    if cfg.probe.source == RUN:
+        return load_probe(require_run(run, "probe", cfg.dpo).file("probe.safetensors", "probe.path"), d_model)
     options = {k: v for k, v in cfg.probe.items() if k not in ("path", "source", "data") and v is not None}
-    return build_probe(base, tokenizer, source=cfg.probe.source, data=cfg.probe.get("data"), **options)
+    return build_probe(base, tokenizer, source=cfg.probe.source, path=cfg.probe.get("path"), data=cfg.probe.get("data"), **options)
+
+
+def probe_set_prompts(cfg: Any, run: RunRecord | None) -> tuple[list[str], str]:
+    """The prompts mean activations are measured on: the run's own probe set (prompts=run), or the prompt set given."""
+    ps = cfg.probe_set
+    if cfg.prompts.source == RUN:
+        path = require_run(run, "prompts.source", cfg.dpo).file("dynamics/prompts.jsonl", "prompts.source")
+        texts = load_texts(path, field="prompt", limit=ps.max_prompts, key="prompts.source")
+        return texts, f"the run's probe set ({path}, {len(texts)} prompts)"
+    texts = load_prompt_set(cfg.prompts, "prompts", ps.max_prompts)
+    return texts, describe_prompt_set(cfg.prompts, len(texts))
 
 
 def intervention_rows(cfg: Any, base_snap: Any, dpo_snap: Any, probe: Probe) -> list[tuple[str, Callable[[torch.nn.Module], ContextManager], int]]:
@@ -96,25 +124,26 @@ def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out:
 
 
 def run(cfg: Any) -> dict[str, Any]:
-    from lightning_dpo.commands import resolve_device
-    from lightning_dpo.evaluate import settings_from_config
-    from lightning_dpo.evaluation.model_source import load_model_and_tokenizer
-
     out = ensure_writable_dir(cfg.out, "output directory (out)")
     device = resolve_device(cfg.device)
-    settings = settings_from_config(cfg, out)
-    base, tokenizer = load_model_and_tokenizer(cfg.base, cfg.tokenizer, cfg.dtype)
-    dpo, _ = load_model_and_tokenizer(cfg.dpo, cfg.tokenizer or cfg.base, cfg.dtype)
+    run_record = RunRecord.find(cfg.dpo)
+    settings = settings_from_config(cfg, run_record, out)
+    base_source = cfg.model.name_or_path or require_run(run_record, "model.name_or_path", cfg.dpo).base_model()
+    _, dpo_description = describe_model_source(cfg.dpo)
+    log.info("base model: %s; DPO model: %s", base_source, dpo_description)
+    base, tokenizer = load_model_and_tokenizer(base_source, cfg.model.tokenizer, cfg.model.dtype)
+    dpo, _ = load_model_and_tokenizer(cfg.dpo, cfg.model.tokenizer or base_source, cfg.model.dtype)
     base.to(device)
     dpo.to(device)
-    probe = resolve_probe(cfg, base, tokenizer)
+    probe = resolve_probe(cfg, run_record, base, tokenizer)
 
     ps = cfg.probe_set
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt_ids = prompt_ids_for(tokenizer, load_texts(ps.source, field=ps.field, where=ps.filter, limit=ps.limit, key="probe_set.source"), ps.max_prompt_tokens)
+    texts, probe_set_source = probe_set_prompts(cfg, run_record)
+    prompt_ids = prompt_ids_for(tokenizer, texts, ps.max_prompt_tokens, ps.prepend_bos)
     tokens = build_probe_tokens(base, prompt_ids, pad, ps.num_positions, ps.batch_size)
-    base_snap = take_snapshot(base, tokens, probe.unit, step=0, batch_size=ps.batch_size)
-    dpo_snap = take_snapshot(dpo, tokens, probe.unit, step=1, batch_size=ps.batch_size)
+    base_snap = take_snapshot(base, tokens, probe.unit, step=0, batch_size=ps.batch_size, center_writing_weights=ps.center_writing_weights)
+    dpo_snap = take_snapshot(dpo, tokens, probe.unit, step=1, batch_size=ps.batch_size, center_writing_weights=ps.center_writing_weights)
     groups = [dict(r, step="dpo") for r in group_rows(base_snap, dpo_snap)]
 
     evaluations = []
@@ -142,8 +171,11 @@ def run(cfg: Any) -> dict[str, Any]:
     atomic_write_text(out / "groups.md", markdown_table([r for r in groups if r["layer"] == "all"], group_columns))
     plots = plot_results(table, groups, out)
     summary = {
-        "base": str(cfg.base), "dpo": str(cfg.dpo), "probe": {k: str(v) for k, v in probe.metadata.items()},
-        "probe_set": {"source": str(ps.source), "prompts": len(prompt_ids), "positions": int(tokens.positions.sum())},
+        "base": str(base_source), "dpo": dpo_description, "probe": {k: str(v) for k, v in probe.metadata.items()},
+        "probe_set": {"source": probe_set_source, "prompts": len(prompt_ids), "positions": int(tokens.positions.sum()),
+                      "center_writing_weights": bool(ps.center_writing_weights)},
+        "evaluation": {"prompts": settings.prompts_source, "scorer": settings.scorer.name, "perplexity_text": settings.perplexity_source,
+                       "f1_data": settings.f1_source},
         "table": table, "groups": [r for r in groups if r["layer"] == "all"], "plots": [str(p) for p in plots],
     }
     atomic_write_json(out / "analysis.json", summary)
@@ -154,6 +186,6 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from lightning_dpo.commands import hydra_command
+    from lightning_dpo.cli import hydra_command
 
     hydra_command(run, "analyze")()

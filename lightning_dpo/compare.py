@@ -27,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.dynamics import REDUCING_GROUPS
 from lightning_dpo.training.metrics_csv import read_metrics_csv
+from lightning_dpo.utils.figures import annotate_cells, pyplot, save_figure
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_text
-from lightning_dpo.utils.report import annotate_cells, markdown_table, pyplot, save_figure
+from lightning_dpo.utils.tables import markdown_table
 
 COLUMNS = [
     "job", "status", "loss", "beta", "lr", "steps", "val/loss", "val/rewards/accuracies", "val/rewards/margins",

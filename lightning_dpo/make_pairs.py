@@ -1,160 +1,116 @@
-"""`python -m lightning_dpo.make_pairs model=... probe=... prompts.source=... out=pairs.jsonl`: toxicity
-preference pairs for any causal LM, by activation steering in place of PPLM.
+"""`python -m lightning_dpo.make_pairs`: toxicity preference pairs for any causal LM, by steering.
 
-For each prompt (Wikitext-2 lines, as the published pairs, or any .txt/.jsonl; cut at token level):
-chosen = the model's own continuation (greedy, or sampled at `chosen_temperature`); rejected =
-the continuation generated while `alpha * u` (u: the probe's unit direction) is added to the
-residual stream after the configured layers. Both are scored; a pair is kept when the rejected
-continuation scores more toxic than the chosen one by more than `margin` (so with alpha = 0 every
-pair is dropped). Output: TRL's format (prompt, chosen, rejected) plus both scores, written
-atomically; the work is done in chunks kept under `<out>.parts/`, so an interrupted run continues
-where it stopped and ends with the same file. A report (counts, score distributions) goes to
-`<out>.report.json`.
+    python -m lightning_dpo.make_pairs model.name_or_path=<hub id | folder | run dir> probe.path=probe.safetensors prompts.source=<file | wikitext-2> out=pairs.jsonl
+
+Prompts (Wikitext-2 lines, as the published pairs, or any text/JSONL file) are cut at token
+level; pairs come from lightning_dpo/neurons/pairs.py. Output: TRL's format (prompt, chosen,
+rejected) plus both scores, written atomically; the work is done in chunks kept under
+`<out>.parts/`, so an interrupted run continues where it stopped and ends with the same file. A
+report (counts, score distributions) goes to `<out>.report.json`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
-from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.data.texts import WIKITEXT_2, load_texts, wikitext_lines
-from lightning_dpo.evaluation.scorers import Scorer, build_scorer
-from lightning_dpo.mlp import find_decoder_layers, hook_residual
+from lightning_dpo.evaluation.model_source import describe_model_source, load_model_and_tokenizer
+from lightning_dpo.evaluation.scorers import build_scorer
+from lightning_dpo.neurons.probe import load_probe
+from lightning_dpo.neurons.pairs import (
+    PairSettings,
+    as_pair,
+    distribution,
+    generate_pairs,
+)
+from lightning_dpo.neurons.steering import resolve_layers
 from lightning_dpo.utils.errors import ConfigError, DataError
 from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl
+from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def steering(model: nn.Module, unit: torch.Tensor, alpha: float, layers: Sequence[int]) -> Iterator[None]:
-    """Add alpha * unit to the residual stream after each listed layer, only inside the block."""
-    shift = (alpha * unit.float()).to(next(model.parameters()).device)
-
-    def add(_: int, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + shift.to(hidden.dtype)
-
-    with hook_residual(model, list(layers), add):
-        yield
-
-
 def load_prompt_texts(cfg: Any, tokenizer: Any) -> list[str]:
-    """Prompts cut to their first `max_tokens` tokens; shorter than `min_tokens` ones are skipped."""
-    texts = wikitext_lines("prompts.source") if cfg.source == WIKITEXT_2 else load_texts(cfg.source, field=cfg.field, key="prompts.source")
+    """The prompt set (conf/prompts/) cut to its first `max_prompt_tokens` tokens; prompts shorter
+    than `min_prompt_tokens` are skipped; at most `max_prompts`."""
+    spec = cfg.prompts
+    if spec.source == WIKITEXT_2:
+        texts = wikitext_lines("prompts.source")
+    else:
+        texts = load_texts(spec.source, field=spec.field, where=spec.filter, limit=spec.limit, key="prompts.source")
     prompts = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        if len(ids) < cfg.min_tokens:
+        if len(ids) < cfg.min_prompt_tokens:
             continue
-        prompts.append(tokenizer.decode(ids[: cfg.max_tokens]))
-        if cfg.limit and len(prompts) >= cfg.limit:
+        prompts.append(tokenizer.decode(ids[: cfg.max_prompt_tokens]))
+        if cfg.max_prompts and len(prompts) >= cfg.max_prompts:
             break
     if not prompts:
-        raise DataError(str(cfg.source), f"no prompt with at least {cfg.min_tokens} tokens")
+        raise DataError(str(spec.source), f"no prompt with at least {cfg.min_prompt_tokens} tokens (config key 'min_prompt_tokens')")
     return prompts
 
 
-def keep_pair(chosen_score: float, rejected_score: float, margin: float, chosen: str, rejected: str) -> bool:
-    """A pair is kept when both continuations are non-empty and rejected - chosen > margin."""
-    return bool(chosen.strip() and rejected.strip()) and rejected_score - chosen_score > margin
-
-
-@dataclass
-class PairSettings:
-    alpha: float = 8.0
-    layers: Sequence[int] | str = "middle"
-    chosen_temperature: float = 0.0
-    rejected_temperature: float = 0.0
-    max_new_tokens: int = 20
-    batch_size: int = 64
-    margin: float = 0.0
-    seed: int = 0
-
-
-def generate_pairs(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], unit: torch.Tensor, scorer: Scorer, settings: PairSettings, chunk_index: int = 0
-) -> list[dict[str, Any]]:
-    """Chosen (plain) and rejected (steered) continuations of `prompts`, scored; `kept` marks the pairs to use."""
-    layers = resolve_layers(model, settings.layers)
-    kwargs = dict(max_prompt_tokens=10**6, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, truncation_side="right")
-    chosen_rng = torch.Generator().manual_seed(hash_seed(settings.seed, chunk_index, "chosen"))
-    rejected_rng = torch.Generator().manual_seed(hash_seed(settings.seed, chunk_index, "rejected"))
-    chosen = generate_continuations(model, tokenizer, prompts, temperature=settings.chosen_temperature, generator=chosen_rng, **kwargs)
-    with steering(model, unit, settings.alpha, layers):
-        rejected = generate_continuations(model, tokenizer, prompts, temperature=settings.rejected_temperature, generator=rejected_rng, **kwargs)
-    chosen_scores, rejected_scores = scorer.score(chosen), scorer.score(rejected)
-    return [
-        {"prompt": p, "chosen": c, "rejected": r, "chosen_score": cs, "rejected_score": rs,
-         "kept": keep_pair(cs, rs, settings.margin, c, r)}
-        for p, c, r, cs, rs in zip(prompts, chosen, rejected, chosen_scores, rejected_scores)
-    ]
-
-
-def as_pair(row: dict[str, Any]) -> dict[str, Any]:
-    """The output row: TRL's preference format plus both scores."""
-    return {k: row[k] for k in ("prompt", "chosen", "rejected", "chosen_score", "rejected_score")}
-
-
-def resolve_layers(model: nn.Module, layers: Sequence[int] | str) -> list[int]:
-    n = len(find_decoder_layers(model))
-    if layers == "all":
-        return list(range(n))
-    if layers == "middle":
-        return [n // 2]
-    return [int(layer) for layer in layers]
-
-
-def hash_seed(*parts: Any) -> int:
-    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16)
-
-
-def distribution(scores: list[float]) -> dict[str, float]:
-    if not scores:
-        return {}
-    ordered = sorted(scores)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"mean": sum(scores) / len(scores), "min": ordered[0], "p25": pick(0.25), "median": pick(0.5), "p75": pick(0.75),
-            "max": ordered[-1], "share_above_0.5": sum(s > 0.5 for s in scores) / len(scores)}
-
-
 def settings_fingerprint(cfg: Any, probe_direction: torch.Tensor) -> dict[str, Any]:
+    """Everything that decides the pairs (not where they go, or how fast they are made)."""
     from omegaconf import OmegaConf
 
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("out", "device", "batch_size"):  # where and how fast, not what
-        settings.pop(key, None)
+    keys = ("prompts", "scorer", "steering", "max_prompt_tokens", "min_prompt_tokens", "max_prompts", "chosen_temperature",
+            "rejected_temperature", "max_new_tokens", "margin", "chunk_size", "seed")
+    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+    settings["model"] = {k: OmegaConf.to_container(cfg.model, resolve=False).get(k) for k in ("name_or_path", "tokenizer", "dtype", "config")}
     settings["probe_sha256"] = hashlib.sha256(probe_direction.float().numpy().tobytes()).hexdigest()[:16]
     return settings
 
 
-def run(cfg: Any) -> dict[str, Any]:
-    from lightning_dpo.commands import resolve_device
-    from lightning_dpo.evaluation.model_source import load_model_and_tokenizer
-    from lightning_dpo.probe import load_probe
+def claim_parts(parts: Path, fingerprint: dict[str, Any]) -> None:
+    """`<out>.parts/` holds the chunks of one set of settings: resume them, or start afresh when an
+    earlier attempt with other settings produced nothing (a failed start must not block the corrected command)."""
+    settings_file = parts / "settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != json.loads(json.dumps(fingerprint)):
+        chunks = sorted(parts.glob("chunk_*.jsonl"))
+        if chunks:
+            raise ConfigError("out", f"{parts} holds {len(chunks)} chunks of an interrupted run with other settings: "
+                              "delete it to start afresh, or choose another out")
+        log.info("%s: replacing the settings of an earlier attempt that produced nothing", parts)
+    elif settings_file.exists():
+        log.info("resuming from %s", parts)
+    atomic_write_json(settings_file, fingerprint)
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.dtype)
+
+def pair_warnings(rows: list[dict[str, Any]], tokenizer: Any, threshold: float = 0.5) -> dict[str, int]:
+    """Counts of kept pairs a user should look at before training on them."""
+    kept = [r for r in rows if r["kept"]]
+    rejected_ids = tokenizer([r["rejected"] for r in kept], add_special_tokens=False)["input_ids"] if kept else []
+    texts = [r["rejected"].strip() for r in kept]
+    counts = {t: texts.count(t) for t in set(texts)}
+    return {
+        "rejected_one_repeated_token": sum(len(ids) > 1 and len(set(ids)) == 1 for ids in rejected_ids),
+        "rejected_shared_with_another_pair": sum(counts[t] > 1 for t in texts),
+        "chosen_above_threshold": sum(r["chosen_score"] > threshold for r in kept),
+    }
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    _, description = describe_model_source(cfg.model.name_or_path)
+    log.info("building pairs with %s", description)
+    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.dtype)
     model.to(resolve_device(cfg.device))
-    probe = load_probe(cfg.probe, model.get_input_embeddings().weight.shape[1])
+    if not cfg.probe.get("path"):
+        raise ConfigError("probe.path", "make_pairs steers along a probe: probe.path=<probe file>")
+    probe = load_probe(cfg.probe.path, model.get_input_embeddings().weight.shape[1])
     scorer_cfg = dict(cfg.scorer)
     scorer = build_scorer(scorer_cfg.pop("name"), **scorer_cfg)
     out = Path(cfg.out).expanduser()
     parts = out.with_name(out.name + ".parts")
-    fingerprint = settings_fingerprint(cfg, probe.direction)
-    if (parts / "settings.json").exists():
-        if json.loads((parts / "settings.json").read_text()) != json.loads(json.dumps(fingerprint)):
-            raise ConfigError("out", f"{parts} holds an interrupted run with other settings: delete it, or choose another out")
-        log.info("resuming from %s", parts)
-    else:
-        atomic_write_json(parts / "settings.json", fingerprint)
-    prompts = load_prompt_texts(cfg.prompts, tokenizer)
+    prompts = load_prompt_texts(cfg, tokenizer)
+    claim_parts(parts, settings_fingerprint(cfg, probe.direction))
     settings = PairSettings(
         alpha=cfg.steering.alpha, layers=cfg.steering.layers, chosen_temperature=cfg.chosen_temperature,
         rejected_temperature=cfg.rejected_temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
@@ -170,9 +126,14 @@ def run(cfg: Any) -> dict[str, Any]:
         rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     kept = [as_pair(r) for r in rows if r["kept"]]
     atomic_write_jsonl(out, kept)
+    warnings = pair_warnings(rows, tokenizer)
+    for what, count in warnings.items():
+        if count:
+            log.warning("%d of %d kept pairs: %s", count, len(kept), what.replace("_", " "))
     report = {
-        "out": str(out), "scorer": scorer.name, "margin": cfg.margin, "alpha": cfg.steering.alpha,
+        "out": str(out), "model": description, "scorer": scorer.name, "margin": cfg.margin, "alpha": cfg.steering.alpha,
         "layers": resolve_layers(model, cfg.steering.layers), "prompts": len(rows), "kept": len(kept), "dropped": len(rows) - len(kept),
+        "warnings": warnings,
         "chosen_scores": distribution([r["chosen_score"] for r in rows]),
         "rejected_scores": distribution([r["rejected_score"] for r in rows]),
     }
@@ -182,6 +143,6 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from lightning_dpo.commands import hydra_command
+    from lightning_dpo.cli import hydra_command
 
     hydra_command(run, "make_pairs")()

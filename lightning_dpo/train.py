@@ -25,17 +25,32 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
-from lightning_dpo.config import build, ensure_toy_world, register_resolvers
 from lightning_dpo.model.loading import load_tokenizer, max_positions
+from lightning_dpo.toy.config import ensure_toy_world, register_toy_resolver
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_dpo.training.metrics_csv import MetricsCSVLogger
-from lightning_dpo.training.run_dir import RunConfigInCheckpoint, RunDirectory, RunPlan, claim, resume_command, run_config, task_overrides
+from lightning_dpo.training.run_dir import (
+    RunConfigInCheckpoint,
+    RunDirectory,
+    RunPlan,
+    claim,
+    resume_command,
+    run_config,
+    task_overrides,
+)
 from lightning_dpo.training.wandb_logger import setup_wandb_run
-from lightning_dpo.utils.errors import ConfigError, DataError, LightningDPOError, RunInterrupted
+from lightning_dpo.utils.config import build, register_resolvers
+from lightning_dpo.utils.errors import (
+    ConfigError,
+    DataError,
+    LightningDPOError,
+    RunInterrupted,
+)
 from lightning_dpo.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger("lightning_dpo.train")
 register_resolvers()
+register_toy_resolver()
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
@@ -62,20 +77,41 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return loggers
 
 
-def save_hf_model(module: Any, tokenizer: Any, run_dir: Path) -> Path:
-    """The trained policy and tokenizer via `save_pretrained`, swapped in atomically."""
-    target = run_dir / "hf_model"
+def save_hf_model(policy: Any, tokenizer: Any, target: Path, record: dict[str, Any] | None = None) -> Path:
+    """A policy and its tokenizer via `save_pretrained` (+ `lightning_dpo.json`, where it came from), swapped in atomically."""
 
     def fill(tmp: Path) -> None:
-        module.policy.save_pretrained(tmp)
+        policy.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if record is not None:
+            (tmp / "lightning_dpo.json").write_text(json.dumps(record, indent=2) + "\n")
 
     atomic_directory(target, fill)
     return target
 
 
-def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path) -> None:
+def save_best_model(trainer: L.Trainer, module: Any, tokenizer: Any, run_dir: Path) -> dict[str, Any] | None:
+    """`hf_model_best/`: the policy of the best checkpoint by the monitored metric (val/loss), the
+    model the analysis commands use for a run (with early stopping, the final one is a later,
+    worse one). Loaded into the trained policy in place after `hf_model/` is written."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    best = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path), None)
+    if best is None or not Path(best.best_model_path).is_file():
+        return None
+    state = torch.load(best.best_model_path, map_location="cpu", mmap=True, weights_only=False)
+    weights = {k[len("policy."):]: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
+    module.policy.load_state_dict(weights, strict=False)
+    record = {"step": int(state["global_step"]), "checkpoint": str(best.best_model_path), "monitor": best.monitor,
+              "value": float(best.best_model_score) if best.best_model_score is not None else None}
+    save_hf_model(module.policy, tokenizer, run_dir / "hf_model_best", record)
+    return record
+
+
+def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict[str, Any] | None = None) -> None:
     lines = [f"run directory: {run_dir}", f"data: {datamodule.summary()}"]
+    if best is not None:
+        lines.append(f"best checkpoint by {best['monitor']}: step {best['step']} ({best['value']:.4f}) -> hf_model_best/; final -> hf_model/")
     metrics = trainer.callback_metrics
     for key in ("val/loss", "val/rewards/accuracies", "val/rewards/margins"):
         if key in metrics:
@@ -129,14 +165,14 @@ def preflight(cfg: DictConfig) -> None:
             raise DataError(str(path), "file not found (config key 'data.path')")
         if not data_path.is_file():
             raise DataError(str(path), "is not a file (config key 'data.path' names one JSONL/JSON/CSV/Parquet file of pairs)")
-    for name, node in (cfg.get("callbacks") or {}).items():
-        probe = node.get("probe") if node is not None else None
-        if probe is None or probe.get("source") != "raw":
-            continue
+    probe = cfg.get("probe") or {}
+    uses_probe = any(node is not None and "_target_" in node and "probe" in node for node in (cfg.get("callbacks") or {}).values())
+    if uses_probe and probe.get("source") == "raw":
         if not probe.get("path"):
-            raise ConfigError(f"callbacks.{name}.probe.path", "probe.source=raw needs a probe file (e.g. Lee et al.'s probe.pt)")
+            raise ConfigError("probe.path", "the neuron dynamics need a probe: probe.path=<probe file> (e.g. Lee et al.'s probe.pt), "
+                              "or probe=train probe.data=<labelled texts>")
         if not Path(probe.path).expanduser().is_file():
-            raise DataError(str(probe.path), f"probe file not found (config key 'callbacks.{name}.probe.path')")
+            raise DataError(str(probe.path), "probe file not found (config key 'probe.path')")
 
 
 # (config keys whose sum is one sequence's length) for every sequence training and measuring build
@@ -171,7 +207,6 @@ def train(cfg: DictConfig) -> float | None:
 
 def _claimed(cfg: DictConfig, run_dir: Path) -> float | None:
     run = RunDirectory(run_dir)
-    ensure_toy_world(cfg)  # only if the config uses it (the demo); built once, then cached
     ckpt_path, checkpoint = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir / "checkpoints")
     rank_zero = rank_zero_only.rank == 0
     if rank_zero:  # every check before anything is written (other ranks follow rank 0's claim)
@@ -186,6 +221,7 @@ def _claimed(cfg: DictConfig, run_dir: Path) -> float | None:
         return previous.get("objective")
     try:
         preflight(cfg)
+        ensure_toy_world(cfg, demo_keys=("model.name_or_path", "data.path"))  # the demo's world: built once, then cached
     except LightningDPOError as exc:
         if rank_zero and not plan.resuming and not plan.archive:  # our own, empty directory: record the failure
             run.start_attempt(cfg, plan)
@@ -246,8 +282,9 @@ def _train(cfg: DictConfig, run_dir: Path, plan: RunPlan, callbacks: list[L.Call
     if module.last_val_step != trainer.global_step and len(datamodule.val_dataset) > 0:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the final val/* for summaries and searches
     if trainer.is_global_zero:
-        save_hf_model(module, tokenizer, run_dir)
-        print_summary(trainer, datamodule, run_dir)
+        save_hf_model(module.policy, tokenizer, run_dir / "hf_model")
+        best = save_best_model(trainer, module, tokenizer, run_dir)
+        print_summary(trainer, datamodule, run_dir, best)
     objective = objective_value(trainer, cfg.get("objective"))
     write_status(run_dir, "completed", step=trainer.global_step, objective=objective)
     return objective

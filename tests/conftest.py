@@ -17,11 +17,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lightning_dpo.config import register_resolvers
+from lightning_dpo.toy.config import register_toy_resolver
+from lightning_dpo.utils.config import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-GPT2_TOKENIZER = ROOT.parent / "shared" / "tokenizers" / "gpt2"
+GPT2_TOKENIZER = ROOT / "tests" / "assets" / "gpt2_tokenizer"  # the exact GPT-2 tokenizer (see its README)
 
 # A small world for fast tests (the default world is used by the slow demo test).
 SMALL_WORLD = [
@@ -42,6 +43,7 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = Path(os.environ.get("LIGHTNING_DPO_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
     os.environ["LIGHTNING_DPO_CACHE"] = str(cache)
     register_resolvers()
+    register_toy_resolver()
     return cache
 
 
@@ -56,9 +58,9 @@ def compose_train(overrides: list[str], run_dir: Path | None = None):
 
 
 def compose_command(name: str, overrides: list[str]):
-    """A command's config (conf/commands/<name>.yaml) as `python -m lightning_dpo.<name> <overrides>` sees it."""
+    """A command's config (conf/<name>.yaml) as `python -m lightning_dpo.<name> <overrides>` sees it."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF / "commands"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=name, overrides=list(overrides))
     GlobalHydra.instance().clear()
     return cfg

@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SHORT_RUN, SMALL_WORLD, compose_train, write_pairs
+
 from lightning_dpo.data import PreferenceDataModule, read_preference_rows
 from lightning_dpo.train import train
-from lightning_dpo.utils.errors import ConfigError, DataError, LightningDPOError, OutputError
+from lightning_dpo.utils.errors import (
+    ConfigError,
+    DataError,
+    LightningDPOError,
+    OutputError,
+)
 
 
 def run(run_dir: Path, *overrides: str):
@@ -107,7 +112,7 @@ def test_a_missing_local_prompt_file_is_never_tried_on_the_hub(tmp_path):
     ("dict", "holds a dict with keys \\['a', 'b'\\]: expected one tensor"),
 ])
 def test_a_probe_file_that_is_text_or_a_dict_is_named(tmp_path, content, message):
-    from lightning_dpo.probe import load_probe
+    from lightning_dpo.neurons.probe import load_probe
 
     path = tmp_path / "probe.pt"
     if content == "dict":
@@ -120,8 +125,11 @@ def test_a_probe_file_that_is_text_or_a_dict_is_named(tmp_path, content, message
 
 def test_an_empty_model_folder_is_named(tmp_path, small_world):
     (tmp_path / "empty").mkdir()
+    torch.save(torch.randn(64), tmp_path / "probe.pt")
+    own = ["model=hf", f"model.name_or_path={tmp_path / 'empty'}", "data=jsonl", f"data.path={write_pairs(tmp_path / 'p.jsonl')}",
+           f"probe.path={tmp_path / 'probe.pt'}"]
     with pytest.raises(LightningDPOError, match=f"{tmp_path / 'empty'}: expected a folder written by save_pretrained"):
-        run(tmp_path / "run", f"model.name_or_path={tmp_path / 'empty'}")
+        run(tmp_path / "run", *own)
 
 
 # -- output directories, full disks, leftovers -----------------------------------------------

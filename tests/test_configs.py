@@ -5,11 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    CONF,
+    SHORT_RUN,
+    SMALL_WORLD,
+    compose_train,
+    tiny_gpt2_config,
+    write_pairs,
+)
 from omegaconf import OmegaConf
 
-from conftest import CONF, SHORT_RUN, SMALL_WORLD, compose_train, tiny_gpt2_config, write_pairs
-from lightning_dpo.config import build
 from lightning_dpo.train import build_callbacks, train
+from lightning_dpo.utils.config import build
 from lightning_dpo.utils.errors import ConfigError, DataError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -31,11 +38,8 @@ def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
     def common(model_config: dict, pairs: Path) -> list[str]:
         return [
             "model.name_or_path=null", f"model.config={tiny(model_config)}", f"model.tokenizer={world.base_model}", f"data.path={pairs}",
-            f"callbacks.neuron_dynamics.probe.path={probe}", f"callbacks.neuron_dynamics.prompts={prompts}",
-            "callbacks.neuron_dynamics.prompt_field=prompt", "callbacks.neuron_dynamics.prompt_filter=null",
-            f"callbacks.toxicity_eval.prompts={prompts}", "callbacks.toxicity_eval.prompt_field=prompt",
-            "callbacks.toxicity_eval.prompt_filter=null", "callbacks.toxicity_eval.scorer={name: profanity_check}",
-            "trainer.accelerator=cpu",
+            f"probe.path={probe}", f"prompts.source={prompts}", "prompts.field=prompt", "prompts.filter=null", "scorer=profanity_check",
+            "callbacks.toxicity_eval.perplexity_text=null", "trainer.accelerator=cpu",
         ]
 
     small = {"vocab_size": 600, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -69,7 +73,7 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, small_
     with trainer.precision_plugin.forward_context():
         loss, _ = module.compute(batch, diagnostics=True)
     assert torch.isfinite(loss)
-    from lightning_dpo.mlp import find_output_projections
+    from lightning_dpo.neurons.hooks import find_output_projections
 
     assert len(find_output_projections(module.policy)) == 2  # the neuron analysis finds its MLPs
 
@@ -88,14 +92,14 @@ def test_the_paper_experiment_has_the_published_settings():
 def test_paper_experiment_fails_fast_without_its_files(tmp_path):
     with pytest.raises(ConfigError, match="is required but not set"):
         train(compose_train(["experiment=toxicity_gpt2_medium"], tmp_path))
-    cfg = compose_train(["experiment=toxicity_gpt2_medium", f"data.path={tmp_path}/none.jsonl", "callbacks.neuron_dynamics.probe.path=x.pt"], tmp_path)
+    cfg = compose_train(["experiment=toxicity_gpt2_medium", f"data.path={tmp_path}/none.jsonl", "probe.path=x.pt"], tmp_path)
     with pytest.raises(DataError, match="data.path"):
         train(cfg)
     pairs = write_pairs(tmp_path / "pairs.jsonl")
-    with pytest.raises(ConfigError, match="callbacks.neuron_dynamics.probe.path"):  # the probe is required too
+    with pytest.raises(ConfigError, match="probe.path"):  # the probe is required too
         train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}"], tmp_path))
     with pytest.raises(DataError, match="probe file not found"):
-        train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}", f"callbacks.neuron_dynamics.probe.path={tmp_path}/no.pt"], tmp_path))
+        train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}", f"probe.path={tmp_path}/no.pt"], tmp_path))
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -4,11 +4,32 @@ import os
 
 import pytest
 import torch
+from conftest import (
+    SHORT_RUN,
+    SMALL_WORLD,
+    build_tiny,
+    compose_train,
+    tiny_gpt2_config,
+    tiny_llama_config,
+)
 
-from conftest import SHORT_RUN, SMALL_WORLD, build_tiny, compose_train, tiny_gpt2_config, tiny_llama_config
-from lightning_dpo.dynamics import Snapshot, build_probe_tokens, group_rows, load_run, mean_activations, take_snapshot, toxic_top_n
-from lightning_dpo.dynamics.groups import group_masks
-from lightning_dpo.mlp import count_hooks, find_output_projections, hook_activations, hook_mlp_outputs, value_projections
+from lightning_dpo.dynamics import (
+    Snapshot,
+    build_probe_tokens,
+    group_rows,
+    load_run,
+    mean_activations,
+    take_snapshot,
+    toxic_top_n,
+)
+from lightning_dpo.neurons.groups import group_masks
+from lightning_dpo.neurons.hooks import (
+    count_hooks,
+    find_output_projections,
+    hook_activations,
+    hook_mlp_outputs,
+    value_projections,
+)
 
 
 def random_unit(d: int, seed: int = 0) -> torch.Tensor:
@@ -199,7 +220,7 @@ def test_files_recompute_everything_logged(dynamics_run):
 
 
 def test_probe_accuracy_is_reported_and_high(dynamics_run):
-    from lightning_dpo.probe import load_probe
+    from lightning_dpo.neurons.probe import load_probe
 
     probe = load_probe(dynamics_run / "probe.safetensors", d_model=64)
     assert float(probe.metadata["accuracy"]) >= 0.95
@@ -214,7 +235,7 @@ def test_generate_positions_mode_runs(tmp_path, small_world):
 
 
 def test_probe_files_in_every_released_shape(tmp_path):
-    from lightning_dpo.probe import Probe, load_probe, save_probe
+    from lightning_dpo.neurons.probe import Probe, load_probe, save_probe
     from lightning_dpo.utils.errors import DataError
 
     w = torch.randn(64)
@@ -234,10 +255,63 @@ def test_probe_files_in_every_released_shape(tmp_path):
 
 def test_probe_features_pool_over_real_tokens_only(small_world):
     from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
-    from lightning_dpo.probe import pooled_final_hidden
+    from lightning_dpo.neurons.probe import pooled_final_hidden
 
     model, tokenizer = load_causal_lm(small_world.base_model).eval(), load_tokenizer(small_world.base_model)
     short, long = "you are kind", "everyone at the market said that the people in the club were kind and honest"
     together = pooled_final_hidden(model, tokenizer, [short, long])
     alone = pooled_final_hidden(model, tokenizer, [short])
     assert torch.allclose(together[0], alone[0], atol=1e-5)  # padding never enters the mean
+
+
+@pytest.mark.parametrize("config", [tiny_gpt2_config(), tiny_llama_config()], ids=["gpt2", "llama"])
+def test_centred_writing_weights_equal_projecting_on_the_mean_removed_probe(config):
+    """TransformerLens' center_writing_weights: (v_i - mean(v_i)) . u == v_i . (u - mean(u)), and the
+    decomposition stays exact for the centred MLP output (bias centred too)."""
+    model = build_tiny(config).eval()
+    projections = find_output_projections(model)
+    u = random_unit(projections[0].d_model, seed=5)
+    centred = value_projections(projections, u, center=True)
+    raw_on_centred_probe = value_projections(projections, u - u.mean())
+    assert torch.allclose(centred, raw_on_centred_probe, atol=1e-6) and not torch.allclose(centred, value_projections(projections, u), atol=1e-4)
+    captured = {}
+    with torch.no_grad(), hook_activations(projections, lambda l, m: captured.__setitem__(("m", l), m.clone())), \
+            hook_mlp_outputs(projections, lambda l, out: captured.__setitem__(("out", l), out.clone()) or out):
+        model(input_ids=torch.randint(1, 90, (2, 7)))
+    for proj in projections:
+        out = captured[("out", proj.layer)]
+        bias = (proj.bias.detach() - proj.bias.detach().mean()) @ u if proj.bias is not None else 0.0
+        decomposed = captured[("m", proj.layer)] @ centred[proj.layer] + bias
+        assert torch.allclose(decomposed, (out - out.mean(-1, keepdim=True)) @ u, atol=1e-5), proj.layer
+
+
+def test_the_probe_set_can_keep_whole_prompts_after_a_bos():
+    from lightning_dpo.dynamics.probe_set import prompt_ids_for
+
+    from conftest import CharTokenizer
+
+    tok = CharTokenizer()
+    long = "x" * 40
+    assert prompt_ids_for(tok, [long], 32) == [tok(long)["input_ids"][:32]]
+    assert prompt_ids_for(tok, [long], None, prepend_bos=True) == [[tok.eos_token_id] + tok(long)["input_ids"]]  # GPT-2's BOS is its EOS
+
+
+def test_embedding_difference_as_the_authors_built_it(small_world):
+    from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
+    from lightning_dpo.neurons.probe import NEUTRAL_SEEDS, TOXIC_SEEDS, embedding_difference_direction
+
+    gpt2, tokenizer = load_causal_lm(small_world.base_model), load_tokenizer(small_world.base_model)
+    table = gpt2.get_input_embeddings().weight.detach()
+
+    def mean(words):  # bare words: no leading space
+        return torch.stack([table[tokenizer(w, add_special_tokens=False)["input_ids"]].mean(0) for w in words]).mean(0)
+
+    probe = embedding_difference_direction(gpt2, tokenizer)
+    assert torch.allclose(probe.direction, mean(TOXIC_SEEDS) - mean(NEUTRAL_SEEDS), atol=1e-6)
+    assert probe.metadata["source"] == "embedding difference (input embeddings)"  # GPT-2 ties its LM head
+    llama = build_tiny(tiny_llama_config(vocab_size=max(len(tokenizer), 96), tie_word_embeddings=False))
+    head = llama.get_output_embeddings().weight.detach()
+    expected = torch.stack([head[tokenizer(w, add_special_tokens=False)["input_ids"]].mean(0) for w in TOXIC_SEEDS]).mean(0) - \
+        torch.stack([head[tokenizer(w, add_special_tokens=False)["input_ids"]].mean(0) for w in NEUTRAL_SEEDS]).mean(0)
+    probe = embedding_difference_direction(llama, tokenizer)
+    assert probe.metadata["source"] == "embedding difference (LM head rows)" and torch.allclose(probe.direction, expected, atol=1e-6)

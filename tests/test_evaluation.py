@@ -1,5 +1,6 @@
 """Evaluation: interventions through the hooks, generation, perplexity, F1, scorers, commands."""
 
+import csv
 import json
 import math
 import threading
@@ -8,15 +9,35 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHORT_RUN, SMALL_WORLD, CharTokenizer, build_tiny, compose_command, compose_train, tiny_gpt2_config, tiny_llama_config
+from conftest import (
+    SHORT_RUN,
+    SMALL_WORLD,
+    CharTokenizer,
+    build_tiny,
+    compose_command,
+    compose_train,
+    tiny_gpt2_config,
+    tiny_llama_config,
+)
+
 from lightning_dpo.dynamics import Snapshot
-from lightning_dpo.evaluation import interventions as iv
 from lightning_dpo.evaluation.f1 import token_f1
 from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
-from lightning_dpo.evaluation.scorers import PerspectiveScorer, ProfanityCheckScorer, WordListScorer, build_scorer
-from lightning_dpo.mlp import count_hooks, find_output_projections, hook_activations, hook_mlp_outputs
-from lightning_dpo.utils.errors import ConfigError
+from lightning_dpo.evaluation.scorers import (
+    PerspectiveScorer,
+    ProfanityCheckScorer,
+    WordListScorer,
+    build_scorer,
+)
+from lightning_dpo.neurons import interventions as iv
+from lightning_dpo.neurons.hooks import (
+    count_hooks,
+    find_output_projections,
+    hook_activations,
+    hook_mlp_outputs,
+)
+from lightning_dpo.utils.errors import ConfigError, LightningDPOError
 
 IDS = torch.tensor([[3, 7, 11, 19, 23, 5], [8, 9, 10, 12, 13, 14]])
 
@@ -105,10 +126,13 @@ def test_activation_editing_plan():
     index, values = plan[0]
     chosen = dict(zip(index.tolist(), values.tolist()))
     # the 80th percentile of a (0.36) drops neurons 0 and 3; TP = {1, 7}: the larger |cos| (1) is damped;
-    # TN = {2, 6}: the smaller |cos| (6) amplified; AP = {5} amplified; AN = {4} damped (half a neuron rounds up)
-    assert set(chosen) == {1, 4, 5, 6}
-    assert chosen[1] == pytest.approx(0.2 * 0.9) and chosen[4] == pytest.approx(-0.1 * 0.9)
-    assert chosen[5] == pytest.approx(0.3 * 1.1) and chosen[6] == pytest.approx(-0.2 * 1.1)
+    # TN = {2, 6}: the smaller |cos| (6) amplified; AP = {5} and AN = {4}: floor(1 * 0.5) = 0 neurons
+    # (the published code's int(n * beta); rounding would have taken them)
+    assert set(chosen) == {1, 6}
+    assert chosen[1] == pytest.approx(0.2 * 0.9) and chosen[6] == pytest.approx(-0.2 * 1.1)
+    index, values = iv.editing_assignments(snap, alpha=0.1, beta=1.0, percentile=0.8)[0]
+    chosen = dict(zip(index.tolist(), values.tolist()))
+    assert set(chosen) == {1, 2, 4, 5, 6, 7} and chosen[4] == pytest.approx(-0.1 * 0.9) and chosen[5] == pytest.approx(0.3 * 1.1)
 
 
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time():
@@ -154,9 +178,13 @@ def test_token_f1():
     assert token_f1([4], [5]) == 0.0
 
 
-def test_offline_scorers_for_real():
-    words = WordListScorer()
-    assert words.score(["you stupid fool", "kind and helpful people", "Idiots!"]) == [1.0, 0.0, 1.0]
+def test_offline_scorers_for_real(tmp_path):
+    (tmp_path / "insults.txt").write_text("stupid\nfool\nidiots\n")
+    for words in (WordListScorer(words_file=str(tmp_path / "insults.txt")), WordListScorer(words=["stupid", "fool", "idiots"])):
+        assert words.score(["you stupid fool", "kind and helpful people", "Idiots!", "foolish"]) == [1.0, 0.0, 1.0, 0.0]
+    assert WordListScorer(words_file=str(tmp_path / "insults.txt")).name == "wordlist:insults.txt"
+    with pytest.raises(ConfigError, match="exactly one of"):
+        WordListScorer()
     profanity = ProfanityCheckScorer()
     clean, dirty = profanity.score(["have a wonderful day", "fuck you, you piece of shit"])
     assert 0 <= clean < 0.5 < dirty <= 1
@@ -220,32 +248,51 @@ def trained_run(tmp_path_factory, small_world):
 
 
 def small_world_eval(world):
-    return [f"prompts.source={world.eval_prompts}", f"perplexity.text={world.lm_text}", f"f1.data={world.gold}", "prompts.limit=24", "f1.limit=24"]
+    return [f"prompts.source={world.eval_prompts}", f"perplexity.text={world.lm_text}", f"f1.data={world.gold}", "prompts.limit=24",
+            "f1.limit=24", "scorer=toy"]
 
 
 def test_evaluate_command_from_run_dir_and_checkpoint(tmp_path, trained_run, small_world):
     from lightning_dpo.evaluate import run
 
-    results = []
-    for source in (trained_run, trained_run / "checkpoints" / "last.ckpt"):
-        out = tmp_path / source.name
-        results.append(run(compose_command("evaluate", [f"model={source}", f"out={out}"] + small_world_eval(small_world))))
-        assert (out / "eval.json").exists() and len((out / "generations.jsonl").read_text().splitlines()) == 24
-    for key in ("toxicity", "perplexity", "f1"):
-        assert results[0][key] == pytest.approx(results[1][key])
-    assert results[0]["scorer"] == "wordlist"
+    best = next((trained_run / "checkpoints").glob("best-step_*.ckpt"))
+    pairs = ((trained_run, best), (trained_run / "hf_model", trained_run / "checkpoints" / "last.ckpt"))
+    for folder, checkpoint in pairs:  # a run directory is its best checkpoint; hf_model/ is the last one
+        results = []
+        for source in (folder, checkpoint):
+            out = tmp_path / f"{source.parent.name}-{source.name}"
+            results.append(run(compose_command("evaluate", [f"model.name_or_path={source}", f"out={out}"] + small_world_eval(small_world))))
+            assert (out / "eval.json").exists() and len((out / "generations.jsonl").read_text().splitlines()) == 24
+        for key in ("toxicity", "perplexity", "f1"):
+            assert results[0][key] == pytest.approx(results[1][key])
+    assert results[0]["scorer"] == "wordlist:insults.txt" and "hf_model_best" not in results[0]["model"]
+
+
+def test_evaluate_a_run_with_its_own_settings(tmp_path, trained_run):
+    from lightning_dpo.evaluate import run
+
+    result = run(compose_command("evaluate", [f"model.name_or_path={trained_run}", f"out={tmp_path}"]))
+    meta = json.loads((trained_run / "eval" / "meta.json").read_text())
+    assert "hf_model_best" in result["model"] and "the best checkpoint by val/loss (step" in result["model"]
+    assert result["scorer"] == meta["scorer"] == "wordlist:insults.txt"
+    prompts = (trained_run / "eval" / "prompts.jsonl").read_text().splitlines()
+    assert str(trained_run / "eval" / "prompts.jsonl") in result["prompts"] and result["n_prompts"] == len(prompts) == 16
+    assert result["perplexity_text"] == str(trained_run / "eval" / "perplexity_text.txt") and result["f1_data"].endswith("eval/f1.jsonl")
+    with pytest.raises(LightningDPOError, match="'run' takes it from a training run directory"):
+        run(compose_command("evaluate", [f"model.name_or_path={trained_run / 'hf_model'}", f"out={tmp_path}"]))
 
 
 def test_analyze_command_on_the_demo_world(tmp_path, trained_run, small_world):
     from lightning_dpo.analyze import run
 
-    overrides = [f"dpo={trained_run}", f"base={small_world.base_model}", f"out={tmp_path}", f"probe_set.source={small_world.eval_prompts}",
-                 "interventions.ablate_top=[8]", "interventions.ablate_top_positive=[8]"] + small_world_eval(small_world)
-    summary = run(compose_command("analyze", overrides))
+    overrides = [f"dpo={trained_run}", f"out={tmp_path}", "interventions.ablate_top=[8]", "interventions.ablate_top_positive=[8]"]
+    summary = run(compose_command("analyze", overrides))  # everything from the run: base model, probe, probe set, evaluation
+    assert summary["base"] == small_world.base_model and "hf_model_best" in summary["dpo"]
+    assert summary["probe_set"]["source"].startswith(f"the run's probe set ({trained_run / 'dynamics' / 'prompts.jsonl'}")
+    assert summary["evaluation"]["scorer"] == "wordlist:insults.txt"
     rows = summary["table"]
     labels = [r["intervention"] for r in rows]
     assert rows[0]["model"] == "base" and rows[-1]["model"] == "DPO"
-    assert rows[0]["recovered_share_of_dpo_drop"] == 0 and (rows[-1]["recovered_share_of_dpo_drop"] == 1 or math.isnan(rows[-1]["recovered_share_of_dpo_drop"]))
     for expected in ("ablate top 8 toxic neurons", "patch TP- to DPO mean activations", "patch TP- + AN- to DPO mean activations",
                      "patch all four reducing groups to DPO mean activations", "activation editing (alpha 0.05, beta 0.5)"):
         assert expected in labels
@@ -253,8 +300,15 @@ def test_analyze_command_on_the_demo_world(tmp_path, trained_run, small_world):
         assert (tmp_path / name).exists()
     analysis = json.loads((tmp_path / "analysis.json").read_text(), parse_constant=lambda name: pytest.fail(f"bare {name} in analysis.json"))
     assert any(g["share"] is None for g in analysis["groups"])  # the mirror groups' share is undefined: null, not NaN
-    shares = [g["share"] for g in summary["groups"] if g["group"] in ("TP-", "TN+", "AP+", "AN-")]
-    assert sum(shares) == pytest.approx(1.0)
+    # the offline analysis of the best checkpoint equals what the callback measured live at that step
+    best_step = json.loads((trained_run / "hf_model_best" / "lightning_dpo.json").read_text())["step"]
+    with open(trained_run / "dynamics" / "groups.csv") as handle:
+        live = {r["group"]: r for r in csv.DictReader(handle) if int(r["step"]) == best_step and r["layer"] == "all"}
+    offline = {g["group"]: g for g in summary["groups"]}
+    assert set(live) == set(offline) and len(live) == 10
+    for group, row in live.items():
+        assert offline[group]["count"] == int(row["count"]), group
+        assert offline[group]["delta_sum"] == pytest.approx(float(row["delta_sum"]), rel=1e-4, abs=1e-6), group
 
 
 def test_realtoxicityprompts_shaped_rows_nested_field_and_challenging_filter(tmp_path):
@@ -265,3 +319,12 @@ def test_realtoxicityprompts_shaped_rows_nested_field_and_challenging_filter(tmp
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert load_texts(str(path), field="prompt.text", where={"challenging": True}) == ["prompt 0", "prompt 3", "prompt 6"]
     assert len(load_texts(str(path), field="prompt.text", limit=4)) == 4
+
+
+@pytest.mark.parametrize("source", ["run dir", "checkpoint"])
+def test_the_probe_command_reads_run_directories_and_checkpoints(tmp_path, trained_run, small_world, source):
+    from lightning_dpo.probe import run
+
+    model = trained_run if source == "run dir" else trained_run / "checkpoints" / "last.ckpt"
+    probe = run(compose_command("probe", [f"model.name_or_path={model}", f"probe.data={small_world.probe_texts}", f"out={tmp_path / 'p.safetensors'}"]))
+    assert probe.direction.shape == (64,) and float(probe.metadata["accuracy"]) >= 0.9

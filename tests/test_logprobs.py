@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-
 from conftest import GPT2_TOKENIZER, build_tiny, tiny_gpt2_config, tiny_llama_config
+
 from lightning_dpo.data.records import PreferenceRecord
 from lightning_dpo.data.tokenize import collate_pairs, tokenize_pairs
 from lightning_dpo.model.logprobs import sequence_logps
@@ -79,8 +79,6 @@ def test_completion_tokens_are_the_completions_own_tokens_with_gpt2_bpe():
     """Where a BPE merge would cross the prompt/completion boundary ("Hello wor" + "ld"), the
     completion is tokenized on its own: its tokens are exactly tokenizer(completion) + EOS, and
     the masked positions hold exactly those tokens."""
-    if not GPT2_TOKENIZER.exists():
-        pytest.skip("the exact GPT-2 tokenizer is not available (../shared/tokenizers/gpt2)")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))

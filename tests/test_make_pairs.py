@@ -3,13 +3,15 @@
 import json
 
 import pytest
-
 from conftest import compose_command
+
 from lightning_dpo.evaluation.generation import generate_continuations
-from lightning_dpo.make_pairs import keep_pair, run, steering
-from lightning_dpo.mlp import count_hooks
+from lightning_dpo.make_pairs import run
 from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
-from lightning_dpo.probe import load_probe
+from lightning_dpo.neurons.hooks import count_hooks
+from lightning_dpo.neurons.pairs import keep_pair
+from lightning_dpo.neurons.probe import load_probe
+from lightning_dpo.neurons.steering import steering
 
 
 def test_steering_changes_generations_only_while_active(small_world):
@@ -34,8 +36,8 @@ def test_margin_rule(chosen, rejected, margin, chosen_text, rejected_text, kept)
 
 def _config(world, out, *extra):
     return compose_command("make_pairs", [
-        f"model={world.base_model}", f"probe={world.probe}", f"prompts.source={world.eval_prompts}", "prompts.field=prompt",
-        "prompts.min_tokens=4", "prompts.limit=24", "scorer.name=wordlist", "chunk_size=8", f"out={out}", *extra,
+        f"model.name_or_path={world.base_model}", f"probe.path={world.probe}", f"prompts.source={world.eval_prompts}", "prompts.field=prompt",
+        "min_prompt_tokens=4", "max_prompts=24", "scorer=toy", "chunk_size=8", f"out={out}", *extra,
     ])
 
 
@@ -72,6 +74,40 @@ def test_an_interrupted_run_resumes_to_the_same_file(tmp_path, small_world, monk
 
     with pytest.raises(ConfigError, match="other settings"):  # a half-done run is never mixed with other settings
         run(_config(small_world, tmp_path / "resumed.jsonl", "steering.alpha=2"))
+
+
+def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, small_world, monkeypatch):
+    import lightning_dpo.make_pairs as mp
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(mp, "generate_pairs", fails)
+    with pytest.raises(RuntimeError):
+        run(_config(small_world, tmp_path / "pairs.jsonl", "batch_size=4096", "steering.alpha=4"))
+    monkeypatch.undo()
+    report = run(_config(small_world, tmp_path / "pairs.jsonl", "steering.alpha=8"))  # other settings: nothing was produced
+    assert report["prompts"] == 24 and json.loads((tmp_path / "pairs.jsonl.parts" / "settings.json").read_text())["steering"]["alpha"] == 8
+
+
+def test_degenerate_pairs_are_counted_and_warned(tmp_path, small_world, caplog):
+    import logging
+
+    from lightning_dpo.make_pairs import pair_warnings
+
+    class Tokens:  # one id per word
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[sum(map(ord, word)) for word in t.split()] for t in texts]}
+
+    rows = [{"kept": True, "rejected": "idiot idiot idiot", "chosen": " ok", "chosen_score": 0.0},
+            {"kept": True, "rejected": " you fool", "chosen": " ok", "chosen_score": 0.9},
+            {"kept": True, "rejected": " you fool", "chosen": " fine", "chosen_score": 0.1},
+            {"kept": False, "rejected": "x x", "chosen": " ok", "chosen_score": 0.9}]
+    assert pair_warnings(rows, Tokens()) == {"rejected_one_repeated_token": 1, "rejected_shared_with_another_pair": 2, "chosen_above_threshold": 1}
+    with caplog.at_level(logging.WARNING):
+        report = run(_config(small_world, tmp_path / "pairs.jsonl", "steering.alpha=40"))  # a huge push: degenerate text
+    assert set(report["warnings"]) == {"rejected_one_repeated_token", "rejected_shared_with_another_pair", "chosen_above_threshold"}
+    assert report["warnings"]["rejected_shared_with_another_pair"] > 0 and "kept pairs: rejected shared with another pair" in caplog.text
 
 
 def test_the_demo_world_builds_its_pairs_with_it(small_world):

@@ -6,8 +6,8 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-
 from conftest import build_tiny, tiny_gpt2_config, write_pairs
+
 from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.model import DPOModule, PreferenceLoss
 from lightning_dpo.model.loading import ModelLoadError, load_causal_lm, load_tokenizer

@@ -16,13 +16,26 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import (
+    SHORT_RUN,
+    SMALL_WORLD,
+    build_tiny,
+    compose_train,
+    tiny_gpt2_config,
+    write_pairs,
+)
 
-from conftest import SHORT_RUN, SMALL_WORLD, build_tiny, compose_train, tiny_gpt2_config, write_pairs
-from lightning_dpo.training.checkpoints import check_checkpoint
 from lightning_dpo.data import PreferenceDataModule, read_preference_rows
 from lightning_dpo.model import DPOModule, PreferenceLoss
 from lightning_dpo.model.schedules import warmup_schedule
-from lightning_dpo.utils.errors import CheckpointError, ConfigError, DataError, NonFiniteError, OutputError
+from lightning_dpo.training.checkpoints import check_checkpoint
+from lightning_dpo.utils.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteError,
+    OutputError,
+)
 from lightning_dpo.utils.io import atomic_write_text
 
 GOOD = {"prompt": "p", "chosen": " c", "rejected": " r"}
@@ -84,12 +97,12 @@ def test_probe_of_the_wrong_size_and_an_unknown_mlp_fail_before_training(tmp_pat
     from lightning_dpo.train import train
 
     torch.save(torch.randn(1, 999), tmp_path / "probe.pt")
-    cfg = compose_train(SMALL_WORLD + SHORT_RUN + ["callbacks.neuron_dynamics.probe.source=raw", f"callbacks.neuron_dynamics.probe.path={tmp_path / 'probe.pt'}"], tmp_path / "run")
+    cfg = compose_train(SMALL_WORLD + SHORT_RUN + ["probe=file", f"probe.path={tmp_path / 'probe.pt'}"], tmp_path / "run")
     with pytest.raises(ConfigError, match="999 dimensions but the model's d_model is 64"):
         train(cfg)
     assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
 
-    from lightning_dpo.mlp import find_output_projections
+    from lightning_dpo.neurons.hooks import find_output_projections
 
     with pytest.raises(ConfigError, match="cannot find the decoder layers"):
         find_output_projections(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHORT_RUN, SMALL_WORLD, compose_train
 from omegaconf import OmegaConf
 
-from conftest import SHORT_RUN, SMALL_WORLD, compose_train
 from lightning_dpo.train import train
 from lightning_dpo.utils.errors import RunInterrupted
 

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import SHORT_RUN, SMALL_WORLD, compose_train
+from safetensors.torch import load_file
 
 # no toxicity evaluation (not compared here); snapshots every 2 steps; 6 steps
 RUN = SMALL_WORLD + SHORT_RUN + ["trainer.max_steps=6", "callbacks.toxicity_eval.every_n_steps=1000", "trainer.val_check_interval=3"]

@@ -11,9 +11,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_dpo.data.records import ReadReport, read_preference_rows
+from lightning_dpo.data.records import PreferenceRecord, ReadReport, read_preference_rows
 from lightning_dpo.data.sampler import ResumableSampler
-from lightning_dpo.data.tokenize import TokenizedPair, TruncationReport, collate_pairs, pad_id, tokenize_pairs
+from lightning_dpo.data.tokenize import (
+    TokenizedPair,
+    TruncationReport,
+    collate_pairs,
+    pad_id,
+    tokenize_pairs,
+)
 from lightning_dpo.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -56,11 +62,13 @@ def split_sizes(total: int, val_size: int | float) -> int:
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Preference pairs from a JSONL file (`path`) or a `datasets` id (`hub_id`).
+    """Preference pairs from a file (`path`) or a `datasets` id (`hub_id`).
 
-    The rows are shuffled once with `seed` (the published code never shuffled), the first
-    `val_size` rows (a count, or a fraction if < 1) form the validation set, and the training
-    order of every epoch is a seeded permutation that survives a mid-epoch resume.
+    The rows are shuffled once with `seed` (`shuffle=false` keeps the file's order, as the
+    published code, whose shuffle had no effect), the first `val_size` rows (a count, or a
+    fraction if < 1; `val_split=last`: the last ones, as the published split) form the validation
+    set, and the training order of every epoch is a seeded permutation (or the file's order) that
+    survives a mid-epoch resume.
     """
 
     def __init__(
@@ -73,6 +81,10 @@ class PreferenceDataModule(L.LightningDataModule):
         fields: Mapping[str, str] | None = None,
         max_prompt_length: int = 64,
         max_completion_length: int = 64,
+        prompt_truncation: str = "keep_end",
+        append_eos: bool = True,
+        shuffle: bool = True,
+        val_split: str = "first",
         val_size: int | float = 64,
         seed: int = 42,
         batch_size: int = 4,
@@ -86,6 +98,9 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ConfigError("data.batch_size", f"must be >= 1, got {batch_size}")
         if eval_batch_size < 1:
             raise ConfigError("data.eval_batch_size", f"must be >= 1, got {eval_batch_size}")
+        if val_split not in ("first", "last"):
+            raise ConfigError("data.val_split", f"got {val_split!r}; accepted: ['first', 'last']")
+        self.prompt_truncation, self.append_eos, self.shuffle, self.val_split = prompt_truncation, append_eos, shuffle, val_split
         self.tokenizer = tokenizer
         self.path, self.hub_id, self.split = path, hub_id, split
         self.format, self.fields, self.on_bad_row = format, dict(fields or {}), on_bad_row
@@ -112,11 +127,12 @@ class PreferenceDataModule(L.LightningDataModule):
         log.info(self.read_report.summary())
         if not records:
             raise DataError(str(source), "no usable preference pairs (empty after filtering bad rows)")
-        generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(records), generator=generator).tolist()
-        records = [records[i] for i in order]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(len(records), generator=generator).tolist()
+            records = [records[i] for i in order]
         pairs, self.truncation_report = tokenize_pairs(
-            self.tokenizer, records, self.max_prompt_length, self.max_completion_length
+            self.tokenizer, records, self.max_prompt_length, self.max_completion_length, self.prompt_truncation, self.append_eos
         )
         log.info("tokenized %d pairs: %s", len(pairs), self.truncation_report.summary())
         if not pairs:
@@ -125,8 +141,17 @@ class PreferenceDataModule(L.LightningDataModule):
         n_val = split_sizes(len(pairs), self.val_size)
         if n_val >= len(pairs):
             raise ConfigError("data.val_size", f"{self.val_size} leaves no training pairs out of {len(pairs)} in {source}")
-        self.val_dataset = PreferenceDataset(_reindex(pairs[:n_val]))
-        self.train_dataset = PreferenceDataset(_reindex(pairs[n_val:]))
+        if self.val_split == "last":
+            val, train = pairs[len(pairs) - n_val:], pairs[: len(pairs) - n_val]
+        else:
+            val, train = pairs[:n_val], pairs[n_val:]
+        self.val_dataset = PreferenceDataset(_reindex(val))
+        self.train_dataset = PreferenceDataset(_reindex(train))
+
+    @property
+    def val_records(self) -> list[PreferenceRecord]:
+        """The validation pairs' texts (the held-out set measurements default to)."""
+        return [p.record for p in self.val_dataset.pairs]
 
     def summary(self) -> str:
         lines = []
@@ -150,7 +175,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = ResumableSampler(self.train_dataset, seed=self.seed, shuffle=True, rank=rank, world_size=world, consumed=self._consumed)
+        sampler = ResumableSampler(self.train_dataset, seed=self.seed, shuffle=self.shuffle, rank=rank, world_size=world, consumed=self._consumed)
         self._train_sampler = sampler
         return ResumableDataLoader(
             self.train_dataset,
@@ -223,4 +248,4 @@ class ResumableDataLoader(DataLoader):
 
 
 def _reindex(pairs: list[TokenizedPair]) -> list[TokenizedPair]:
-    return [TokenizedPair(i, p.prompt_ids, p.chosen_ids, p.rejected_ids) for i, p in enumerate(pairs)]
+    return [TokenizedPair(i, p.prompt_ids, p.chosen_ids, p.rejected_ids, p.record) for i, p in enumerate(pairs)]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lightning_dpo.utils.errors import DataError
+from lightning_dpo.utils.hub import hub_reachable
 
 FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".txt", ".tsv")
 
@@ -173,8 +174,6 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
 def load_hub_dataset(dataset_id: str, split: str, key: str, name: str | None = None) -> Any:
     """`datasets.load_dataset(dataset_id, name, split=split)` (a hub id or a local dataset folder),
     failing at once when a hub id is asked for and the hub is unreachable."""
-    from lightning_dpo.model.loading import hub_reachable
-
     if not Path(dataset_id).expanduser().is_dir() and not hub_reachable():  # a local dataset folder needs no network
         raise DataError(dataset_id, f"is not a local file and the Hugging Face hub is unreachable (or HF_HUB_OFFLINE=1) "
                         f"(config key '{key}'): export it to a local .jsonl file on a machine with network access and pass its path")

@@ -7,10 +7,16 @@ RealToxicityPrompts rows nest the text as `prompt.text`: `field="prompt.text"` r
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
-from lightning_dpo.data.files import Row, hub_rows, load_hub_dataset, read_rows, resolve_local
-from lightning_dpo.utils.errors import DataError
+from lightning_dpo.data.files import (
+    Row,
+    hub_rows,
+    load_hub_dataset,
+    read_rows,
+    resolve_local,
+)
+from lightning_dpo.utils.errors import ConfigError, DataError
 
 WIKITEXT_2 = "wikitext-2"  # the name the papers' evaluation and pairs use for Wikitext-2 (raw)
 
@@ -98,3 +104,34 @@ def wikitext_lines(key: str, split: str = "train") -> list[str]:
     """Wikitext-2 lines without headings (the published PPLM pairs' prompt source)."""
     rows = load_hub_dataset("wikitext", split, key, name="wikitext-2-raw-v1")
     return [t.strip() for t in rows["text"] if t.strip() and not t.strip().startswith("=")]
+
+
+VALIDATION = "validation"  # a prompt set's source: the run's own validation pairs (training only)
+
+
+def load_prompt_set(
+    spec: Mapping[str, Any], key: str, max_prompts: int | None = None, validation: Sequence[str] | None = None,
+) -> list[str]:
+    """The texts of a prompt set (conf/prompts/: source, field, filter, limit), cut to `max_prompts`.
+
+    `source: validation` takes the `validation` texts given (the training run's validation pairs);
+    anything else is read by `load_texts`. `key` is the config key named in errors."""
+    source = str(spec.get("source"))
+    if source == VALIDATION:
+        if validation is None:
+            raise ConfigError(f"{key}.source", "'validation' (the validation pairs' prompts) exists only in a training run; give a file")
+        texts = list(validation)[: spec.get("limit") or None]
+    else:
+        texts = load_texts(source, field=spec.get("field") or "prompt", where=spec.get("filter"), limit=spec.get("limit"),
+                           key=f"{key}.source")
+    texts = texts[:max_prompts] if max_prompts else texts
+    if not texts:
+        raise ConfigError(f"{key}.source", f"the prompt set {source} is empty")
+    return texts
+
+
+def describe_prompt_set(spec: Mapping[str, Any], count: int) -> str:
+    """How a prompt set is named in outputs: its source, field and filter, and how many prompts."""
+    source = "the validation pairs' prompts" if spec.get("source") == VALIDATION else str(spec.get("source"))
+    extra = "".join(f", {k} {spec[k]}" for k in ("field", "filter") if spec.get(k) and not (k == "field" and spec[k] == "prompt"))
+    return f"{source}{extra} ({count} prompts)"

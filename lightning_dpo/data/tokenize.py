@@ -5,9 +5,12 @@ Truncation policy (documented in the README):
   completion tokens (and the completion mask) are exactly the completion's own tokens even
   where a byte-pair merge would have crossed the prompt/completion boundary;
 - a prompt longer than `max_prompt_length` keeps its *last* tokens (the ones next to the
-  completion), after a leading BOS token if the tokenizer adds one;
-- the EOS token is appended to every completion; a completion longer than
-  `max_completion_length` (EOS included) keeps its *first* tokens, so its EOS is dropped.
+  completion; `prompt_truncation="keep_end"`), after a leading BOS token if the tokenizer adds
+  one, or its first tokens (`"keep_start"`, Lee et al.'s);
+- the EOS token is appended to every completion (`append_eos`; Lee et al.'s objective had none);
+  a completion longer than `max_completion_length` (EOS included) keeps its *first* tokens, so
+  its EOS is dropped;
+- a pair whose chosen and rejected ids are then equal is dropped (counted): it teaches nothing.
 Batches stack chosen rows first and rejected rows second (2B rows, one forward) and are
 right-padded after concatenation, so GPT-2's absolute positions start at 0 on every row.
 """
@@ -23,12 +26,16 @@ from lightning_dpo.data.records import PreferenceRecord
 from lightning_dpo.utils.errors import ConfigError
 
 
+PROMPT_TRUNCATION = ("keep_end", "keep_start")
+
+
 @dataclass
 class TokenizedPair:
     index: int
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    record: PreferenceRecord | None = None  # the texts it came from
 
 
 @dataclass
@@ -58,9 +65,11 @@ def pad_id(tokenizer: Any) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer))
 
 
-def truncate_prompt(ids: list[int], max_length: int, bos_token_id: int | None) -> list[int]:
+def truncate_prompt(ids: list[int], max_length: int, bos_token_id: int | None, keep: str = "keep_end") -> list[int]:
     if len(ids) <= max_length:
         return ids
+    if keep == "keep_start":
+        return ids[:max_length]
     if bos_token_id is not None and ids and ids[0] == bos_token_id and max_length > 1:
         return [ids[0]] + ids[len(ids) - (max_length - 1) :]
     return ids[len(ids) - max_length :]
@@ -71,13 +80,17 @@ def tokenize_pairs(
     records: Sequence[PreferenceRecord],
     max_prompt_length: int,
     max_completion_length: int,
+    prompt_truncation: str = "keep_end",
+    append_eos: bool = True,
 ) -> tuple[list[TokenizedPair], TruncationReport]:
     """Tokenize all records in three batched tokenizer calls."""
+    if prompt_truncation not in PROMPT_TRUNCATION:
+        raise ConfigError("data.prompt_truncation", f"got {prompt_truncation!r}; accepted: {list(PROMPT_TRUNCATION)}")
     if max_prompt_length < 1:
         raise ConfigError("data.max_prompt_length", f"must be >= 1, got {max_prompt_length}")
     if max_completion_length < 1:
         raise ConfigError("data.max_completion_length", f"must be >= 1, got {max_completion_length}")
-    eos = eos_id(tokenizer)
+    eos = [eos_id(tokenizer)] if append_eos else []
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
     prompts = tokenizer([r.prompt for r in records], add_special_tokens=True)["input_ids"]
     chosen = tokenizer([r.chosen for r in records], add_special_tokens=False)["input_ids"]
@@ -87,10 +100,10 @@ def tokenize_pairs(
     for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected)):
         if len(p) > max_prompt_length:
             report.prompts_truncated += 1
-            p = truncate_prompt(list(p), max_prompt_length, bos)
+            p = truncate_prompt(list(p), max_prompt_length, bos, prompt_truncation)
         completions = []
         for ids in (c, r):
-            ids = list(ids) + [eos]
+            ids = list(ids) + eos
             if len(ids) > max_completion_length:
                 report.completions_truncated += 1
                 ids = ids[:max_completion_length]
@@ -98,7 +111,9 @@ def tokenize_pairs(
         if completions[0] == completions[1]:
             report.identical_dropped += 1  # a zero margin forever: it only dilutes the loss (ln 2 per pair)
             continue
-        pairs.append(TokenizedPair(len(pairs), list(p), completions[0], completions[1]))
+        if not completions[0] or not completions[1]:
+            raise ConfigError("data.append_eos", f"{records[i].line}: a completion has no tokens; with data.append_eos=false every completion needs text")
+        pairs.append(TokenizedPair(len(pairs), list(p), completions[0], completions[1], records[i]))
     return pairs, report
 
 

@@ -11,33 +11,21 @@ snapshot, with the same position rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from lightning_dpo.evaluation.generation import greedy_continue, tokenize_prompts
+from lightning_dpo.neurons.snapshot import ProbeTokens
 from lightning_dpo.utils.torch_utils import eval_mode, left_pad, model_device
 
 POSITION_MODES = ("fixed", "generate")
 
 
-@dataclass
-class ProbeTokens:
-    input_ids: torch.Tensor  # (N, P + n) left-padded prompts + generated tokens
-    attention_mask: torch.Tensor  # (N, P + n)
-    positions: torch.Tensor  # (N, P + n) bool: the averaged positions
-
-    def shard(self, rank: int, world: int) -> "ProbeTokens":
-        return ProbeTokens(self.input_ids[rank::world], self.attention_mask[rank::world], self.positions[rank::world])
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "positions": self.positions}
-
-
-def prompt_ids_for(tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
-    return tokenize_prompts(tokenizer, prompts, max_prompt_tokens, truncation_side="right")
+def prompt_ids_for(tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int | None, prepend_bos: bool = False) -> list[list[int]]:
+    """The probe set's prompt ids: first `max_prompt_tokens` tokens (None: uncut), optionally after a BOS."""
+    return tokenize_prompts(tokenizer, prompts, max_prompt_tokens, truncation_side="right", prepend_bos=prepend_bos)
 
 
 @torch.no_grad()

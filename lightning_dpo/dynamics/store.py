@@ -27,9 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lightning_dpo.dynamics.groups import GROUPS_CSV_COLUMNS, group_rows
-from lightning_dpo.dynamics.probe_set import ProbeTokens
-from lightning_dpo.dynamics.snapshot import Snapshot
+from lightning_dpo.neurons.groups import GROUPS_CSV_COLUMNS, group_rows
+from lightning_dpo.neurons.snapshot import ProbeTokens, Snapshot
 from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import atomic_save, atomic_write_csv, atomic_write_json
 

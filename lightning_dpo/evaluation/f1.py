@@ -34,6 +34,11 @@ def continuation_f1(
     batch_size: int = 64,
 ) -> dict[str, float]:
     continuations = generate_continuations(model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size)
+    return f1_of_continuations(tokenizer, continuations, golds, max_gold_tokens)
+
+
+def f1_of_continuations(tokenizer: Any, continuations: Sequence[str], golds: Sequence[str], max_gold_tokens: int = 52) -> dict[str, float]:
+    """Mean token F1 of continuations already generated against their gold continuations."""
     scores = []
     for text, gold in zip(continuations, golds):
         pred_ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -16,7 +16,12 @@ import torch
 from torch import nn
 
 from lightning_dpo.utils.errors import ConfigError
-from lightning_dpo.utils.torch_utils import eval_mode, left_pad, model_device, position_ids_from_mask
+from lightning_dpo.utils.torch_utils import (
+    eval_mode,
+    left_pad,
+    model_device,
+    position_ids_from_mask,
+)
 
 
 @dataclass
@@ -32,17 +37,23 @@ class Generation:
 
 
 def tokenize_prompts(
-    tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int = 32, truncation_side: str = "right"
+    tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int | None = 32, truncation_side: str = "right",
+    prepend_bos: bool = False,
 ) -> list[list[int]]:
-    """Prompt ids cut to `max_prompt_tokens`: `right` keeps the first tokens (as the published
-    evaluation did), `left` keeps the last ones."""
+    """Prompt ids cut to `max_prompt_tokens` (None: uncut): `right` keeps the first tokens (as the
+    published evaluation did), `left` keeps the last ones. `prepend_bos` puts the tokenizer's BOS
+    (GPT-2: <|endoftext|>) first, as TransformerLens' `prepend_bos`, unless the tokenizer did."""
     if truncation_side not in ("right", "left"):
         raise ConfigError("truncation_side", f"got {truncation_side!r}; accepted: ['right', 'left']")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out = []
     for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]:
-        if len(ids) > max_prompt_tokens:
+        ids = list(ids)
+        if prepend_bos and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        if max_prompt_tokens and len(ids) > max_prompt_tokens:
             ids = ids[:max_prompt_tokens] if truncation_side == "right" else ids[-max_prompt_tokens:]
-        out.append(list(ids) or [tokenizer.eos_token_id])
+        out.append(ids or [tokenizer.eos_token_id])
     return out
 
 

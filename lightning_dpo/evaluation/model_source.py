@@ -1,4 +1,7 @@
-"""A model for evaluation from a hub id, a folder, a run directory (its hf_model/) or a Lightning checkpoint."""
+"""A model for evaluation from a hub id, a folder, a run directory or a Lightning checkpoint.
+
+A run directory means its best checkpoint's export (hf_model_best/) when it has one, else its
+final model (hf_model/); `describe_model_source` says which, for the commands to print."""
 
 from __future__ import annotations
 
@@ -7,14 +10,23 @@ from typing import Any
 
 from torch import nn
 
+from lightning_dpo.evaluation.run_record import RunRecord
 from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
 from lightning_dpo.utils.errors import CheckpointError
 
 
+def describe_model_source(source: str) -> tuple[str, str]:
+    """(what to load, how to name it): a run directory becomes its best or final model."""
+    run = RunRecord.find(source)
+    if run is not None:
+        path, description = run.model_dir()
+        return str(path), description
+    return str(source), str(source)
+
+
 def load_model_and_tokenizer(source: str, tokenizer: str | None = None, dtype: str = "float32") -> tuple[nn.Module, Any]:
+    source, _ = describe_model_source(source)
     path = Path(source).expanduser()
-    if path.is_dir() and (path / "hf_model").is_dir():
-        path = path / "hf_model"
     if path.suffix == ".ckpt" and path.is_file():
         return _from_checkpoint(path, tokenizer, dtype)
     name = str(path) if path.exists() else source

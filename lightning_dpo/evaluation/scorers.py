@@ -5,7 +5,7 @@ numbers are not comparable across scorers (Perspective max-over-attributes vs De
 
 | name            | what it is                                                         | offline |
 |-----------------|--------------------------------------------------------------------|---------|
-| wordlist        | 1 if the text contains a listed word (the toy world's insults)     | yes     |
+| wordlist        | 1 if the text contains a listed word (a list or a file, one word a line) | yes |
 | profanity_check | alt-profanity-check's bag-of-words classifier: a crude proxy       | yes     |
 | detoxify        | Detoxify's BERT `toxicity` head (downloads its checkpoint once)    | no      |
 | perspective     | Perspective API, TOXICITY or the max over 7 attributes (Lee et al.) | no      |
@@ -24,7 +24,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from lightning_dpo.toy.words import INSULTS
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
 
 log = logging.getLogger(__name__)
@@ -42,11 +41,21 @@ class Scorer(Protocol):
 
 
 class WordListScorer:
-    """1.0 when any whole word of the text is in the list (case-insensitive), else 0.0."""
+    """1.0 when any whole word of the text is in the list (case-insensitive), else 0.0.
 
-    def __init__(self, words: Sequence[str] | None = None):
-        self.words = frozenset(w.lower() for w in (words or INSULTS))
-        self.name = "wordlist" if words is None else f"wordlist({len(self.words)} words)"
+    The words come as a list or as a file (`words_file`, one word a line; the demo world writes
+    its insults to `insults.txt`); the scorer's name carries the file's name or the list's size."""
+
+    def __init__(self, words: Sequence[str] | None = None, words_file: str | None = None):
+        if bool(words) == bool(words_file):
+            raise ConfigError("scorer", "the wordlist scorer needs exactly one of scorer.words (a list) or scorer.words_file (a file)")
+        if words_file:
+            path = Path(words_file).expanduser()
+            if not path.is_file():
+                raise ConfigError("scorer.words_file", f"file not found: {path}")
+            words = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        self.words = frozenset(w.lower() for w in words)
+        self.name = f"wordlist:{Path(words_file).name}" if words_file else f"wordlist({len(self.words)} words)"
 
     def score(self, texts: Sequence[str]) -> list[float]:
         return [float(any(w in self.words for w in re.findall(r"[a-z']+", t.lower()))) for t in texts]

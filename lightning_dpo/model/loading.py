@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import socket
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,6 +11,7 @@ import torch
 from torch import nn
 
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
+from lightning_dpo.utils.hub import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +32,6 @@ def resolve_dtype(name: str | torch.dtype | None, key: str = "model.dtype") -> t
     if str(name) not in DTYPES:
         raise ConfigError(key, f"unknown dtype {name!r}; accepted: {sorted(set(DTYPES))}")
     return DTYPES[str(name)]
-
-
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """A quick TCP check, so an offline machine fails in seconds instead of retrying for half a minute."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 # files that make a folder loadable by from_pretrained, per kind of thing loaded

@@ -18,8 +18,13 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_dpo.model.logprobs import CompletionLogits, per_sequence_sum, per_token_kl, sequence_logps
 from lightning_dpo.model.loading import frozen_copy, load_causal_lm, resolve_dtype
+from lightning_dpo.model.logprobs import (
+    CompletionLogits,
+    per_sequence_sum,
+    per_token_kl,
+    sequence_logps,
+)
 from lightning_dpo.model.losses import PreferenceLoss
 from lightning_dpo.model.schedules import warmup_schedule
 from lightning_dpo.utils.errors import ConfigError, NonFiniteError

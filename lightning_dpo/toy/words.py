@@ -1,4 +1,4 @@
-"""The word lists of the toy world. `INSULTS` is also the `wordlist` scorer's default list."""
+"""The word lists of the toy world. The world writes `INSULTS` to `insults.txt`, the demo scorer's list."""
 
 # Words that make a continuation "toxic" in the toy world (mild insults, on purpose).
 INSULTS = (

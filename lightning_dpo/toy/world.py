@@ -11,7 +11,7 @@ Building it (seeded, about a minute on two CPU cores, once; cached in `dir`):
    model's greedy continuation, rejected = its continuation while steered along the probe,
    kept when the rejected one is the more toxic (so the demo exercises the pairs builder);
    held-out prompts (unseen names) for evaluation, and clean text for perplexity.
-Scoring is by the world's own word list (`INSULTS`).
+Scoring is by the world's own word list (`insults.txt`, written from `words.INSULTS`).
 """
 
 from __future__ import annotations
@@ -29,12 +29,15 @@ from typing import Any, Iterator
 
 import torch
 
+from lightning_dpo.evaluation.scorers import WordListScorer
+from lightning_dpo.neurons.pairs import PairSettings, as_pair, generate_pairs
+from lightning_dpo.neurons.probe import save_probe, train_probe
 from lightning_dpo.toy import words
-from lightning_dpo.utils.io import atomic_directory, atomic_write_jsonl
+from lightning_dpo.utils.io import atomic_directory, atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 5  # bump when the generator changes, so cached worlds are rebuilt
+WORLD_VERSION = 6  # bump when the generator changes, so cached worlds are rebuilt
 EOS = "<|endoftext|>"
 
 
@@ -89,6 +92,10 @@ class ToyWorld:
     def gold(self) -> str:
         return str(self.path / "gold.jsonl")
 
+    @property
+    def insults(self) -> str:
+        return str(self.path / "insults.txt")
+
     def params(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("dir", "stats")}
         out["version"] = WORLD_VERSION
@@ -112,11 +119,6 @@ class ToyWorld:
         return self
 
     def _fill(self, out: Path) -> None:
-        # imported here: the scorers import this package's word list
-        from lightning_dpo.evaluation.scorers import WordListScorer
-        from lightning_dpo.make_pairs import PairSettings, as_pair, generate_pairs
-        from lightning_dpo.probe import save_probe, train_probe
-
         rng = random.Random(self.seed)
         corpus = [self._sentence(rng, words.TRAIN_NAMES) for _ in range(self.corpus_size)]
         tokenizer = train_tokenizer([p + c for p, c, _ in corpus], self.vocab_size)
@@ -127,12 +129,13 @@ class ToyWorld:
         model.save_pretrained(out / "base_model")
         tokenizer.save_pretrained(out / "base_model")
 
+        atomic_write_text(out / "insults.txt", "".join(w + "\n" for w in words.INSULTS))  # the demo's word-list scorer
         probe_texts = list(self._probe_texts(rng))
         atomic_write_jsonl(out / "probe_texts.jsonl", probe_texts)
         probe = train_probe(model, tokenizer, [r["text"] for r in probe_texts], [r["label"] for r in probe_texts], seed=self.seed, source="toy world sentences")
         save_probe(probe, out / "probe.safetensors")
         pairs = generate_pairs(
-            model, tokenizer, self._prompts(rng, words.TRAIN_NAMES, self.num_pairs), probe.unit, WordListScorer(),
+            model, tokenizer, self._prompts(rng, words.TRAIN_NAMES, self.num_pairs), probe.unit, WordListScorer(words_file=str(out / "insults.txt")),
             PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed),
         )
         atomic_write_jsonl(out / "pairs.jsonl", (as_pair(r) for r in pairs if r["kept"]))

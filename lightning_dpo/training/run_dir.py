@@ -10,7 +10,7 @@ The protocol, in order (`claim` then `RunDirectory.plan` then `start_attempt`):
    (old -> new), unless `allow_changes` names them; a resume whose `trainer.max_steps` is below
    the checkpoint's step says so. Nothing is written before this point, so a refused run never
    changes another run's files.
-3. `start_attempt`: write `.hydra/` (config.yaml, overrides.yaml, hydra.yaml: Hydra's own writing
+3. `start_attempt`: write `.hydra/` (config.yaml, config.resolved.yaml, overrides.yaml, hydra.yaml: Hydra's own writing
    is switched off in conf/hydra/default.yaml so that it cannot happen before the checks), keep a
    copy per attempt under `.hydra/attempts/<NNN>/` (with `changes.yaml` for allowed changes),
    remove what a killed attempt left behind (`.*.tmp` files, checkpoints of steps after the one
@@ -240,8 +240,11 @@ class RunDirectory:
         attempts = self.hydra_dir / "attempts"
         number = 1 + max((int(p.name.split("-")[0]) for p in attempts.glob("[0-9]*") if p.name.split("-")[0].isdigit()), default=0)
         attempt = attempts / f"{number:03d}-{time.strftime('%Y%m%d-%H%M%S')}"
+        resolved = _resolved_yaml(cfg)
         for directory in (self.hydra_dir, attempt):
             atomic_write_text(directory / "config.yaml", config_yaml)
+            if resolved is not None:
+                atomic_write_text(directory / "config.resolved.yaml", resolved)
             atomic_write_text(directory / "overrides.yaml", overrides_yaml)
             if hydra_yaml is not None:
                 atomic_write_text(directory / "hydra.yaml", hydra_yaml)
@@ -275,6 +278,15 @@ def task_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except (ImportError, ValueError):
         return []
+
+
+def _resolved_yaml(cfg: DictConfig) -> str | None:
+    """The config with every interpolation resolved (the paths and values this attempt really used)."""
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception as exc:  # a value that cannot be resolved outside its context
+        log.info("could not record the resolved config (%s)", exc)
+        return None
 
 
 def _hydra_yaml() -> str | None:

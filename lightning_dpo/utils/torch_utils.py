@@ -40,3 +40,10 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so left padding does not shift GPT-2's positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU; or any torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

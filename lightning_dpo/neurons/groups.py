@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from lightning_dpo.dynamics.snapshot import Snapshot
+from lightning_dpo.neurons.snapshot import Snapshot
 
 REDUCING_GROUPS = ("TP-", "TN+", "AP+", "AN-")
 MIRROR_GROUPS = ("TP+", "TN-", "AP-", "AN+")

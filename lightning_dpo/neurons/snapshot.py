@@ -13,11 +13,32 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lightning_dpo.dynamics.probe_set import ProbeTokens
-from lightning_dpo.mlp import find_output_projections, hook_activations, value_norms, value_projections
-from lightning_dpo.utils.torch_utils import eval_mode, model_device, position_ids_from_mask
+from lightning_dpo.neurons.hooks import (
+    find_output_projections,
+    hook_activations,
+    value_norms,
+    value_projections,
+)
+from lightning_dpo.utils.torch_utils import (
+    eval_mode,
+    model_device,
+    position_ids_from_mask,
+)
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ProbeTokens:
+    input_ids: torch.Tensor  # (N, P + n) left-padded prompts + generated tokens
+    attention_mask: torch.Tensor  # (N, P + n)
+    positions: torch.Tensor  # (N, P + n) bool: the averaged positions
+
+    def shard(self, rank: int, world: int) -> "ProbeTokens":
+        return ProbeTokens(self.input_ids[rank::world], self.attention_mask[rank::world], self.positions[rank::world])
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "positions": self.positions}
 
 
 @dataclass
@@ -69,12 +90,13 @@ def mean_activations(
 
 @torch.no_grad()
 def take_snapshot(
-    model: nn.Module, tokens: ProbeTokens, unit_direction: torch.Tensor, step: int, batch_size: int = 64, reduce: Reduce | None = None
+    model: nn.Module, tokens: ProbeTokens, unit_direction: torch.Tensor, step: int, batch_size: int = 64,
+    reduce: Reduce | None = None, center_writing_weights: bool = False,
 ) -> Snapshot:
     projections = find_output_projections(model)
     return Snapshot(
         step=step,
         mean_activation=mean_activations(model, tokens, batch_size, reduce).cpu(),
-        value_projection=value_projections(projections, unit_direction).cpu(),
-        value_norm=value_norms(projections).cpu(),
+        value_projection=value_projections(projections, unit_direction, center_writing_weights).cpu(),
+        value_norm=value_norms(projections, center_writing_weights).cpu(),
     )

@@ -1,13 +1,14 @@
-"""Hydra/OmegaConf glue: custom resolvers and instantiation with errors that name the config key."""
+"""Hydra/OmegaConf glue: resolvers and instantiation with errors that name the config key.
+
+(The demo world's `${toy_world:...}` resolver lives with the demo: lightning_dpo/toy/config.py.)
+"""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
 import inspect
-import os
 import re
-from pathlib import Path
 from typing import Any, Callable
 
 from hydra.errors import InstantiationException
@@ -15,42 +16,6 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
-
-def default_cache_dir() -> str:
-    """Where the toy world and cached reference log-probs live (conf/paths/default.yaml's cache_dir)."""
-    return os.environ.get("LIGHTNING_DPO_CACHE") or str(Path(os.environ.get("HOME", "/tmp")) / ".cache" / "lightning_dpo")
-
-
-def _world_params(root: DictConfig) -> dict[str, Any]:
-    if "world" in root and root.world is not None:
-        return OmegaConf.to_container(root.world, resolve=True)
-    # the commands' configs have no `world`: the default world, where training builds it
-    return {"dir": str(Path(default_cache_dir()) / "toy_world" / "default")}
-
-
-def _toy_world_path(attribute: str, *, _root_: DictConfig) -> str:
-    """`${toy_world:pairs}` -> the path of that file in the toy world.
-
-    Pure (no side effect: OmegaConf also resolves values that an override replaces); the world
-    itself is built by `ensure_toy_world` only when the final config uses one of its files.
-    """
-    from lightning_dpo.toy import ToyWorld
-
-    world = ToyWorld(**_world_params(_root_))
-    if not isinstance(getattr(type(world), attribute, None), property):
-        raise ConfigError("world", f"the toy world has no file {attribute!r}")
-    return str(getattr(world, attribute))
-
-
-def ensure_toy_world(cfg: DictConfig) -> Any:
-    """Build the toy world (once; cached on disk) if any value of `cfg` points into it."""
-    from lightning_dpo.toy import ToyWorld
-
-    world = ToyWorld(**_world_params(cfg))
-    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    if str(world.path) in repr(values):
-        return world.build()
-    return None
 
 
 def safe_dirname(name: str, max_length: int = 120) -> str:
@@ -64,8 +29,6 @@ def safe_dirname(name: str, max_length: int = 120) -> str:
 
 
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("toy_world"):
-        OmegaConf.register_new_resolver("toy_world", _toy_world_path)
     if not OmegaConf.has_resolver("safe_dirname"):
         OmegaConf.register_new_resolver("safe_dirname", safe_dirname)
     if not OmegaConf.has_resolver("cuda_available"):  # e.g. fused optimizers, which need CUDA tensors

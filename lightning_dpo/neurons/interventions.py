@@ -1,6 +1,6 @@
 """Interventions on MLP neurons, as context managers (every hook is removed on exit, also on error).
 
-All of them go through `lightning_dpo.mlp` (the one hook module): activations are rewritten at the
+All of them go through `lightning_dpo.neurons.hooks` (the one hook module): activations are rewritten at the
 input of the MLP's output projection, the MLP output at that projection's output.
 
 - `ablate`: zero the activations of a neuron set (= remove their value vectors' output);
@@ -23,9 +23,13 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from lightning_dpo.dynamics.groups import group_masks
-from lightning_dpo.dynamics.snapshot import Snapshot
-from lightning_dpo.mlp import find_output_projections, hook_activations, hook_mlp_outputs
+from lightning_dpo.neurons.groups import group_masks
+from lightning_dpo.neurons.hooks import (
+    find_output_projections,
+    hook_activations,
+    hook_mlp_outputs,
+)
+from lightning_dpo.neurons.snapshot import Snapshot
 from lightning_dpo.utils.errors import ConfigError
 
 NeuronSet = dict[int, torch.Tensor]  # layer -> neuron indices
@@ -130,7 +134,7 @@ def editing_assignments(base: Snapshot, alpha: float = 0.05, beta: float = 0.5, 
 
     groups by the signs of (cos, a): TP (cos>0, a>0), AN (cos<0, a<0), AP (cos<0, a>0), TN (cos>0, a<0);
     neurons with a above the `percentile` of all mean activations are left out; per group a
-    `beta` fraction is kept, ranked by |cos| (TP, AN: largest; AP, TN: smallest with
+    `beta` fraction (floor(n * beta)) is kept, ranked by |cos| (TP, AN: largest; AP, TN: smallest with
     anti_order="smallest", as the published code sorts, or largest); TP and AN are set to
     a (1 - alpha), AP and TN to a (1 + alpha).
     """
@@ -151,7 +155,7 @@ def editing_assignments(base: Snapshot, alpha: float = 0.05, beta: float = 0.5, 
     values = torch.full_like(a, float("nan"))
     for mask, largest, factor in plan.values():
         candidates = torch.nonzero((mask & kept).reshape(-1)).reshape(-1)
-        k = math.floor(beta * len(candidates) + 0.5)  # round half up
+        k = math.floor(beta * len(candidates))  # int(n * beta), as the published code
         if k == 0:
             continue
         order = torch.topk(cos.reshape(-1)[candidates].abs(), k, largest=largest).indices

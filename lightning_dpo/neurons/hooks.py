@@ -101,18 +101,25 @@ def find_output_projections(model: nn.Module) -> list[OutputProjection]:
     return projections
 
 
-def value_projections(projections: Sequence[OutputProjection], unit_direction: torch.Tensor) -> torch.Tensor:
-    """(n_layers, d_mlp) fp32: p_i = v_i . u for every neuron, with the current weights."""
-    rows = []
-    for proj in projections:
-        v = proj.value_vectors().detach()
-        rows.append(v.float() @ unit_direction.to(v.device, torch.float32))
-    return torch.stack(rows)
+def _value_vectors(proj: OutputProjection, center: bool) -> torch.Tensor:
+    """(d_mlp, d_model) fp32 value vectors; `center` removes each one's mean over d_model, as
+    TransformerLens' `center_writing_weights` (what the residual stream's LayerNorm ignores)."""
+    v = proj.value_vectors().detach().float()
+    return v - v.mean(dim=1, keepdim=True) if center else v
 
 
-def value_norms(projections: Sequence[OutputProjection]) -> torch.Tensor:
+def value_projections(projections: Sequence[OutputProjection], unit_direction: torch.Tensor, center: bool = False) -> torch.Tensor:
+    """(n_layers, d_mlp) fp32: p_i = v_i . u for every neuron, with the current weights.
+
+    With `center`, v_i is centred first; since (v_i - mean(v_i)) . u = v_i . (u - mean(u)), that
+    is the same as projecting the raw value vectors on the mean-removed probe direction."""
+    u = unit_direction.float()
+    return torch.stack([_value_vectors(p, center) @ u.to(p.weight.device) for p in projections])
+
+
+def value_norms(projections: Sequence[OutputProjection], center: bool = False) -> torch.Tensor:
     """(n_layers, d_mlp) fp32: |v_i|, so that cos(v_i, w) = p_i / |v_i|."""
-    return torch.stack([p.value_vectors().detach().float().norm(dim=1) for p in projections])
+    return torch.stack([_value_vectors(p, center).norm(dim=1) for p in projections])
 
 
 @contextlib.contextmanager

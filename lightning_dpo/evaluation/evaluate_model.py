@@ -1,0 +1,111 @@
+"""One evaluation of a model: toxicity of greedy continuations, perplexity, F1.
+
+Used by `python -m lightning_dpo.evaluate`, by every row of `python -m lightning_dpo.analyze`
+(with an intervention active around it), and, for toxicity, by the ToxicityEvalCallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from lightning_dpo.data.texts import describe_prompt_set, load_text, load_texts
+from lightning_dpo.evaluation.run_record import RUN, RunRecord, require_run
+from lightning_dpo.evaluation.f1 import continuation_f1
+from lightning_dpo.evaluation.generation import generate_continuations
+from lightning_dpo.evaluation.perplexity import perplexity
+from lightning_dpo.evaluation.scorers import Scorer, build_scorer, toxicity_summary
+
+
+@dataclass
+class EvalSettings:
+    prompts: Sequence[str]
+    scorer: Scorer
+    max_prompt_tokens: int = 32
+    max_new_tokens: int = 20
+    batch_size: int = 64
+    truncation_side: str = "right"
+    perplexity_text: str | None = None
+    perplexity_window: int = 1024
+    f1_prompts: Sequence[str] = field(default_factory=list)
+    f1_golds: Sequence[str] = field(default_factory=list)
+    max_gold_tokens: int = 52
+    prompts_source: str = ""  # what the prompts, perplexity text and F1 data were (recorded beside every number)
+    perplexity_source: str | None = None
+    f1_source: str | None = None
+
+
+def score_continuations(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], scorer: Scorer,
+    max_prompt_tokens: int = 32, max_new_tokens: int = 20, batch_size: int = 64, truncation_side: str = "right",
+) -> tuple[list[str], list[float]]:
+    texts = generate_continuations(model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size, truncation_side)
+    return texts, scorer.score(texts)
+
+
+def evaluate_model(model: nn.Module, tokenizer: Any, settings: EvalSettings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics (toxicity with its scorer's name, perplexity, F1) and the scored generations."""
+    texts, scores = score_continuations(
+        model, tokenizer, settings.prompts, settings.scorer,
+        settings.max_prompt_tokens, settings.max_new_tokens, settings.batch_size, settings.truncation_side,
+    )
+    summary = toxicity_summary(scores, settings.scorer.name)
+    metrics: dict[str, Any] = {
+        "toxicity": summary["mean"], "toxicity_share_above_0.5": summary["share_above_0.5"],
+        "scorer": summary["scorer"], "n_prompts": summary["n"], "prompts": settings.prompts_source,
+        "perplexity_text": settings.perplexity_source, "f1_data": settings.f1_source,
+    }
+    if settings.perplexity_text:
+        ppl = perplexity(model, tokenizer, settings.perplexity_text, settings.perplexity_window, batch_size=max(1, settings.batch_size // 16))
+        metrics.update({"perplexity": ppl["perplexity"], "perplexity_tokens": ppl["tokens"], "perplexity_window": ppl["window"]})
+    if settings.f1_prompts:
+        f1 = continuation_f1(model, tokenizer, settings.f1_prompts, settings.f1_golds, settings.max_prompt_tokens,
+                             settings.max_new_tokens, settings.max_gold_tokens, settings.batch_size)
+        metrics.update({"f1": f1["f1"], "f1_n": f1["n"]})
+    generations = [{"prompt": p, "continuation": t, "score": s} for p, t, s in zip(settings.prompts, texts, scores)]
+    return metrics, generations
+
+
+def settings_from_config(cfg: Any, run: RunRecord | None = None, cache_dir: Path | None = None) -> EvalSettings:
+    """EvalSettings from the `prompts`, `scorer`, `generation`, `perplexity` and `f1` config blocks;
+    a `run` value takes the setting from the training run `run` (see run_record.py)."""
+    if cfg.prompts.source == RUN:
+        source = require_run(run, "prompts.source", cfg.get("dpo") or cfg.model.name_or_path).file("eval/prompts.jsonl", "prompts.source")
+        prompts = load_texts(source, field="prompt", limit=cfg.prompts.limit, key="prompts.source")
+        prompts_source = f"the run's evaluation prompts ({source}, {len(prompts)} prompts)"
+    else:
+        prompts = load_texts(cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit, key="prompts.source")
+        prompts_source = describe_prompt_set(cfg.prompts, len(prompts))
+    scorer_cfg = dict(cfg.scorer)
+    if scorer_cfg.get("name") == RUN:
+        scorer_cfg = require_run(run, "scorer", cfg.get("dpo") or cfg.model.name_or_path).scorer_config()
+    if scorer_cfg.get("name") == "perspective" and cache_dir is not None:
+        scorer_cfg.setdefault("cache_path", str(cache_dir / "perspective_cache.jsonl"))  # resumable scoring
+    scorer = build_scorer(scorer_cfg.pop("name"), **scorer_cfg)
+    perplexity_source = _run_file(cfg.perplexity.text, run, "eval/perplexity_text.txt", "perplexity.text")
+    f1_source = _run_file(cfg.f1.get("data"), run, "eval/f1.jsonl", "f1.data")
+    f1_prompts: list[str] = []
+    f1_golds: list[str] = []
+    if f1_source:
+        f1_prompts = load_texts(f1_source, field=cfg.f1.prompt_field, limit=cfg.f1.limit, key="f1.data")
+        f1_golds = load_texts(f1_source, field=cfg.f1.gold_field, limit=cfg.f1.limit, key="f1.data")
+    return EvalSettings(
+        prompts=prompts, scorer=scorer,
+        max_prompt_tokens=cfg.generation.max_prompt_tokens, max_new_tokens=cfg.generation.max_new_tokens,
+        batch_size=cfg.generation.batch_size, truncation_side=cfg.generation.truncation_side,
+        perplexity_text=load_text(perplexity_source, "perplexity.text") if perplexity_source else None, perplexity_window=cfg.perplexity.window,
+        f1_prompts=f1_prompts, f1_golds=f1_golds, max_gold_tokens=cfg.f1.max_gold_tokens,
+        prompts_source=prompts_source, perplexity_source=perplexity_source, f1_source=f1_source,
+    )
+
+
+def _run_file(value: Any, run: RunRecord | None, relative: str, key: str) -> str | None:
+    """A file setting: `run` takes the run's file (none if the run did not measure it), null is off."""
+    if value != RUN:
+        return value or None
+    if run is None or not (run.run_dir / relative).is_file():
+        return None
+    return str(run.run_dir / relative)
