@@ -21,7 +21,7 @@ import torch
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 
 from lightning_dpo.data.texts import VALIDATION, describe_prompt_set, load_prompt_set
-from lightning_dpo.utils.io import atomic_write_jsonl
+from lightning_dpo.data.tokenize import pad_id
 from lightning_dpo.dynamics import (
     REDUCING_GROUPS,
     DynamicsStore,
@@ -36,6 +36,7 @@ from lightning_dpo.dynamics import (
 from lightning_dpo.dynamics.probe_set import POSITION_MODES, prompt_ids_for
 from lightning_dpo.neurons.probe import Probe, build_probe, save_probe
 from lightning_dpo.utils.errors import ConfigError
+from lightning_dpo.utils.io import atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if fixed and trainer.global_step > 0:
             raise RuntimeError("resuming without the dynamics state in the checkpoint: the fixed probe tokens are unknown")
         tokenizer = trainer.datamodule.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
         ids = prompt_ids_for(tokenizer, self.prompts, self.max_prompt_tokens, self.prepend_bos)
         with trainer.precision_plugin.forward_context():
             return build_probe_tokens(pl_module.policy, ids, pad, self.num_positions, self.batch_size)

@@ -18,16 +18,27 @@ from typing import Any, Mapping
 
 import lightning as L
 import torch
-
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
-from lightning_dpo.data.texts import VALIDATION, describe_prompt_set, load_prompt_set, load_text, load_texts
+
+from lightning_dpo.data.texts import (
+    VALIDATION,
+    describe_prompt_set,
+    load_prompt_set,
+    load_text,
+    load_texts,
+)
 from lightning_dpo.dynamics.store import file_digest
 from lightning_dpo.evaluation.evaluate_model import score_continuations
 from lightning_dpo.evaluation.f1 import continuation_f1, f1_of_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
 from lightning_dpo.evaluation.scorers import build_scorer
 from lightning_dpo.utils.errors import DataError
-from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from lightning_dpo.utils.io import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+)
 
 
 class ToxicityEvalCallback(PeriodicMeasurement):

@@ -27,6 +27,7 @@ from typing import Any, Callable, ContextManager
 import torch
 
 from lightning_dpo.data.texts import describe_prompt_set, load_prompt_set, load_texts
+from lightning_dpo.data.tokenize import pad_id
 from lightning_dpo.dynamics import (
     REDUCING_GROUPS,
     build_probe_tokens,
@@ -35,7 +36,10 @@ from lightning_dpo.dynamics import (
 )
 from lightning_dpo.dynamics.probe_set import prompt_ids_for
 from lightning_dpo.evaluation.evaluate_model import evaluate_model, settings_from_config
-from lightning_dpo.evaluation.model_source import describe_model_source, load_model_and_tokenizer
+from lightning_dpo.evaluation.model_source import (
+    describe_model_source,
+    load_model_and_tokenizer,
+)
 from lightning_dpo.evaluation.run_record import RUN, RunRecord, require_run
 from lightning_dpo.neurons import interventions as iv
 from lightning_dpo.neurons.groups import GROUPS_CSV_COLUMNS
@@ -138,7 +142,7 @@ def run(cfg: Any) -> dict[str, Any]:
     probe = resolve_probe(cfg, run_record, base, tokenizer)
 
     ps = cfg.probe_set
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     texts, probe_set_source = probe_set_prompts(cfg, run_record)
     prompt_ids = prompt_ids_for(tokenizer, texts, ps.max_prompt_tokens, ps.prepend_bos)
     tokens = build_probe_tokens(base, prompt_ids, pad, ps.num_positions, ps.batch_size)

@@ -14,9 +14,16 @@ import logging
 from typing import Any
 
 from lightning_dpo.evaluation.evaluate_model import evaluate_model, settings_from_config
-from lightning_dpo.evaluation.model_source import describe_model_source, load_model_and_tokenizer
+from lightning_dpo.evaluation.model_source import (
+    describe_model_source,
+    load_model_and_tokenizer,
+)
 from lightning_dpo.evaluation.run_record import RunRecord
-from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, ensure_writable_dir
+from lightning_dpo.utils.io import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    ensure_writable_dir,
+)
 from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)

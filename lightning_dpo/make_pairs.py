@@ -20,15 +20,18 @@ from typing import Any
 import torch
 
 from lightning_dpo.data.texts import WIKITEXT_2, load_texts, wikitext_lines
-from lightning_dpo.evaluation.model_source import describe_model_source, load_model_and_tokenizer
+from lightning_dpo.evaluation.model_source import (
+    describe_model_source,
+    load_model_and_tokenizer,
+)
 from lightning_dpo.evaluation.scorers import build_scorer
-from lightning_dpo.neurons.probe import load_probe
 from lightning_dpo.neurons.pairs import (
     PairSettings,
     as_pair,
     distribution,
     generate_pairs,
 )
+from lightning_dpo.neurons.probe import load_probe
 from lightning_dpo.neurons.steering import resolve_layers
 from lightning_dpo.utils.errors import ConfigError, DataError
 from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lightning_dpo.evaluation.model_source import describe_model_source, load_model_and_tokenizer
+from lightning_dpo.evaluation.model_source import (
+    describe_model_source,
+    load_model_and_tokenizer,
+)
 from lightning_dpo.neurons.probe import Probe, build_probe, save_probe
 from lightning_dpo.utils.torch_utils import resolve_device
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
 from lightning_dpo.model.loading import load_tokenizer, max_positions
-from lightning_dpo.toy.config import ensure_toy_world, register_toy_resolver
+from lightning_dpo.toy.config import ensure_toy_world, register_toy_resolver, toy_world_dir
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_dpo.training.metrics_csv import MetricsCSVLogger
 from lightning_dpo.training.run_dir import (
@@ -144,8 +144,13 @@ def _number(cfg: DictConfig, key: str) -> float | None:
     return float(value)
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Checks that need no model: every `???` value is set, numbers are numbers, files exist."""
+def preflight(cfg: DictConfig, built_on_demand: Path | None = None) -> None:
+    """Checks that need no model: every `???` value is set, numbers are numbers, files exist (those
+    under `built_on_demand`, the demo world, are built after these checks)."""
+
+    def absent(path: Path) -> bool:
+        return not path.exists() and not (built_on_demand is not None and path.is_relative_to(built_on_demand))
+
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], f"is required but not set (all missing: {', '.join(missing)})")
@@ -161,9 +166,9 @@ def preflight(cfg: DictConfig) -> None:
     path = cfg.data.get("path")
     if path:
         data_path = Path(path).expanduser()
-        if not data_path.exists():
+        if absent(data_path):
             raise DataError(str(path), "file not found (config key 'data.path')")
-        if not data_path.is_file():
+        if data_path.exists() and not data_path.is_file():
             raise DataError(str(path), "is not a file (config key 'data.path' names one JSONL/JSON/CSV/Parquet file of pairs)")
     probe = cfg.get("probe") or {}
     uses_probe = any(node is not None and "_target_" in node and "probe" in node for node in (cfg.get("callbacks") or {}).values())
@@ -171,7 +176,7 @@ def preflight(cfg: DictConfig) -> None:
         if not probe.get("path"):
             raise ConfigError("probe.path", "the neuron dynamics need a probe: probe.path=<probe file> (e.g. Lee et al.'s probe.pt), "
                               "or probe=train probe.data=<labelled texts>")
-        if not Path(probe.path).expanduser().is_file():
+        if absent(Path(probe.path).expanduser()):
             raise DataError(str(probe.path), "probe file not found (config key 'probe.path')")
 
 
@@ -220,7 +225,7 @@ def _claimed(cfg: DictConfig, run_dir: Path) -> float | None:
                  run_dir, plan.checkpoint_step)
         return previous.get("objective")
     try:
-        preflight(cfg)
+        preflight(cfg, built_on_demand=toy_world_dir(cfg))
         ensure_toy_world(cfg, demo_keys=("model.name_or_path", "data.path"))  # the demo's world: built once, then cached
     except LightningDPOError as exc:
         if rank_zero and not plan.resuming and not plan.archive:  # our own, empty directory: record the failure

@@ -5,14 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    CONF,
-    SHORT_RUN,
-    SMALL_WORLD,
-    compose_train,
-    tiny_gpt2_config,
-    write_pairs,
-)
+from helpers.configs import CONF, SHORT_RUN, SMALL_WORLD, compose_train
+from helpers.data import write_pairs
+from helpers.models import tiny_gpt2_config
 from omegaconf import OmegaConf
 
 from lightning_dpo.train import build_callbacks, train

@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end_and_reduces_toxicity(tmp_path):
     with open(run_dir / "toxicity_eval.csv") as handle:
         history = list(csv.DictReader(handle))
     before, after = float(history[0]["eval/toxicity"]), float(history[-1]["eval/toxicity"])
-    assert history[0]["step"] == "0" and history[0]["scorer"] == "wordlist"
+    assert history[0]["step"] == "0" and history[0]["scorer"] == "wordlist:insults.txt"
     assert before >= 0.25, "the base model should continue a good share of held-out prompts toxically"
     assert after <= 0.5 * before, (before, after)
     assert "greedy-continuation toxicity" in result.stdout and "neuron groups at step" in result.stdout

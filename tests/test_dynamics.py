@@ -1,17 +1,12 @@
 """Neuron dynamics: the decomposition, snapshots vs brute force, groups, hooks, files, DDP shards."""
 
+import math
 import os
 
 import pytest
 import torch
-from conftest import (
-    SHORT_RUN,
-    SMALL_WORLD,
-    build_tiny,
-    compose_train,
-    tiny_gpt2_config,
-    tiny_llama_config,
-)
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
+from helpers.models import build_tiny, tiny_gpt2_config, tiny_llama_config
 
 from lightning_dpo.dynamics import (
     Snapshot,
@@ -117,20 +112,32 @@ def test_group_assignment_covers_all_eight_groups():
     for i, name in enumerate(expected):
         assert rows[name]["count"] == 1 and rows[name]["delta_sum"] == pytest.approx(d[i])
     assert all(rows[g]["delta_sum"] > 0 for g in expected[:4]) and all(rows[g]["delta_sum"] < 0 for g in expected[4:])
-    assert sum(rows[g]["share"] for g in expected[:4]) == pytest.approx(1.0)
+    reducing_total = sum(d[:4])  # the hand-computed changes of the four reducing neurons
+    for i, name in enumerate(expected[:4]):
+        assert rows[name]["share"] == pytest.approx(d[i] / reducing_total), name
+    assert all(math.isnan(rows[name]["share"]) for name in expected[4:])  # mirrors have no share
     assert rows["gross_reduction"]["delta_sum"] == pytest.approx(sum(x for x in d if x > 0))
     assert rows["net_delta"]["delta_sum"] == pytest.approx(sum(d)) and rows["net_delta"]["count"] == 10
 
 
-def test_shares_sum_to_one_per_layer_and_types_are_frozen_at_step0():
+def test_shares_per_layer_and_types_frozen_at_step0():
     g = torch.Generator().manual_seed(0)
     base = Snapshot(0, torch.randn(3, 50, generator=g), torch.randn(3, 50, generator=g), torch.ones(3, 50))
     # at step t the value vectors have moved so that some cosines changed sign: types must not change
     now = Snapshot(7, base.mean_activation + 0.1 * torch.randn(3, 50, generator=g), -base.value_projection, torch.ones(3, 50))
     rows = group_rows(base, now)
+    # per layer and in total, each share is that group's summed change over the four groups' (numpy, from the masks)
+    import numpy as np
+
+    a0, p0, at, pt = (x.double().numpy() for x in (base.mean_activation, base.value_projection, now.mean_activation, now.value_projection))
+    d = a0 * p0 - at * pt
+    masks = {g: m.numpy() for g, m in group_masks(base, now).items()}
     for layer in ("all", "0", "1", "2"):
-        shares = [r["share"] for r in rows if r["layer"] == layer and r["group"] in ("TP-", "TN+", "AP+", "AN-")]
-        assert sum(shares) == pytest.approx(1.0)
+        pick = (lambda a: a) if layer == "all" else (lambda a, i=int(layer): a[i])
+        sums = {g: float(np.sum(pick(d)[pick(masks[g])])) for g in ("TP-", "TN+", "AP+", "AN-")}
+        for r in rows:
+            if r["layer"] == layer and r["group"] in sums:
+                assert r["share"] == pytest.approx(sums[r["group"]] / sum(sums.values()), rel=1e-6), (layer, r["group"])
     toxic = base.value_projection > 0
     masks = group_masks(base, now)
     assert bool(((masks["TP-"] | masks["TN+"] | masks["TP+"] | masks["TN-"]) <= toxic).all())
@@ -288,7 +295,7 @@ def test_centred_writing_weights_equal_projecting_on_the_mean_removed_probe(conf
 def test_the_probe_set_can_keep_whole_prompts_after_a_bos():
     from lightning_dpo.dynamics.probe_set import prompt_ids_for
 
-    from conftest import CharTokenizer
+    from helpers.data import CharTokenizer
 
     tok = CharTokenizer()
     long = "x" * 40

@@ -9,16 +9,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
-    SHORT_RUN,
-    SMALL_WORLD,
-    CharTokenizer,
-    build_tiny,
-    compose_command,
-    compose_train,
-    tiny_gpt2_config,
-    tiny_llama_config,
-)
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_command, compose_train
+from helpers.data import CharTokenizer
+from helpers.models import build_tiny, tiny_gpt2_config, tiny_llama_config
 
 from lightning_dpo.dynamics import Snapshot
 from lightning_dpo.evaluation.f1 import token_f1

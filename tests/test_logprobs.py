@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import GPT2_TOKENIZER, build_tiny, tiny_gpt2_config, tiny_llama_config
+from helpers.models import GPT2_TOKENIZER, build_tiny, tiny_gpt2_config, tiny_llama_config
 
 from lightning_dpo.data.records import PreferenceRecord
 from lightning_dpo.data.tokenize import collate_pairs, tokenize_pairs

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import compose_command
+from helpers.configs import compose_command
 
 from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.make_pairs import run

@@ -6,7 +6,8 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from conftest import build_tiny, tiny_gpt2_config, write_pairs
+from helpers.data import write_pairs
+from helpers.models import build_tiny, tiny_gpt2_config
 
 from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.model import DPOModule, PreferenceLoss

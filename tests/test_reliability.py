@@ -16,14 +16,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import (
-    SHORT_RUN,
-    SMALL_WORLD,
-    build_tiny,
-    compose_train,
-    tiny_gpt2_config,
-    write_pairs,
-)
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
+from helpers.data import write_pairs
+from helpers.models import build_tiny, tiny_gpt2_config
 
 from lightning_dpo.data import PreferenceDataModule, read_preference_rows
 from lightning_dpo.model import DPOModule, PreferenceLoss

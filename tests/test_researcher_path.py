@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GPT2_TOKENIZER, compose_train
+from helpers.configs import compose_train
+from helpers.models import GPT2_TOKENIZER
 from lightning_dpo.train import train
 from lightning_dpo.utils.errors import ConfigError
 
@@ -132,7 +133,7 @@ def test_a_run_on_your_own_model_pairs_probe_and_prompts_leaves_the_cache_empty(
 
 
 def test_a_run_that_keeps_demo_assets_with_its_own_model_is_refused_naming_them(tmp_path, small_world):
-    from conftest import write_pairs
+    from helpers.data import write_pairs
 
     torch.save(torch.randn(64), tmp_path / "probe.pt")
     # your own pairs, but still data=toy's prompt set, probe and scorer

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHORT_RUN, SMALL_WORLD, compose_train
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from omegaconf import OmegaConf
 
 from lightning_dpo.train import train

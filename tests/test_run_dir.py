@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import SHORT_RUN, SMALL_WORLD, compose_train
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 
 from lightning_dpo.train import train
 from lightning_dpo.training.run_dir import claim, resume_command

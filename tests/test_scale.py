@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SHORT_RUN, SMALL_WORLD, compose_train
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from safetensors.torch import load_file
 
 # no toxicity evaluation (not compared here); snapshots every 2 steps; 6 steps

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_WORLD
+from helpers.configs import SMALL_WORLD
 from omegaconf import OmegaConf
 
 from lightning_dpo.compare import compare
@@ -95,7 +95,7 @@ def test_sweep_with_offline_wandb_a_failure_and_a_resume(tmp_path):
 
 @pytest.mark.parametrize("preset", ["launcher=slurm", "launcher=local_parallel", "hparams_search=optuna"])
 def test_sweep_presets_compose_and_their_plugins_instantiate(preset):
-    from conftest import CONF
+    from helpers.configs import CONF
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
@@ -122,9 +122,9 @@ def test_optuna_search_returns_the_objective(tmp_path):
     result = _cli(args, env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
-    assert set(best.best_params) == {"loss.beta", "optim.lr"} and best.best_value == best.best_value  # a number
     statuses = [json.loads(p.read_text()) for p in tmp_path.glob("*/status.json")]
     assert len(statuses) == 2 and all(s["status"] == "completed" and s["objective"] > 0 for s in statuses)
+    assert set(best.best_params) == {"loss.beta", "optim.lr"} and best.best_value == min(s["objective"] for s in statuses)
 
 
 @pytest.mark.parametrize("damage, file, reason", [

@@ -11,7 +11,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_dpo.data.records import PreferenceRecord, ReadReport, read_preference_rows
+from lightning_dpo.data.records import (
+    PreferenceRecord,
+    ReadReport,
+    read_preference_rows,
+)
 from lightning_dpo.data.sampler import ResumableSampler
 from lightning_dpo.data.tokenize import (
     TokenizedPair,

@@ -25,7 +25,6 @@ import torch
 from lightning_dpo.data.records import PreferenceRecord
 from lightning_dpo.utils.errors import ConfigError
 
-
 PROMPT_TRUNCATION = ("keep_end", "keep_start")
 
 

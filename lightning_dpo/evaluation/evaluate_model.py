@@ -13,10 +13,10 @@ from typing import Any, Sequence
 from torch import nn
 
 from lightning_dpo.data.texts import describe_prompt_set, load_text, load_texts
-from lightning_dpo.evaluation.run_record import RUN, RunRecord, require_run
 from lightning_dpo.evaluation.f1 import continuation_f1
 from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
+from lightning_dpo.evaluation.run_record import RUN, RunRecord, require_run
 from lightning_dpo.evaluation.scorers import Scorer, build_scorer, toxicity_summary
 
 

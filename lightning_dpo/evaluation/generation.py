@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from lightning_dpo.data.tokenize import pad_id
 from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.utils.torch_utils import (
     eval_mode,
@@ -140,7 +141,7 @@ def generate_continuations(
 ) -> list[str]:
     """Continuations (text after the prompt, up to EOS) of each prompt; greedy unless temperature > 0."""
     prompt_ids = tokenize_prompts(tokenizer, prompts, max_prompt_tokens, truncation_side)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     texts: list[str] = []
     device = model_device(model)
     with eval_mode(model):

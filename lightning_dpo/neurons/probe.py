@@ -28,6 +28,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from lightning_dpo.data.texts import load_labelled_texts
+from lightning_dpo.data.tokenize import pad_id
 from lightning_dpo.utils.errors import ConfigError, DataError
 from lightning_dpo.utils.io import atomic_save
 from lightning_dpo.utils.torch_utils import eval_mode, model_device
@@ -118,7 +119,7 @@ def pooled_final_hidden(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     device = model_device(model)
     base = getattr(model, "base_model", model)
     features = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     with eval_mode(model):
         for start in range(0, len(texts), batch_size):
             rows = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]

@@ -42,6 +42,11 @@ def _toy_world_path(attribute: str, *, _root_: DictConfig) -> str:
     return str(getattr(world, attribute))
 
 
+def toy_world_dir(cfg: DictConfig) -> Path:
+    """Where the toy world of `cfg` lives (built there on demand)."""
+    return ToyWorld(**_world_params(cfg)).path
+
+
 def toy_world_keys(cfg: DictConfig) -> list[str]:
     """The keys of `cfg` whose value points into the toy world (its own parameters `world.*` aside)."""
     world = ToyWorld(**_world_params(cfg))

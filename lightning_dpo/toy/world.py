@@ -33,7 +33,11 @@ from lightning_dpo.evaluation.scorers import WordListScorer
 from lightning_dpo.neurons.pairs import PairSettings, as_pair, generate_pairs
 from lightning_dpo.neurons.probe import save_probe, train_probe
 from lightning_dpo.toy import words
-from lightning_dpo.utils.io import atomic_directory, atomic_write_jsonl, atomic_write_text
+from lightning_dpo.utils.io import (
+    atomic_directory,
+    atomic_write_jsonl,
+    atomic_write_text,
+)
 
 log = logging.getLogger(__name__)
 

@@ -87,7 +87,7 @@ def make_wandb_logger(
     tags: list[str] | None = None,
     mode: str | None = None,
     entity: str | None = None,
-    job_type: str | None = None,
+    job_type: str | None = "train",
     extra_tags: list[str] | None = None,
 ) -> Any:
     """A Lightning `WandbLogger` that never blocks: offline without credentials or network.

@@ -1,0 +1,89 @@
+"""The package as installed, and the configs as code reads them."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_object
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _yaml_nodes_with_targets():
+    for path in sorted((ROOT / "conf").rglob("*.yaml")):
+        for key, node in _walk(OmegaConf.to_container(OmegaConf.load(path), resolve=False), ""):
+            if isinstance(node, dict) and "_target_" in node:
+                yield f"{path.relative_to(ROOT)}:{key or '<root>'}", node
+
+
+def _walk(value, prefix):
+    yield prefix, value
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _walk(inner, f"{prefix}.{key}" if prefix else str(key))
+
+
+@pytest.mark.parametrize("where, node", list(_yaml_nodes_with_targets()), ids=lambda x: x if isinstance(x, str) else "")
+def test_code_defaults_equal_yaml_defaults(where, node):
+    """Every value a YAML gives a parameter that also has a default in code is that default (or an
+    interpolation of another key): one default per setting, wherever a user reads it."""
+    target = get_object(node["_target_"])
+    parameters = inspect.signature(target).parameters
+    if not node["_target_"].startswith(("lightning_dpo.",)):
+        return  # third-party classes (Trainer, ModelCheckpoint, AdamW, ...): their defaults are theirs
+    differ = {}
+    for key, value in node.items():
+        if key.startswith("_") or key not in parameters or parameters[key].default is inspect.Parameter.empty:
+            continue
+        if value == "???" or "${" in str(value):
+            continue  # required, or a reference to another key: not a default
+        default = parameters[key].default
+        if isinstance(value, (dict, list)) or value != default:
+            if not (isinstance(value, dict) and not value and default is None):
+                differ[key] = (value, default)
+    assert not differ, f"{where}: YAML value != code default: {differ}"
+
+
+def test_the_package_list_names_every_package_of_the_tree():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    mapping = config["package-dir"]
+    found = {"lightning_dpo.callbacks", "lightning_dpo.conf"}
+    for init in (ROOT / "lightning_dpo").rglob("__init__.py"):
+        found.add(".".join(init.parent.relative_to(ROOT).parts))
+    assert listed == found and mapping == {"lightning_dpo": "lightning_dpo", "lightning_dpo.callbacks": "callbacks", "lightning_dpo.conf": "conf"}
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_has_no_top_level_callbacks_or_conf(tmp_path):
+    """Built and installed like a user's `pip install`: the folders callbacks/ and conf/ are
+    lightning_dpo.callbacks and lightning_dpo.conf, never top-level packages that would shadow a
+    user's own `callbacks` or `conf` (or overwrite another distribution's files)."""
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(wheel_dir.glob("lightning_dpo-*.whl"))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"lightning_dpo"}  # one top-level package
+    assert "lightning_dpo/conf/train.yaml" in names and "lightning_dpo/conf/prompts/toy.yaml" in names
+    assert "lightning_dpo/callbacks/neuron_dynamics.py" in names
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    check = ("import importlib.util as u, sys; assert u.find_spec('callbacks') is None and u.find_spec('conf') is None; "
+             "import lightning_dpo.callbacks, lightning_dpo.conf; from importlib.resources import files; "
+             "assert (files('lightning_dpo.conf') / 'train.yaml').is_file(); print(lightning_dpo.callbacks.__file__)")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().startswith(str(site))
