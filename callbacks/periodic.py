@@ -106,3 +106,12 @@ class PeriodicMeasurement(Callback):
             if entry["step"] == step:
                 return entry.get(key)
         return None
+
+    # -- what the run reports at its end (the one protocol train.py reads) -------------------------
+    def latest(self, key: str) -> float | None:
+        """The last measured value of `key` (e.g. an objective for a search), or None."""
+        return next((entry[key] for entry in reversed(self.history) if key in entry), None)
+
+    def summary(self) -> str:
+        """Lines for the end-of-run summary."""
+        return ""

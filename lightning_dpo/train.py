@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
 from lightning_dpo.model.loading import load_tokenizer, max_positions
 from lightning_dpo.toy.config import ensure_toy_world, register_toy_resolver, toy_world_dir
@@ -117,7 +118,7 @@ def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict
         if key in metrics:
             lines.append(f"{key}: {float(metrics[key]):.4f}")
     for callback in trainer.callbacks:
-        if hasattr(callback, "summary"):
+        if isinstance(callback, PeriodicMeasurement) and callback.summary():
             lines.append(callback.summary())
     print("\n".join(["", "== lightning-dpo summary =="] + lines), flush=True)
 
@@ -128,10 +129,8 @@ def objective_value(trainer: L.Trainer, key: str | None) -> float | None:
         return None
     value = trainer.callback_metrics.get(key)
     if value is None:
-        for callback in trainer.callbacks:
-            history = getattr(callback, "history", None)
-            if history and key in history[-1]:
-                value = history[-1][key]
+        measured = [cb.latest(key) for cb in trainer.callbacks if isinstance(cb, PeriodicMeasurement)]
+        value = next((v for v in measured if v is not None), None)
     return float(value) if value is not None else math.nan
 
 

@@ -125,15 +125,15 @@ def collate_pairs(
     dataset `index` of each pair, and precomputed reference log-probs when the examples carry them.
     """
     sequences, completion_starts = [], []
-    for key in ("chosen_ids", "rejected_ids"):
+    for key in ("chosen_ids", "rejected_ids"):  # all chosen rows first, then all rejected rows: 2n rows
         for ex in examples:
-            sequences.append(ex["prompt_ids"] + ex[key])
+            sequences.append(ex["prompt_ids"] + ex[key])  # ids concatenated: no BPE merge across the boundary
             completion_starts.append(len(ex["prompt_ids"]))
     length = max(len(s) for s in sequences)
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     n = len(sequences)
-    input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)
+    input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)  # (2n, T), right padding: positions start at 0
     attention_mask = torch.zeros((n, length), dtype=torch.long)
     completion_mask = torch.zeros((n, length), dtype=torch.bool)
     for row, (seq, start) in enumerate(zip(sequences, completion_starts)):

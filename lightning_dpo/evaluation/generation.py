@@ -4,6 +4,12 @@ One implementation for every caller: prompts are left-padded with a correct atte
 explicit position ids, decoding uses the KV cache, and the continuation is separated from the
 prompt by token count (never by string replacement). Greedy by default; `temperature > 0`
 samples, reproducibly given a seeded `generator`.
+
+Why not `transformers`' `generate`: sampling here draws from a `torch.Generator` the caller owns
+(make_pairs seeds one per chunk, so an interrupted run resumes to the same file; `generate`
+samples from the global RNG), the papers' neuron analysis needs exactly N argmax steps whatever
+the EOS (`stop_at_eos=False`), and a loop this short is tested token for token against a plain
+greedy loop without a cache (tests/test_evaluation.py) on every architecture the project supports.
 """
 
 from __future__ import annotations

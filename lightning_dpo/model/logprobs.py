@@ -40,13 +40,13 @@ def completion_logits(
     """Logits at the positions predicting completion tokens, for any HF causal LM."""
     if completion_mask[:, 0].any():
         raise ValueError("a completion cannot start at position 0: every row needs at least one prompt token")
-    pred = prediction_mask(completion_mask)
+    pred = prediction_mask(completion_mask)  # (N, T) bool: positions whose next token is a completion token (K in all)
     targets = input_ids[:, 1:][completion_mask[:, 1:].bool()]
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(pred)[pred]
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(pred)[pred]  # (K,) row of each
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in _HEAD_ONLY_TYPES and hasattr(model, "get_output_embeddings"):
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
-        logits = model.get_output_embeddings()(hidden[pred])
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (N, T, d_model)
+        logits = model.get_output_embeddings()(hidden[pred])  # (K, d_model) -> (K, V): the head sees completion positions only
         softcap = getattr(model.config, "final_logit_softcapping", None)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap

@@ -143,13 +143,14 @@ class DPOModule(L.LightningModule):
     # -- batch -> loss ---------------------------------------------------------------------------
     def compute(self, batch: Mapping[str, torch.Tensor], diagnostics: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and the per-pair (or per-token) values behind every metric."""
+        # (2n, T): rows 0..n-1 are prompt+chosen, rows n..2n-1 prompt+rejected (collate_pairs), right-padded
         ids, attn, cmask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
         n = ids.shape[0] // 2
-        policy_logps, policy_cl = sequence_logps(self.policy, ids, attn, cmask)
-        lengths = cmask.sum(1)
+        policy_logps, policy_cl = sequence_logps(self.policy, ids, attn, cmask)  # (2n,) summed log p(completion); logits (K, V)
+        lengths = cmask.sum(1)  # (2n,) completion tokens per row
 
         ref_logps, ref_cl = None, None
-        if "ref_chosen_logps" in batch:
+        if "ref_chosen_logps" in batch:  # precomputed: (n,) + (n,) -> (2n,), chosen first like the rows
             ref_logps = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(policy_logps)
         elif self.reference is not None:
             with torch.no_grad():
@@ -158,11 +159,11 @@ class DPOModule(L.LightningModule):
         kl_penalty = None
         policy_log_probs = ref_log_probs = None
         if ref_cl is not None and (self.loss_fn.kl_gamma or diagnostics):
-            policy_log_probs = torch.log_softmax(policy_cl.logits.float(), dim=-1)
+            policy_log_probs = torch.log_softmax(policy_cl.logits.float(), dim=-1)  # (K, V), K completion tokens of all 2n rows
             ref_log_probs = torch.log_softmax(ref_cl.logits.float(), dim=-1)
         if self.loss_fn.kl_gamma:
             kl_ref_policy = _sequence_mean(per_token_kl(ref_log_probs, policy_log_probs), policy_cl, lengths)
-            kl_penalty = kl_ref_policy[:n] + kl_ref_policy[n:]
+            kl_penalty = kl_ref_policy[:n] + kl_ref_policy[n:]  # (n,) chosen + rejected
 
         out = self.loss_fn(
             policy_logps[:n], policy_logps[n:],

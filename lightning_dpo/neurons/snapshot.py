@@ -69,7 +69,8 @@ def mean_activations(
     selected: list[torch.Tensor] = []  # the positions mask of the batch being run
 
     def accumulate(layer: int, activation: torch.Tensor) -> None:
-        sums[layer] += activation[selected[0]].float().sum(0)
+        # activation: (B, width, d_mlp) inputs of the output projection; selected: (B, width) bool
+        sums[layer] += activation[selected[0]].float().sum(0)  # (S, d_mlp) selected positions -> (d_mlp,)
         return None
 
     base = getattr(model, "base_model", model)
@@ -78,7 +79,7 @@ def mean_activations(
     width = int(used.max()) + 1 if len(used) else 0  # later columns influence no averaged position
     with eval_mode(model), hook_activations(projections, accumulate):
         for start in range(0, tokens.input_ids.shape[0], batch_size):
-            ids = tokens.input_ids[start : start + batch_size, :width].to(device)
+            ids = tokens.input_ids[start : start + batch_size, :width].to(device)  # (B, width), left-padded
             mask = tokens.attention_mask[start : start + batch_size, :width].to(device)
             selected[:] = [tokens.positions[start : start + batch_size, :width].to(device)]
             count += selected[0].sum()
