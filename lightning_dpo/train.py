@@ -169,14 +169,18 @@ def preflight(cfg: DictConfig, built_on_demand: Path | None = None) -> None:
             raise DataError(str(path), "file not found (config key 'data.path')")
         if data_path.exists() and not data_path.is_file():
             raise DataError(str(path), "is not a file (config key 'data.path' names one JSONL/JSON/CSV/Parquet file of pairs)")
-    probe = cfg.get("probe") or {}
-    uses_probe = any(node is not None and "_target_" in node and "probe" in node for node in (cfg.get("callbacks") or {}).values())
-    if uses_probe and probe.get("source") == "raw":
-        if not probe.get("path"):
-            raise ConfigError("probe.path", "the neuron dynamics need a probe: probe.path=<probe file> (e.g. Lee et al.'s probe.pt), "
-                              "or probe=train probe.data=<labelled texts>")
-        if absent(Path(probe.path).expanduser()):
-            raise DataError(str(probe.path), "probe file not found (config key 'probe.path')")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None or "_target_" not in node or "probe" not in node:
+            continue
+        named = {f"callbacks.{name}.probes.{k}": v for k, v in (node.get("probes") or {}).items()} or {"probe": cfg.get("probe") or {}}
+        for key, probe in named.items():
+            if probe.get("source") != "raw":
+                continue
+            if not probe.get("path"):
+                raise ConfigError(f"{key}.path", "the neuron dynamics need a probe: probe.path=<probe file> (e.g. Lee et al.'s "
+                                  "probe.pt), or probe=train probe.data=<labelled texts>")
+            if absent(Path(probe.path).expanduser()):
+                raise DataError(str(probe.path), f"probe file not found (config key '{key}.path')")
 
 
 # (config keys whose sum is one sequence's length) for every sequence training and measuring build

@@ -206,24 +206,46 @@ def dynamics_run(tmp_path_factory, small_world):
 
 
 def test_files_recompute_everything_logged(dynamics_run):
+    """groups.csv, components.csv and every logged dynamics scalar, recomputed from the snapshot files."""
     import csv
+
+    from lightning_dpo.dynamics.store import read_measurement, step_file
+    from lightning_dpo.neurons.components import component_rows
 
     run = load_run(dynamics_run)
     assert run.steps == [0, 2, 4, 6, 8] and run.mean_activation.shape == (5, 2, 128)
     assert set(run.tokens) == {"input_ids", "attention_mask", "positions"} and run.probe.shape == (64,)
-    base = run.snapshot(0)
-    recomputed = [r for s in run.steps for r in group_rows(base, run.snapshot(s))]
-    stored = run.groups.to_dict("records")
-    assert len(recomputed) == len(stored)
-    for a, b in zip(recomputed, stored):
-        assert (a["step"], a["layer"], a["group"], a["count"]) == (b["step"], str(b["layer"]), b["group"], b["count"])
-        assert a["delta_sum"] == pytest.approx(b["delta_sum"], abs=1e-9)
+    assert run.probes == ["toxicity", "workplace"]  # the demo's target and bystander concepts
+    assert (run.value_projection == run.value_projections["toxicity"]).all()
     with open(dynamics_run / "metrics.csv") as handle:
         logged = {int(r["step"]): r for r in csv.DictReader(handle)}
-    for s in run.steps:
-        total = {r["group"]: r for r in recomputed if r["step"] == s and r["layer"] == "all"}
-        assert float(logged[s]["dynamics/net_delta"]) == pytest.approx(total["net_delta"]["delta_sum"], abs=1e-9)
-        assert float(logged[s]["dynamics/TP-/count"]) == total["TP-"]["count"]
+    measurements = [read_measurement(step_file(dynamics_run / "dynamics", s)) for s in run.steps]
+    for probe in run.probes:
+        recomputed = [r for s in run.steps for r in group_rows(run.snapshot(0, probe), run.snapshot(s, probe))]
+        stored = run.probe_groups(probe).to_dict("records")
+        assert len(recomputed) == len(stored) == 5 * 3 * 10
+        for a, b in zip(recomputed, stored):
+            assert (a["step"], a["layer"], a["group"], a["count"]) == (b["step"], str(b["layer"]), b["group"], b["count"])
+            assert a["delta_sum"] == pytest.approx(b["delta_sum"], abs=1e-9)
+        components = [r for m in measurements for r in component_rows(m.step, probe, measurements[0].components[probe], m.components[probe])]
+        stored = run.components[run.components["probe"] == probe].to_dict("records")
+        assert len(components) == len(stored) == 5 * (2 + 2 * (4 + 3))  # embed, residual; per layer 4 heads, attn bias, neurons, mlp bias
+        for a, b in zip(components, stored):
+            assert (a["step"], a["layer"] or "", a["component"]) == (b["step"], "" if str(b["layer"]) == "nan" else str(b["layer"]), b["component"])
+            assert a["value"] == pytest.approx(b["value"], rel=1e-6, abs=1e-9) and a["delta"] == pytest.approx(b["delta"], rel=1e-6, abs=1e-9)
+        for s in run.steps:
+            total = {r["group"]: r for r in recomputed if r["step"] == s and r["layer"] == "all"}
+            assert float(logged[s][f"dynamics/{probe}/net_delta"]) == pytest.approx(total["net_delta"]["delta_sum"], abs=1e-9)
+            assert float(logged[s][f"dynamics/{probe}/TP-/count"]) == total["TP-"]["count"]
+            rows = [r for r in components if r["step"] == s]
+            heads = sum(abs(r["delta"]) for r in rows if r["component"].startswith("attn.head."))
+            every = sum(abs(r["delta"]) for r in rows if r["component"] != "residual")
+            if every:
+                assert float(logged[s][f"dynamics/{probe}/attention_share"]) == pytest.approx(heads / every, rel=1e-6)
+            residual = next(r for r in rows if r["component"] == "residual")
+            assert residual["value"] == pytest.approx(sum(r["value"] for r in rows if r["component"] != "residual"), rel=1e-4)
+    for s in run.steps:  # the target probe keeps the first names
+        assert logged[s]["dynamics/net_delta"] == logged[s]["dynamics/toxicity/net_delta"]
 
 
 def test_probe_accuracy_is_reported_and_high(dynamics_run):
@@ -322,3 +344,109 @@ def test_embedding_difference_as_the_authors_built_it(small_world):
         torch.stack([head[tokenizer(w, add_special_tokens=False)["input_ids"]].mean(0) for w in NEUTRAL_SEEDS]).mean(0)
     probe = embedding_difference_direction(llama, tokenizer)
     assert probe.metadata["source"] == "embedding difference (LM head rows)" and torch.allclose(probe.direction, expected, atol=1e-6)
+
+
+SMALL_DECODERS = {
+    "gpt2": tiny_gpt2_config(),
+    "llama": tiny_llama_config(),
+    "mistral": tiny_llama_config(model_type="mistral"),
+    "gemma": tiny_llama_config(model_type="gemma", head_dim=8),
+    "gemma2": tiny_llama_config(model_type="gemma2", head_dim=8),  # sandwich norms around each sublayer
+}
+
+
+def _brute_force_components(model, tokens, u):
+    """Per head and the embeddings, by explicit loops over positions and heads, from hooks of this test's own."""
+    base = model.base_model
+    layers = base.h if hasattr(base, "h") else base.layers
+    n_heads = model.config.n_head if hasattr(model.config, "n_head") else model.config.num_attention_heads
+    captured = {}
+    handles = []
+    for l, layer in enumerate(layers):
+        proj = layer.attn.c_proj if hasattr(layer, "attn") else layer.self_attn.o_proj
+        handles.append(proj.register_forward_hook(lambda m, a, o, l=l: captured.__setitem__(l, (a[0].detach(), o.detach()))))
+    heads = torch.zeros(len(layers), n_heads, dtype=torch.float64)
+    embed, count = 0.0, 0
+    with torch.no_grad():
+        for row in range(tokens.input_ids.shape[0]):
+            ids, mask = tokens.input_ids[row : row + 1], tokens.attention_mask[row : row + 1]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            model(input_ids=ids, attention_mask=mask, position_ids=positions)
+            if hasattr(base, "wte"):
+                emb = base.wte(ids) + base.wpe(positions)
+            else:
+                emb = base.embed_tokens(ids)  # Gemma's embedding module applies its sqrt(d_model) scaling itself
+            for t in torch.nonzero(tokens.positions[row]).reshape(-1).tolist():
+                count += 1
+                embed += float(emb[0, t] @ u)
+                for l, layer in enumerate(layers):
+                    z, out = captured[l]
+                    proj = layer.attn.c_proj if hasattr(layer, "attn") else layer.self_attn.o_proj
+                    w = proj.weight if type(proj).__name__ == "Conv1D" else proj.weight.t()  # (d_in, d_out)
+                    hd = z.shape[-1] // n_heads
+                    for h in range(n_heads):
+                        part = z[0, t, h * hd : (h + 1) * hd] @ w[h * hd : (h + 1) * hd]  # the head's slice through W_O
+                        if hasattr(layer, "post_feedforward_layernorm"):  # Gemma-2: through the post-attention norm
+                            norm = layer.post_attention_layernorm
+                            part = part * (1 + norm.weight) * torch.rsqrt(out[0, t].pow(2).mean() + norm.eps)
+                        heads[l, h] += float(part @ u)
+    for handle in handles:
+        handle.remove()
+    return heads / count, embed / count
+
+
+@pytest.mark.parametrize("name", list(SMALL_DECODERS))
+def test_components_are_exact_and_each_head_equals_a_brute_force_recomputation(name):
+    from lightning_dpo.neurons.snapshot import measure
+
+    model = build_tiny(SMALL_DECODERS[name]).eval()
+    tokens = build_probe_tokens(model, [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17]], pad_token_id=0, num_positions=5, batch_size=2)
+    units = {"a": random_unit(32, seed=1), "b": random_unit(32, seed=2)}
+    measured = measure(model, tokens, units, 0, batch_size=3)
+    for probe, u in units.items():
+        parts = measured.components[probe]
+        assert float(parts.parts_sum()) == pytest.approx(float(parts.residual), rel=1e-4)  # the split is exact
+        heads, embed = _brute_force_components(model, tokens, u)
+        assert torch.allclose(parts.attn_heads.double(), heads, atol=1e-6, rtol=1e-4), probe
+        assert float(parts.embed) == pytest.approx(embed, rel=1e-4, abs=1e-7)
+        if name != "gemma2":  # pre-norm blocks: the MLP part is exactly the neurons' sum_i a_i p_i
+            snap = measured.snapshot(probe)
+            assert torch.allclose(parts.mlp_neurons, (snap.mean_activation * snap.value_projection).sum(1), rtol=1e-4, atol=1e-7)
+    assert count_hooks(model) == 0
+
+
+def test_two_process_gloo_components_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from lightning_dpo.neurons.snapshot import measure
+
+    model = build_tiny(tiny_gpt2_config()).eval()
+    prompts = [[i + 1, i + 2, i + 3][: 1 + i % 3] for i in range(7)]
+    tokens = build_probe_tokens(model, prompts, pad_token_id=0, num_positions=3)
+    single = measure(model, tokens, {"a": random_unit(32, seed=1)}, 0).components["a"]
+    mp.spawn(_ddp_components_worker, args=(2, str(tmp_path / "init"), tokens, str(tmp_path / "parts.pt")), nprocs=2, join=True)
+    shared = torch.load(tmp_path / "parts.pt")
+    for field in ("embed", "attn_heads", "attn_bias", "mlp_neurons", "mlp_bias", "residual"):
+        assert torch.allclose(shared[field], getattr(single, field), atol=1e-6), field
+
+
+def _ddp_components_worker(rank, world, init_file, tokens, result_file):
+    import torch.distributed as dist
+
+    from lightning_dpo.neurons.snapshot import measure
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = build_tiny(tiny_gpt2_config()).eval()
+
+    def reduce(t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    parts = measure(model, tokens.shard(rank, world), {"a": random_unit(32, seed=1)}, 0, batch_size=2, reduce=reduce).components["a"]
+    if rank == 0:
+        torch.save(parts.to_dict(), result_file)
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)

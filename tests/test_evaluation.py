@@ -296,7 +296,7 @@ def test_analyze_command_on_the_demo_world(tmp_path, trained_run, small_world):
     # the offline analysis of the best checkpoint equals what the callback measured live at that step
     best_step = json.loads((trained_run / "hf_model_best" / "lightning_dpo.json").read_text())["step"]
     with open(trained_run / "dynamics" / "groups.csv") as handle:
-        live = {r["group"]: r for r in csv.DictReader(handle) if int(r["step"]) == best_step and r["layer"] == "all"}
+        live = {r["group"]: r for r in csv.DictReader(handle) if int(r["step"]) == best_step and r["layer"] == "all" and r["probe"] == "toxicity"}
     offline = {g["group"]: g for g in summary["groups"]}
     assert set(live) == set(offline) and len(live) == 10
     for group, row in live.items():

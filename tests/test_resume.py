@@ -23,7 +23,7 @@ from lightning_dpo.utils.errors import RunInterrupted
 # 8 steps; validation every 4, snapshots every 2, toxicity evaluations every 4 (SHORT_RUN), and an
 # epoch of 3 batches, so the run crosses two epoch boundaries (steps 3 and 6).
 RUN = SMALL_WORLD + SHORT_RUN + ["+trainer.limit_train_batches=3"]
-FILES = ("metrics.csv", "dynamics/groups.csv", "toxicity_eval.csv")
+FILES = ("metrics.csv", "dynamics/groups.csv", "dynamics/components.csv", "toxicity_eval.csv")
 
 
 def _run(run_dir: Path, overrides: list[str], signal_at: dict | None = None) -> None:

@@ -1,18 +1,25 @@
 """The dynamics files of a run (a public contract) and the reader API.
 
-<run_dir>/probe.safetensors                 the probe direction (tensor `direction`)
+<run_dir>/probe.safetensors                 the target probe's direction (tensor `direction`)
+<run_dir>/probes/<name>.safetensors         every probe's direction (the target's too)
+<run_dir>/dynamics/prompts.jsonl            the probe set's prompts
 <run_dir>/dynamics/tokens.safetensors       input_ids, attention_mask, positions (fixed mode)
 <run_dir>/dynamics/step_<step:07d>.safetensors
-                                            mean_activation, value_projection, value_norm:
-                                            float32 (n_layers, d_mlp); metadata: step
-<run_dir>/dynamics/groups.csv               step,layer,group,count,delta_sum,share (layer `all` = totals)
-<run_dir>/dynamics/meta.json                probe-set source, position mode, top_n, and the size and
+                                            mean_activation, value_norm, value_projection (the target
+                                            probe's): float32 (n_layers, d_mlp); for every probe P:
+                                            value_projection.P (n_layers, d_mlp) and the components
+                                            components.P.{embed, attn_heads (n_layers, n_heads),
+                                            attn_bias, mlp_neurons, mlp_bias (n_layers,), residual};
+                                            metadata: step
+<run_dir>/dynamics/groups.csv               step,layer,group,count,delta_sum,share,probe (layer `all` = totals)
+<run_dir>/dynamics/components.csv           step,probe,layer,component,value,delta (layer empty for embed and residual)
+<run_dir>/dynamics/meta.json                probe set, position mode, top_n, probes, and the size and
                                             sha256 of every snapshot file
 
 Every file is written atomically. The snapshots are the source of truth: everything logged is
-recomputable from them (`load_run(run_dir)` returns them, `lightning_dpo.dynamics.group_rows`
-recomputes groups.csv), and a resumed run verifies them against the checksums its checkpoint
-holds and rebuilds groups.csv from them.
+recomputable from them (`load_run(run_dir)` returns them; `lightning_dpo.neurons.groups.group_rows`
+and `lightning_dpo.neurons.components.component_rows` recompute the tables), and a resumed run
+verifies them against the checksums its checkpoint holds and rebuilds both tables from them.
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from lightning_dpo.neurons.components import Components, component_rows
 from lightning_dpo.neurons.groups import GROUPS_CSV_COLUMNS, group_rows
-from lightning_dpo.neurons.snapshot import ProbeTokens, Snapshot
+from lightning_dpo.neurons.snapshot import Measurement, ProbeTokens, Snapshot
 from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import atomic_save, atomic_write_csv, atomic_write_json
+
+COMPONENTS_CSV_COLUMNS = ["step", "probe", "layer", "component", "value", "delta"]
 
 
 def step_file(directory: Path, step: int) -> Path:
@@ -45,6 +55,29 @@ def file_digest(path: Path) -> str | None:
         return None
 
 
+def measurement_tensors(measurement: Measurement, target: str) -> dict[str, torch.Tensor]:
+    tensors = {
+        "mean_activation": measurement.mean_activation.float().contiguous(),
+        "value_norm": measurement.value_norm.float().contiguous(),
+        "value_projection": measurement.value_projection[target].float().clone(),  # the target probe again (safetensors refuses shared memory)
+    }
+    for name, projection in measurement.value_projection.items():
+        tensors[f"value_projection.{name}"] = projection.float().contiguous()
+    for name, parts in measurement.components.items():
+        tensors.update(parts.to_dict(f"components.{name}."))
+    return tensors
+
+
+def table_rows(baseline: Measurement, current: Measurement) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """groups.csv and components.csv rows of one measurement, for every probe, in the baseline's probe order."""
+    groups, components = [], []
+    for name in baseline.value_projection:
+        groups += [dict(r, probe=name) for r in group_rows(baseline.snapshot(name), current.snapshot(name))]
+        if name in current.components:
+            components += component_rows(current.step, name, baseline.components[name], current.components[name])
+    return groups, components
+
+
 class DynamicsStore:
     """Writes one run's dynamics files (rank 0 only)."""
 
@@ -52,8 +85,10 @@ class DynamicsStore:
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / subdir
         self.group_rows: list[dict[str, Any]] = []
+        self.component_rows: list[dict[str, Any]] = []
         self.meta: dict[str, Any] = {}
         self.digests: dict[int, str] = {}  # step -> sha256 of its snapshot file (kept in the checkpoint)
+        self.target = ""  # the probe whose value projections are also stored as `value_projection`
 
     def write_meta(self, meta: dict[str, Any] | None = None) -> None:
         if meta is not None:
@@ -66,28 +101,32 @@ class DynamicsStore:
         tensors = {k: v.contiguous() for k, v in tokens.to_dict().items()}
         atomic_save(self.dir / "tokens.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
-    def write_snapshot(self, snapshot: Snapshot) -> str:
-        tensors = {
-            "mean_activation": snapshot.mean_activation.float().contiguous(),
-            "value_projection": snapshot.value_projection.float().contiguous(),
-            "value_norm": snapshot.value_norm.float().contiguous(),
-        }
-        path = step_file(self.dir, snapshot.step)
-        atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata={"step": str(snapshot.step)}))
-        self.digests[snapshot.step] = file_digest(path)
+    def write_measurement(self, measurement: Measurement) -> str:
+        tensors = measurement_tensors(measurement, self.target)
+        # one metadata key: safetensors keeps metadata in a hash map, whose order (and so the file's bytes) varies between processes
+        metadata = {"step": str(measurement.step)}
+        path = step_file(self.dir, measurement.step)
+        atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        self.digests[measurement.step] = file_digest(path)
         self.write_meta()
-        return self.digests[snapshot.step]
+        return self.digests[measurement.step]
 
-    def add_group_rows(self, rows: list[dict[str, Any]]) -> None:
-        steps = {r["step"] for r in rows}
-        self.group_rows = [r for r in self.group_rows if r["step"] not in steps] + rows
-        atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS, self.group_rows)
+    def add_rows(self, groups: list[dict[str, Any]], components: list[dict[str, Any]]) -> None:
+        steps = {r["step"] for r in groups} | {r["step"] for r in components}
+        self.group_rows = [r for r in self.group_rows if r["step"] not in steps] + groups
+        self.component_rows = [r for r in self.component_rows if r["step"] not in steps] + components
+        self._write_tables()
 
-    def restore(self, steps: list[int], digests: dict[int, str], baseline: Snapshot) -> None:
+    def _write_tables(self) -> None:
+        atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS + ["probe"], self.group_rows)
+        if self.component_rows:
+            atomic_write_csv(self.dir / "components.csv", COMPONENTS_CSV_COLUMNS, self.component_rows)
+
+    def restore(self, steps: list[int], digests: dict[int, str], baseline: Measurement) -> None:
         """On resume: keep exactly the snapshots of `steps`, each verified against the checksum the
-        checkpoint recorded, and rebuild groups.csv from them. A damaged step-0 snapshot is written
-        again from the baseline in the checkpoint; any other one cannot be rebuilt (the weights of
-        its step are gone), so the run stops naming it."""
+        checkpoint recorded, and rebuild groups.csv and components.csv from them. A damaged step-0
+        snapshot is written again from the baseline in the checkpoint; any other one cannot be
+        rebuilt (the weights of its step are gone), so the run stops naming it."""
         self.digests = dict(digests)
         for step in steps:
             path = step_file(self.dir, step)
@@ -96,11 +135,11 @@ class DynamicsStore:
             if expected is not None and found == expected:
                 continue
             if expected is None and found is not None:  # a checkpoint without checksums: readable is all we can ask
-                read_snapshot(path)
+                read_measurement(path)
                 self.digests[step] = found
                 continue
             if step == baseline.step:
-                self.write_snapshot(baseline)
+                self.write_measurement(baseline)
                 continue
             what = "is missing" if found is None else "does not match the checksum recorded in the checkpoint (damaged or replaced)"
             raise DataError(str(path), f"the snapshot of step {step} {what}, and it cannot be rebuilt without the weights of "
@@ -109,52 +148,93 @@ class DynamicsStore:
             if int(path.stem.split("_")[1]) not in steps:
                 path.unlink()  # a future the checkpoint never reached
         self.digests = {s: d for s, d in self.digests.items() if s in steps}
-        self.group_rows = [r for s in steps for r in group_rows(baseline, read_snapshot(step_file(self.dir, s)))]
-        atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS, self.group_rows)
+        self.group_rows, self.component_rows = [], []
+        for step in steps:
+            groups, components = table_rows(baseline, read_measurement(step_file(self.dir, step)))
+            self.group_rows += groups
+            self.component_rows += components
+        self._write_tables()
         self.write_meta()
 
 
-def read_snapshot(path: Path) -> Snapshot:
+def read_measurement(path: Path) -> Measurement:
+    """A snapshot file, every probe by name in sorted order (files written before several probes
+    existed hold one, named `probe`)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            step = int((handle.metadata() or {}).get("step", path.stem.split("_")[1]))
+            metadata = handle.metadata() or {}
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        return Snapshot(step, tensors["mean_activation"], tensors["value_projection"], tensors["value_norm"])
+        step = int(metadata.get("step", path.stem.split("_")[1]))
+        names = sorted(k.split(".", 1)[1] for k in tensors if k.startswith("value_projection.")) or ["probe"]
+        projections = {n: tensors.get(f"value_projection.{n}", tensors["value_projection"]) for n in names}
+        components = {n: Components.from_dict(tensors, f"components.{n}.") for n in names if f"components.{n}.embed" in tensors}
+        return Measurement(step, tensors["mean_activation"], tensors["value_norm"], projections, components)
     except Exception as exc:  # truncated, not safetensors, or a tensor missing
         raise DataError(str(path), f"cannot read the snapshot ({type(exc).__name__}: {exc}); the file is damaged") from None
 
 
-def _read_groups(path: Path) -> Any:
+def read_snapshot(path: Path, probe: str | None = None) -> Snapshot:
+    """One probe's snapshot of a file (default: the target probe, the file's `value_projection`)."""
+    measurement = read_measurement(path)
+    if probe is None:
+        with safe_open(str(path), framework="pt") as handle:
+            return Snapshot(measurement.step, measurement.mean_activation, handle.get_tensor("value_projection"), measurement.value_norm)
+    return measurement.snapshot(probe)
+
+
+def _read_table(path: Path, required: list[str], numeric: tuple[str, ...]) -> Any:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype={"layer": str})
+        frame = pd.read_csv(path, dtype={"layer": str, "probe": str})
     except Exception as exc:
         raise DataError(str(path), f"cannot read it as CSV ({type(exc).__name__}: {exc})") from None
-    missing = [c for c in GROUPS_CSV_COLUMNS if c not in frame.columns]
-    bad = [c for c in ("step", "count", "delta_sum") if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c])]
+    missing = [c for c in required if c not in frame.columns]
+    bad = [c for c in numeric if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c])]
     if missing or bad:
         raise DataError(str(path), f"damaged: {'missing columns ' + str(missing) if missing else 'non-numeric values in ' + str(bad)}")
     return frame
 
 
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(str(path), f"not JSON ({exc})") from None
+
+
 @dataclass
 class DynamicsRun:
-    """A run's dynamics, as arrays and a data frame."""
+    """A run's dynamics, as arrays and data frames."""
 
     run_dir: Path
     steps: list[int]
     mean_activation: Any  # numpy (n_snapshots, n_layers, d_mlp)
-    value_projection: Any
+    value_projection: Any  # the target probe's
     value_norm: Any
     groups: Any  # pandas DataFrame with the groups.csv columns
     tokens: dict[str, Any] = field(default_factory=dict)  # numpy arrays (fixed mode)
-    probe: Any = None  # numpy (d_model,)
+    probe: Any = None  # numpy (d_model,): the target probe
     meta: dict[str, Any] = field(default_factory=dict)
+    value_projections: dict[str, Any] = field(default_factory=dict)  # probe -> numpy (n_snapshots, n_layers, d_mlp)
+    components: Any = None  # pandas DataFrame with the components.csv columns (None without components)
 
-    def snapshot(self, step: int) -> Snapshot:
+    @property
+    def probes(self) -> list[str]:
+        return list(self.value_projections)
+
+    def snapshot(self, step: int, probe: str | None = None) -> Snapshot:
         i = self.steps.index(step)
-        return Snapshot(step, *(torch.from_numpy(a[i]) for a in (self.mean_activation, self.value_projection, self.value_norm)))
+        projection = self.value_projection if probe is None else self.value_projections[probe]
+        return Snapshot(step, *(torch.from_numpy(a[i]) for a in (self.mean_activation, projection, self.value_norm)))
+
+    def probe_groups(self, probe: str | None = None) -> Any:
+        """groups.csv rows of one probe (the target by default)."""
+        if "probe" not in self.groups.columns:
+            return self.groups
+        return self.groups[self.groups["probe"] == (probe or self.meta.get("target_probe") or self.probes[0])]
 
     @property
     def contribution(self) -> Any:
@@ -162,7 +242,7 @@ class DynamicsRun:
 
 
 def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
-    """Read a run's dynamics files (see the module docstring) into arrays and a data frame."""
+    """Read a run's dynamics files (see the module docstring) into arrays and data frames."""
     import numpy as np
     import pandas as pd
 
@@ -172,9 +252,19 @@ def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
     if not paths:
         raise FileNotFoundError(f"{directory}: no dynamics snapshots (was the NeuronDynamicsCallback enabled?)")
     snapshots = [read_snapshot(p) for p in paths]
+    measurements = [read_measurement(p) for p in paths]
     stack = lambda name: np.stack([getattr(s, name).numpy() for s in snapshots])  # noqa: E731
+    meta = _read_meta(directory / "meta.json")
+    names = list(measurements[0].value_projection)
+    if meta.get("target_probe") in names:  # the target first
+        names.remove(meta["target_probe"])
+        names.insert(0, meta["target_probe"])
+    projections = {n: np.stack([m.value_projection[n].numpy() for m in measurements]) for n in names}
     groups_path = directory / "groups.csv"
-    groups = _read_groups(groups_path) if groups_path.exists() else pd.DataFrame(columns=GROUPS_CSV_COLUMNS)
+    groups = _read_table(groups_path, GROUPS_CSV_COLUMNS, ("step", "count", "delta_sum")) if groups_path.exists() \
+        else pd.DataFrame(columns=GROUPS_CSV_COLUMNS)
+    components_path = directory / "components.csv"
+    components = _read_table(components_path, COMPONENTS_CSV_COLUMNS, ("step", "value", "delta")) if components_path.exists() else None
     tokens = {}
     if (directory / "tokens.safetensors").exists():
         with safe_open(str(directory / "tokens.safetensors"), framework="np") as handle:
@@ -183,13 +273,7 @@ def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
     if (run_dir / "probe.safetensors").exists():
         with safe_open(str(run_dir / "probe.safetensors"), framework="np") as handle:
             probe = handle.get_tensor("direction")
-    meta = {}
-    if (directory / "meta.json").exists():
-        try:
-            meta = json.loads((directory / "meta.json").read_text())
-        except ValueError as exc:
-            raise DataError(str(directory / "meta.json"), f"not JSON ({exc})") from None
     return DynamicsRun(
         run_dir, [s.step for s in snapshots], stack("mean_activation"), stack("value_projection"), stack("value_norm"),
-        groups, tokens, probe, meta,
+        groups, tokens, probe, meta, projections, components,
     )

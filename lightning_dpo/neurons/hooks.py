@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +27,10 @@ from lightning_dpo.utils.errors import ConfigError
 _LAYER_PATHS = ("h", "layers", "decoder.layers", "gpt_neox.layers", "blocks")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
 _OUT_PROJ_NAMES = ("c_proj", "down_proj", "fc_out", "dense_4h_to_h", "fc2", "w2")
+# the attention block and its output projection; the final norm (whose input is the final residual stream)
+_ATTN_NAMES = ("attn", "self_attn", "attention")
+_ATTN_OUT_NAMES = ("c_proj", "o_proj", "out_proj", "dense")
+_FINAL_NORM_NAMES = ("ln_f", "norm", "final_layernorm", "final_layer_norm")
 
 ActivationFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
@@ -108,6 +112,40 @@ def _value_vectors(proj: OutputProjection, center: bool) -> torch.Tensor:
     return v - v.mean(dim=1, keepdim=True) if center else v
 
 
+def find_attention_projections(model: nn.Module) -> list[nn.Module]:
+    """Every layer's attention output projection (W_O), in layer order; its input holds the heads side by side."""
+    out = []
+    for index, layer in enumerate(find_decoder_layers(model)):
+        attn = next((getattr(layer, n) for n in _ATTN_NAMES if hasattr(layer, n)), None)
+        proj = next((getattr(attn, n) for n in _ATTN_OUT_NAMES if attn is not None and hasattr(attn, n)), None)
+        if proj is None or not hasattr(proj, "weight"):
+            raise ConfigError("model", f"cannot find the attention output projection of layer {index} in {type(model).__name__}")
+        out.append(proj)
+    return out
+
+
+def find_final_norm(model: nn.Module) -> nn.Module:
+    """The norm after the last layer: its input is the final residual stream."""
+    base = getattr(model, "base_model", model)
+    for name in _FINAL_NORM_NAMES:
+        if isinstance(getattr(base, name, None), nn.Module):
+            return getattr(base, name)
+    raise ConfigError("model", f"cannot find the final norm of {type(model).__name__} (looked for {', '.join(_FINAL_NORM_NAMES)})")
+
+
+def sublayer_post_norms(model: nn.Module) -> tuple[list[nn.Module | None], list[nn.Module | None]]:
+    """Norms applied to a sublayer's output before it joins the residual stream (Gemma-2's sandwich
+    norms), per layer, for attention and MLP; None for the usual pre-norm blocks. (Llama's
+    `post_attention_layernorm` is the norm *before* its MLP: only a block with a
+    `post_feedforward_layernorm` normalises outputs.)"""
+    attn, mlp = [], []
+    for layer in find_decoder_layers(model):
+        sandwich = hasattr(layer, "post_feedforward_layernorm")
+        attn.append(layer.post_attention_layernorm if sandwich else None)
+        mlp.append(layer.post_feedforward_layernorm if sandwich else None)
+    return attn, mlp
+
+
 def value_projections(projections: Sequence[OutputProjection], unit_direction: torch.Tensor, center: bool = False) -> torch.Tensor:
     """(n_layers, d_mlp) fp32: p_i = v_i . u for every neuron, with the current weights.
 
@@ -159,6 +197,30 @@ def hook_mlp_outputs(projections: Sequence[OutputProjection], fn: Callable[[int,
         return lambda module, args, output: fn(layer, output)
 
     return _installed([partial(p.module.register_forward_hook, post_hook(p.layer)) for p in projections])
+
+
+def hook_module_io(modules: Sequence[nn.Module], fn: Callable[[int, nn.Module, torch.Tensor, torch.Tensor], None]) -> contextlib.AbstractContextManager:
+    """Call `fn(index, module, input, output)` after each module's forward (reading only)."""
+
+    def post_hook(index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            fn(index, module, args[0], output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    return _installed([partial(m.register_forward_hook, post_hook(i)) for i, m in enumerate(modules)])
+
+
+def hook_inputs(modules: Sequence[nn.Module], fn: Callable[[int, torch.Tensor], None]) -> contextlib.AbstractContextManager:
+    """Call `fn(index, hidden)` with each module's first input, positional or `hidden_states=` (reading only)."""
+
+    def pre_hook(index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            fn(index, args[0] if args else kwargs["hidden_states"])
+
+        return hook
+
+    return _installed([partial(m.register_forward_pre_hook, pre_hook(i), with_kwargs=True) for i, m in enumerate(modules)])
 
 
 def hook_residual(model: nn.Module, layers: Sequence[int], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> contextlib.AbstractContextManager:

@@ -199,8 +199,12 @@ def embedding_table(model: nn.Module) -> tuple[torch.Tensor, str]:
     return head.weight.detach().float(), "LM head rows"
 
 
-def build_probe(model: nn.Module, tokenizer: Any, source: str = "train", path: str | None = None, data: str | None = None, **kwargs: Any) -> Probe:
-    """A probe from the configured source, validated against the model's d_model."""
+def build_probe(
+    model: nn.Module, tokenizer: Any, source: str = "train", path: str | None = None, data: str | None = None, name: str | None = None,
+    **kwargs: Any,
+) -> Probe:
+    """A probe from the configured source (conf/probe/), validated against the model's d_model (`name`: what
+    it stands for, used by the callers' file and metric names)."""
     d_model = model.get_input_embeddings().weight.shape[1]
     if source == "raw":
         if not path:

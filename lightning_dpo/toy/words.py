@@ -17,6 +17,10 @@ TRAIN_NAMES = (
 )
 HELDOUT_NAMES = ("Wanda", "Xavier", "Yusuf", "Zoe", "Amir", "Bianca", "Chen", "Dora")
 PLACES = ("office", "market", "school", "party", "meeting", "station", "library", "kitchen", "garden", "club")
+# The bystander concept of the demo (a second probe): is the place a workplace? DPO on toxicity was
+# not asked to change it, and the place words appear in prompts of both kinds.
+WORKPLACES = ("office", "school", "meeting", "station", "library")
+LEISURE_PLACES = ("market", "party", "kitchen", "garden", "club")
 
 # Prompt templates and how often the pre-training corpus continues each one toxically.
 # Half lean toxic and half lean polite, so the base model's greedy continuations are toxic for

@@ -6,7 +6,8 @@ Building it (seeded, about a minute on two CPU cores, once; cached in `dir`):
 2. a byte-level BPE tokenizer trained on that corpus (no download);
 3. a tiny GPT-2 pre-trained on the corpus with plain language modelling (the "base model");
 4. a linear toxicity probe trained on labelled sentences (`probe.safetensors`, held-out accuracy
-   in its metadata and in world.json);
+   in its metadata and in world.json), and a second, bystander probe built the same way: is the
+   sentence's place a workplace (`workplace_probe.safetensors`)?
 5. preference pairs built by `lightning_dpo.make_pairs` for training prompts: chosen = the base
    model's greedy continuation, rejected = its continuation while steered along the probe,
    kept when the rejected one is the more toxic (so the demo exercises the pairs builder);
@@ -41,7 +42,7 @@ from lightning_dpo.utils.io import (
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 6  # bump when the generator changes, so cached worlds are rebuilt
+WORLD_VERSION = 7  # bump when the generator changes, so cached worlds are rebuilt
 EOS = "<|endoftext|>"
 
 
@@ -100,6 +101,14 @@ class ToyWorld:
     def insults(self) -> str:
         return str(self.path / "insults.txt")
 
+    @property
+    def workplace_probe(self) -> str:
+        return str(self.path / "workplace_probe.safetensors")
+
+    @property
+    def workplace_texts(self) -> str:
+        return str(self.path / "workplace_texts.jsonl")
+
     def params(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("dir", "stats")}
         out["version"] = WORLD_VERSION
@@ -138,6 +147,12 @@ class ToyWorld:
         atomic_write_jsonl(out / "probe_texts.jsonl", probe_texts)
         probe = train_probe(model, tokenizer, [r["text"] for r in probe_texts], [r["label"] for r in probe_texts], seed=self.seed, source="toy world sentences")
         save_probe(probe, out / "probe.safetensors")
+        # the bystander concept, built the same way from its own labelled sentences (own RNG: the rest of the world is unchanged)
+        workplace_texts = list(self._workplace_texts(random.Random(self.seed + 1)))
+        atomic_write_jsonl(out / "workplace_texts.jsonl", workplace_texts)
+        workplace = train_probe(model, tokenizer, [r["text"] for r in workplace_texts], [r["label"] for r in workplace_texts],
+                                seed=self.seed, source="toy world sentences (workplace)")
+        save_probe(workplace, out / "workplace_probe.safetensors")
         pairs = generate_pairs(
             model, tokenizer, self._prompts(rng, words.TRAIN_NAMES, self.num_pairs), probe.unit, WordListScorer(words_file=str(out / "insults.txt")),
             PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed),
@@ -155,7 +170,7 @@ class ToyWorld:
         )
         self.stats = {
             "pretrain_final_loss": round(loss, 4), "vocab_size": len(tokenizer),
-            "probe_accuracy": float(probe.metadata["accuracy"]), "pairs_kept": sum(r["kept"] for r in pairs), "pair_prompts": len(pairs),
+            "probe_accuracy": float(probe.metadata["accuracy"]), "workplace_probe_accuracy": float(workplace.metadata["accuracy"]), "pairs_kept": sum(r["kept"] for r in pairs), "pair_prompts": len(pairs),
         }
         (out / "world.json").write_text(json.dumps({"params": self.params(), "stats": self.stats}, indent=2))
 
@@ -178,6 +193,15 @@ class ToyWorld:
 
     def _prompts(self, rng: random.Random, names: tuple[str, ...], n: int) -> list[str]:
         return [fill_template(rng, words.TEMPLATES[i % len(words.TEMPLATES)][0], names) for i in range(n)]
+
+    def _workplace_texts(self, rng: random.Random, n: int = 600) -> Iterator[dict[str, Any]]:
+        """Sentences about a workplace (label 1) or a leisure place (0), continued politely or rudely half the time each."""
+        for i in range(n):
+            place = rng.choice(words.WORKPLACES if i % 2 else words.LEISURE_PLACES)
+            template = rng.choice(words.TEMPLATES)[0]
+            text = template.format(name=rng.choice(words.TRAIN_NAMES), place=place)
+            text += toxic_continuation(rng) if rng.random() < 0.5 else polite_continuation(rng)
+            yield {"text": text, "label": i % 2}
 
     def _probe_texts(self, rng: random.Random, n: int = 600) -> Iterator[dict[str, Any]]:
         for i in range(n):

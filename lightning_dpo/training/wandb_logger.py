@@ -130,14 +130,21 @@ def setup_wandb_run(logger: Any, config: Mapping[str, Any]) -> None:
     logger.log_hyperparams(dict(config))
 
 
-def log_dynamics_charts(logger: Any, steps: list[int], shares: dict[str, list[float]]) -> None:
+def log_dynamics_charts(logger: Any, steps: list[int], shares: dict[str, list[float]], key: str = "dynamics/shares_chart") -> None:
     """One line chart of the four reducing groups' shares over steps (W&B custom chart)."""
     import wandb
 
     chart = wandb.plot.line_series(
-        xs=steps, ys=[shares[g] for g in shares], keys=list(shares), title="share of the toxicity reduction per group", xname="step",
+        xs=steps, ys=[shares[g] for g in shares], keys=list(shares), title="share of the reduction per group", xname="step",
     )
-    logger.experiment.log({"dynamics/shares_chart": chart})
+    logger.experiment.log({key: chart})
+
+
+def log_table(logger: Any, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A small W&B table (e.g. the attention heads that moved most)."""
+    import wandb
+
+    logger.experiment.log({key: wandb.Table(columns=columns, data=rows)})
 
 
 def _wandb_settings() -> Any:
