@@ -70,7 +70,7 @@ def bench_demo(args) -> None:
     from lightning_dpo.model.loading import load_causal_lm
     from lightning_dpo.toy import ToyWorld
 
-    world = ToyWorld(dir=str(Path(default_cache_dir()) / "toy_world" / "default")).build()
+    world = ToyWorld(dir=str(Path(default_cache_dir()) / "toy_world" / "seed0")).build()
     model = load_causal_lm(world.base_model)
     print(time_snapshot(model, model.config.vocab_size, args.prompts, args.batch_size, args.dtype, args.device, args.repeats, not args.no_warmup))
 

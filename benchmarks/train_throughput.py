@@ -8,6 +8,7 @@ the two and the medians are reported. The last line is `ratio=<our pairs/s / TRL
 
     python benchmarks/train_throughput.py --config cpu     # tiny GPT-2, 8 pairs, length 64, fp32
     python benchmarks/train_throughput.py --config gpu     # GPT-2-medium shape, 32 pairs, length 128, bf16
+    python benchmarks/train_throughput.py --loss-types sigmoid,sft,ipo,simpo,orpo   # ours only: each loss.type's cost
 Needs the `bench` extra (TRL).
 """
 
@@ -88,7 +89,7 @@ class StepClock:
         return steps * pairs / (self.times[-1] - self.times[warmup - 1])
 
 
-def run_ours(spec: dict, rows: list[dict], tokenizer, steps: int, workdir: Path) -> StepClock:
+def run_ours(spec: dict, rows: list[dict], tokenizer, steps: int, workdir: Path, loss_type: str = "sigmoid") -> StepClock:
     import lightning as L
 
     from lightning_dpo.data import PreferenceDataModule
@@ -104,7 +105,8 @@ def run_ours(spec: dict, rows: list[dict], tokenizer, steps: int, workdir: Path)
             clock.tick()
 
     module = DPOModule(
-        policy=build_policy(spec), loss=PreferenceLoss(beta=0.1),
+        policy=build_policy(spec), loss=PreferenceLoss(type=loss_type.split("+"), beta=0.1,
+                                                       label_smoothing=0.01 if loss_type == "exo_pair" else 0.0),
         optimizer=partial(torch.optim.AdamW, lr=1e-6, fused=torch.cuda.is_available()),
         scheduler=partial(warmup_schedule, warmup_steps=0),
     )
@@ -158,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--loss-types", default=None,
+                        help="comma-separated loss.type values ('+' joins a combination, e.g. sigmoid+sft): "
+                             "lightning-dpo only, each type's pairs/s against the first's")
     args = parser.parse_args(argv)
     spec = CONFIGS[args.config]
+    if args.loss_types:
+        return loss_table(spec, args)
     import lightning
     import transformers
     import trl
@@ -187,6 +194,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lightning-dpo: {ours:.2f} pairs/s (median), {kind} {memory['lightning-dpo']:.0f} MiB")
     print(f"trl DPOTrainer: {theirs:.2f} pairs/s (median), {kind} {memory['trl']:.0f} MiB")
     print(f"ratio={ours / theirs:.2f}")
+    return 0
+
+
+def loss_table(spec: dict, args: argparse.Namespace) -> int:
+    """Our training step's pairs/s per loss type (repetitions alternate the types; medians)."""
+    types = args.loss_types.split(",")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; torch {torch.__version__}")
+    print(f"config {args.config}: {spec}, {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats")
+    tokenizer = word_tokenizer()
+    rows = synthetic_pairs(spec["pairs"] * (args.steps + 2), spec["length"])
+    results: dict[str, list[float]] = {t: [] for t in types}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for loss_type in types:
+                clock = run_ours(spec, rows, tokenizer, args.steps, Path(tmp), loss_type)
+                results[loss_type].append(clock.pairs_per_s(args.warmup, spec["pairs"]))
+                print(f"repeat {repeat}: {loss_type} {results[loss_type][-1]:.2f} pairs/s", flush=True)
+    first = statistics.median(results[types[0]])
+    for loss_type in types:
+        median = statistics.median(results[loss_type])
+        print(f"{loss_type}: {median:.2f} pairs/s (median, range {min(results[loss_type]):.2f}-{max(results[loss_type]):.2f}), "
+              f"{median / first:.2f} x {types[0]}")
     return 0
 
 

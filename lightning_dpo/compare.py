@@ -3,11 +3,14 @@
 For every job directory (a folder with `.hydra/config.yaml`): the loss type, beta, lr, status,
 steps, the final validation metrics, the held-out evaluation at the start and the end (toxicity
 with its scorer's name, perplexity, F1: a job that "wins" on toxicity by destroying fluency shows
-here), the four reducing groups' final shares, gross and net reduction. Jobs that failed or did
+here), the four reducing groups' final shares, gross and net reduction, and the attention heads'
+share of the residual stream's change along the probe. Jobs that failed or did
 not finish are listed with their status; a job whose files cannot be read is listed as
 `unreadable`, naming the file and why, and the rest of the table is built.
 
-Writes `<sweep_dir>/compare.md`, `compare.csv`, and `plots/`: `shares_by_job.png` (the four
+Writes `<sweep_dir>/compare.md`, `compare.csv`; where jobs differ only in their seeds (`seed`,
+`world.seed`), `compare_by_setting.md/csv`: per setting (e.g. per `loss.type`), the mean and the
+[min, max] over its seeds; and `plots/`: `shares_by_job.png` (the four
 shares over steps, one panel per group, one line per job), `jobs_overview.png` (toxicity and
 perplexity from start to end, and the shares, per job), and for beta x lr sweeps heatmaps of the
 final TP- share, net change, toxicity and perplexity.
@@ -34,7 +37,13 @@ from lightning_dpo.utils.tables import markdown_table
 COLUMNS = [
     "job", "status", "loss", "beta", "lr", "steps", "val/loss", "val/rewards/accuracies", "val/rewards/margins",
     "scorer", "eval/toxicity start", "eval/toxicity", "eval/perplexity start", "eval/perplexity", "eval/f1",
-    "share TP-", "share TN+", "share AP+", "share AN-", "gross_reduction", "net_delta", "error",
+    "share TP-", "share TN+", "share AP+", "share AN-", "gross_reduction", "net_delta", "attention_share", "error",
+]
+# the settings that only repeat a job (its seeds): jobs differing only in these are one setting
+SEED_KEYS = ("seed", "world.seed")
+SETTING_METRICS = [
+    "eval/toxicity", "eval/perplexity", "eval/f1", "val/rewards/accuracies",
+    "share TP-", "share TN+", "share AP+", "share AN-", "gross_reduction", "net_delta", "attention_share",
 ]
 GROUP_COLORS = {"TP-": "#d62728", "TN+": "#ff7f0e", "AP+": "#2ca02c", "AN-": "#1f77b4"}
 
@@ -136,11 +145,76 @@ def job_summary(job: Path) -> dict[str, Any]:
         summary[key.replace("dynamics/", "")] = _last(rows, key)
     for group in REDUCING_GROUPS:
         summary[f"share {group}"] = _last(rows, f"dynamics/{group}/share")
+    # the target probe's (the first probe's) attention share of all component change
+    attention = next((k for r in rows for k in r if k.startswith("dynamics/") and k.endswith("/attention_share")), None)
+    summary["attention_share"] = _last(rows, attention) if attention else math.nan
+    summary["setting"] = setting_of(job)
     summary["_rows"] = rows
     return summary
 
 
-def _unreadable(job: Path, exc: UnreadableJob) -> dict[str, Any]:
+def setting_of(job: Path) -> str:
+    """The job's overrides without its seeds (`.hydra/overrides.yaml`, else the job folder's name)."""
+    overrides: list[str] = []
+    path = job / ".hydra" / "overrides.yaml"
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else None
+    except Exception:
+        loaded = None
+    if isinstance(loaded, list):
+        overrides = [str(o) for o in loaded]
+    else:
+        overrides = [part for part in job.name.split(",") if "=" in part]
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS and not o.startswith("hydra.")]
+    return " ".join(kept) or "(defaults)"
+
+
+def by_setting(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setting over its completed jobs (its seeds): mean, min and max of each metric."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        if s["status"] == "completed":
+            groups.setdefault(s["setting"], []).append(s)
+    table = []
+    for setting, jobs in groups.items():
+        row: dict[str, Any] = {"setting": setting, "jobs": len(jobs)}
+        for key in SETTING_METRICS:
+            values = [float(j[key]) for j in jobs if isinstance(j.get(key), (int, float)) and math.isfinite(float(j[key]))]
+            row[f"{key} mean"] = sum(values) / len(values) if values else math.nan
+            row[f"{key} min"] = min(values) if values else math.nan
+            row[f"{key} max"] = max(values) if values else math.nan
+        table.append(row)
+    return table
+
+
+def range_cell(row: dict[str, Any], key: str) -> str:
+    """`mean [min, max]`, 3 significant digits; shares and the attention share in percent."""
+    mean, low, high = row[f"{key} mean"], row[f"{key} min"], row[f"{key} max"]
+    if not math.isfinite(mean):
+        return ""
+    scale = 100 if _is_percent(key) else 1
+    if row["jobs"] == 1:
+        return f"{scale * mean:.3g}"
+    return f"{scale * mean:.3g} [{scale * low:.3g}, {scale * high:.3g}]"
+
+
+def _is_percent(key: str) -> bool:
+    return key.startswith("share") or key == "attention_share"
+
+
+def setting_headers() -> list[str]:
+    return [f"{k} (%)" if _is_percent(k) else k for k in SETTING_METRICS]
+
+
+def settings_markdown(table: list[dict[str, Any]]) -> str:
+    headers = setting_headers()
+    rows = [{"setting": r["setting"], "jobs": r["jobs"], **{h: range_cell(r, k) for h, k in zip(headers, SETTING_METRICS)}}
+            for r in table]
+    return ("Mean over each setting's completed jobs (seeds), [min, max] in brackets.\n\n"
+            + markdown_table(rows, ["setting", "jobs", *headers]))
+
+
+def unreadable_summary(job: Path, exc: UnreadableJob) -> dict[str, Any]:
     return {"job": job.name, "status": "unreadable", "error": f"{exc.path}: {exc.reason}", "_rows": []}
 
 
@@ -152,29 +226,54 @@ def label(summary: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p) or summary["job"]
 
 
+def job_labels(jobs: list[dict[str, Any]]) -> list[str]:
+    """Legend entries; where two jobs would share one (seeds of one setting), the job folder names."""
+    short = [label(s) for s in jobs]
+    return short if len(set(short)) == len(short) else [s["job"] for s in jobs]
+
+
 def plot_shares(summaries: list[dict[str, Any]], out: Path) -> Path:
-    """The four shares over steps: one panel per group, one line (with a marker per snapshot) per job."""
+    """The four shares over steps, one panel per group. One colour per setting: the setting's mean
+    over its seeds as a thick line with a marker per snapshot, each seed's job as a thin line
+    (stays readable from one job to twenty)."""
+    import numpy as np
+
     plt = pyplot()
     jobs = [s for s in summaries if s["_rows"]]
-    colors = plt.get_cmap("viridis" if len(jobs) > 10 else "tab10")
+    settings: dict[str, list[dict[str, Any]]] = {}
+    for s in jobs:
+        settings.setdefault(s.get("setting") or s["job"], []).append(s)
+    names = list(settings)
+    repeats = any(len(v) > 1 for v in settings.values())
+    legend = names if repeats else job_labels([v[0] for v in settings.values()])
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "viridis")
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), sharey=True, layout="constrained")
     for ax, group in zip(axes, REDUCING_GROUPS):
         key = f"dynamics/{group}/share"
-        for i, s in enumerate(jobs):
-            points = [(r["step"], 100 * float(r[key])) for r in s["_rows"] if key in r and math.isfinite(float(r[key]))]
-            if points:
-                color = colors(i / max(1, len(jobs) - 1)) if len(jobs) > 10 else colors(i % 10)
-                ax.plot(*zip(*points), marker="o", markersize=3, lw=1.2, color=color, label=label(s))
+        for i, name in enumerate(names):
+            color = cmap(i % 10) if len(names) <= 10 else cmap(i / max(1, len(names) - 1))
+            series = []
+            for s in settings[name]:
+                points = {r["step"]: 100 * float(r[key]) for r in s["_rows"] if key in r and math.isfinite(float(r[key]))}
+                series.append(points)
+                if repeats and points:
+                    ax.plot(list(points), list(points.values()), lw=0.7, alpha=0.35, color=color)
+            steps = sorted(set.intersection(*(set(p) for p in series))) if series else []
+            if steps:
+                mean = [float(np.mean([p[t] for p in series])) for t in steps]
+                ax.plot(steps, mean, marker="o", markersize=3.5, lw=2.0 if repeats else 1.3, color=color, label=legend[i])
         ax.set(title=f"{group} share of the reduction", xlabel="optimizer step", ylim=(-5, 105))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of the gross reduction (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
+    note = "shares start at the first snapshot after step 0 (at step 0 nothing has changed: no share exists)"
+    fig.suptitle(note + ("; thick: mean over seeds, thin: each seed" if repeats else ""), fontsize=9, color="#444")
+    handles, labels_ = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         h, lab = ax.get_legend_handles_labels()
-        handles += [x for x, y in zip(h, lab) if y not in labels]
-        labels += [y for y in lab if y not in labels]
+        handles += [x for x, y in zip(h, lab) if y not in labels_]
+        labels_ += [y for y in lab if y not in labels_]
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="job")
+        fig.legend(handles, labels_, loc="outside right upper", fontsize=7, title="setting" if repeats else "job")
     return save_figure(fig, out / "shares_by_job.png")
 
 
@@ -186,7 +285,7 @@ def plot_overview(summaries: list[dict[str, Any]], out: Path) -> Path | None:
     if not jobs:
         return None
     plt = pyplot()
-    names = [label(s) for s in jobs]
+    names = job_labels(jobs)
     y = np.arange(len(jobs))
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(jobs) + 2.2), sharey=True, layout="constrained")
     scorer = next((s["scorer"] for s in jobs if s.get("scorer")), "scorer not recorded")
@@ -247,10 +346,15 @@ def compare(sweep_dir: str | Path) -> list[dict[str, Any]]:
         try:
             summaries.append(job_summary(job))
         except UnreadableJob as exc:
-            summaries.append(_unreadable(job, exc))
+            summaries.append(unreadable_summary(job, exc))
     table = [{k: v for k, v in s.items() if k != "_rows"} for s in summaries]
     atomic_write_csv(sweep_dir / "compare.csv", COLUMNS, table)
     atomic_write_text(sweep_dir / "compare.md", markdown_table(table, COLUMNS))
+    settings = by_setting(summaries)
+    if any(r["jobs"] > 1 for r in settings):  # seeds repeated a setting: the range over them
+        columns = ["setting", "jobs"] + [f"{k} {stat}" for k in SETTING_METRICS for stat in ("mean", "min", "max")]
+        atomic_write_csv(sweep_dir / "compare_by_setting.csv", columns, settings)
+        atomic_write_text(sweep_dir / "compare_by_setting.md", settings_markdown(settings))
     plots = sweep_dir / "plots"
     plot_shares(summaries, plots)
     plot_overview(summaries, plots)

@@ -310,3 +310,21 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_the_uninterrupted_run(tmp
 
     assert rows(killed / "metrics.csv") == rows(tmp_path / "straight" / "metrics.csv")
     assert rows(killed / "dynamics" / "groups.csv") == rows(tmp_path / "straight" / "dynamics" / "groups.csv")
+
+
+def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """Temporary files are created private (0600/0700); what replaces the target must not stay so
+    (a colleague on a shared cluster reads the run as the user's umask allows)."""
+    from lightning_dpo.utils.io import atomic_directory
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        (tmp_path / "plain_dir").mkdir()
+        atomic_write_text(tmp_path / "atomic.txt", "x")
+        atomic_directory(tmp_path / "atomic_dir", lambda d: (d / "f").write_text("x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "atomic_dir").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777 == 0o755

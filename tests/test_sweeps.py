@@ -190,3 +190,38 @@ def test_plot_on_a_truncated_snapshot_names_the_file(tmp_path, capsys):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     assert main([str(tmp_path)]) == 2
     assert f"{path}: cannot read the snapshot" in capsys.readouterr().err
+
+
+def test_compare_by_setting_gives_mean_and_range_over_seeds(tmp_path):
+    """Jobs that differ only in seed/world.seed are one setting: mean, min and max of each metric."""
+    import math
+
+    from lightning_dpo.compare import by_setting, job_summary
+
+    values = {("sigmoid", 0): (0.10, 0.40, 0.20), ("sigmoid", 1): (0.30, 0.20, 0.50), ("orpo", 0): (0.05, 0.90, 0.10)}
+    for (kind, seed), (toxicity, tp_share, attention) in values.items():
+        rows = [{"step": 0, "eval/toxicity": 0.5}, {"step": 10, "eval/toxicity": toxicity, "dynamics/TP-/share": tp_share,
+                                                    "dynamics/toxicity/attention_share": attention}]
+        job = fake_job(tmp_path, f"loss.type={kind},world.seed={seed}", 0.1, 1e-6, {"status": "completed"}, rows)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- loss.type={kind}\n- world.seed={seed}\n")
+    fake_job(tmp_path, "loss.type=orpo,world.seed=1", 0.1, 1e-6, {"status": "failed", "error": "x"}, [])  # not counted
+    table = {r["setting"]: r for r in compare_and_settings(tmp_path)}
+    assert set(table) == {"loss.type=sigmoid", "loss.type=orpo"}
+    sigmoid, orpo = table["loss.type=sigmoid"], table["loss.type=orpo"]
+    assert sigmoid["jobs"] == 2 and orpo["jobs"] == 1
+    assert sigmoid["eval/toxicity mean"] == pytest.approx(0.2) and sigmoid["eval/toxicity min"] == 0.1 and sigmoid["eval/toxicity max"] == 0.3
+    assert sigmoid["share TP- mean"] == pytest.approx(0.3) and sigmoid["attention_share max"] == 0.5
+    assert orpo["attention_share mean"] == 0.1 and math.isnan(orpo["share AN- mean"])
+    text = (tmp_path / "compare_by_setting.md").read_text()
+    assert "| loss.type=sigmoid | 2 | 0.2 [0.1, 0.3] |" in text and "| 30 [20, 40] |" in text and "share TP- (%)" in text
+    assert job_summary(tmp_path / "loss.type=orpo,world.seed=0")["attention_share"] == 0.1
+    assert by_setting([]) == []
+
+
+def compare_and_settings(sweep: Path) -> list[dict]:
+    import csv as _csv
+
+    compare(sweep)
+    with open(sweep / "compare_by_setting.csv", newline="") as handle:
+        rows = list(_csv.DictReader(handle))
+    return [{k: (v if k == "setting" else int(v) if k == "jobs" else float(v)) for k, v in r.items()} for r in rows]

@@ -159,6 +159,7 @@ def plot_components(run: DynamicsRun, probe: str, out: Path) -> Path | None:
         for i, d in enumerate(deltas):
             right.annotate(f"{d:+.3g}", (d, i), textcoords="offset points", xytext=(3 if d >= 0 else -3, 0), va="center",
                            ha="left" if d >= 0 else "right", fontsize=7)
+        right.margins(x=0.3)  # room for the value labels on both sides, clear of the head names
     right.set(xlabel=f"change at step {run.steps[-1]} [{UNITS}]", title="attention heads that moved most")
     return save_figure(fig, out / "components.png")
 

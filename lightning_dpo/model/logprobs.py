@@ -9,6 +9,7 @@ for completion tokens (prompt and padding never reach the head). Log-softmax run
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ class CompletionLogits:
     targets: torch.Tensor  # (K,) token ids being predicted
     rows: torch.Tensor  # (K,) which sequence each token belongs to
     num_rows: int
+    extra_logps: torch.Tensor | None = None  # (K2,) fp32 log p of the `extra_targets` tokens, when asked for
 
 
 def prediction_mask(completion_mask: torch.Tensor) -> torch.Tensor:
@@ -35,24 +37,43 @@ def prediction_mask(completion_mask: torch.Tensor) -> torch.Tensor:
 
 
 def completion_logits(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    extra_targets: torch.Tensor | None = None,
 ) -> CompletionLogits:
-    """Logits at the positions predicting completion tokens, for any HF causal LM."""
+    """Logits at the positions predicting completion tokens, for any HF causal LM.
+
+    `extra_targets` (N, T) marks further tokens (never completion tokens) whose log-probs are
+    wanted too, from the same forward: ORPO's NLL also covers the chosen prompt.
+    """
     if completion_mask[:, 0].any():
         raise ValueError("a completion cannot start at position 0: every row needs at least one prompt token")
     pred = prediction_mask(completion_mask)  # (N, T) bool: positions whose next token is a completion token (K in all)
     targets = input_ids[:, 1:][completion_mask[:, 1:].bool()]
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(pred)[pred]  # (K,) row of each
+    extra_pred = None if extra_targets is None else prediction_mask(extra_targets)  # (N, T), K2 positions
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in _HEAD_ONLY_TYPES and hasattr(model, "get_output_embeddings"):
         hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (N, T, d_model)
-        logits = model.get_output_embeddings()(hidden[pred])  # (K, d_model) -> (K, V): the head sees completion positions only
-        softcap = getattr(model.config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        head = partial(_head, model)
+        logits = head(hidden[pred])  # (K, d_model) -> (K, V): the head sees completion positions only
+        extra = None if extra_pred is None else head(hidden[extra_pred])  # (K2, V)
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[pred]
-    return CompletionLogits(logits, targets, rows, input_ids.shape[0])
+        all_logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = all_logits[pred]
+        extra = None if extra_pred is None else all_logits[extra_pred]
+    extra_logps = None
+    if extra is not None:
+        extra_logps = -F.cross_entropy(extra.float(), input_ids[:, 1:][extra_targets[:, 1:].bool()], reduction="none")
+    return CompletionLogits(logits, targets, rows, input_ids.shape[0], extra_logps)
+
+
+def _head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    logits = model.get_output_embeddings()(hidden)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 def token_logps(cl: CompletionLogits) -> torch.Tensor:
@@ -66,10 +87,14 @@ def per_sequence_sum(values: torch.Tensor, cl: CompletionLogits) -> torch.Tensor
 
 
 def sequence_logps(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    extra_targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, CompletionLogits]:
     """Summed completion log-probs per sequence (N,), and the logits they came from."""
-    cl = completion_logits(model, input_ids, attention_mask, completion_mask)
+    cl = completion_logits(model, input_ids, attention_mask, completion_mask, extra_targets)
     return per_sequence_sum(token_logps(cl), cl), cl
 
 

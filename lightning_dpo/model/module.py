@@ -77,7 +77,7 @@ class DPOModule(L.LightningModule):
             raise ConfigError("model.on_nonfinite", f"got {on_nonfinite!r}; accepted: {list(NONFINITE_POLICIES)}")
         self.loss_fn = loss or PreferenceLoss()
         if precompute_reference and not self.loss_fn.needs_reference:
-            raise ConfigError("model.precompute_reference", "has no use with loss.reference_free=true")
+            raise ConfigError("model.precompute_reference", f"has no use: loss {self.loss_fn.type} needs no reference")
         if precompute_reference and self.loss_fn.kl_gamma:
             raise ConfigError("model.precompute_reference", "cannot be combined with loss.kl_gamma > 0 (needs reference logits)")
         if precompute_reference and not reference_cache_dir:
@@ -146,8 +146,17 @@ class DPOModule(L.LightningModule):
         # (2n, T): rows 0..n-1 are prompt+chosen, rows n..2n-1 prompt+rejected (collate_pairs), right-padded
         ids, attn, cmask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
         n = ids.shape[0] // 2
-        policy_logps, policy_cl = sequence_logps(self.policy, ids, attn, cmask)  # (2n,) summed log p(completion); logits (K, V)
+        prompt_targets = None
+        if self.loss_fn.needs_sequence_nll:  # ORPO: also the chosen rows' prompt tokens (every attended token after the first)
+            prompt_targets = attn.bool() & ~cmask.bool()
+            prompt_targets[n:] = False
+            prompt_targets[:, 0] = False
+        policy_logps, policy_cl = sequence_logps(self.policy, ids, attn, cmask, prompt_targets)  # (2n,) summed log p(completion); logits (K, V)
         lengths = cmask.sum(1)  # (2n,) completion tokens per row
+        sequence_nll = None
+        if prompt_targets is not None:  # mean -log p over the chosen rows' prompt and completion tokens
+            total = policy_logps[:n].sum() + policy_cl.extra_logps.sum()
+            sequence_nll = -total / (lengths[:n].sum() + policy_cl.extra_logps.numel())
 
         ref_logps, ref_cl = None, None
         if "ref_chosen_logps" in batch:  # precomputed: (n,) + (n,) -> (2n,), chosen first like the rows
@@ -168,7 +177,7 @@ class DPOModule(L.LightningModule):
         out = self.loss_fn(
             policy_logps[:n], policy_logps[n:],
             None if ref_logps is None else ref_logps[:n], None if ref_logps is None else ref_logps[n:],
-            lengths[:n], lengths[n:], kl_penalty,
+            lengths[:n], lengths[n:], kl_penalty, sequence_nll,
         )
         per_pair_loss = out.losses if kl_penalty is None else out.losses + self.loss_fn.kl_gamma * kl_penalty
         values = {

@@ -27,7 +27,7 @@ def _world_params(root: DictConfig) -> dict[str, Any]:
     if "world" in root and root.world is not None:
         return OmegaConf.to_container(root.world, resolve=True)
     # the commands' configs have no `world`: the default world, where training builds it
-    return {"dir": str(Path(default_cache_dir()) / "toy_world" / "default")}
+    return {"dir": str(Path(default_cache_dir()) / "toy_world" / "seed0")}
 
 
 def _toy_world_path(attribute: str, *, _root_: DictConfig) -> str:

@@ -21,6 +21,18 @@ from typing import Any, Callable, Iterable, Iterator
 from lightning_dpo.utils.errors import OutputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700 entries; outputs get the permissions a plain open() or mkdir()
+# would give them (readable by colleagues on a shared cluster, as the user's umask allows)
+_FILE_MODE = 0o666 & ~_umask()
+_DIR_MODE = 0o777 & ~_umask()
+
+
 def _describe_os_error(path: Path, exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return f"cannot write {path}: no space left on device"
@@ -39,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _FILE_MODE)
         os.close(fd)
     except OSError as exc:
         raise OutputError(_describe_os_error(path, exc)) from exc
@@ -121,6 +134,7 @@ def atomic_directory(path: str | os.PathLike, fill_fn: Callable[[Path], None]) -
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp_dir.chmod(_DIR_MODE)
     except OSError as exc:
         raise OutputError(_describe_os_error(path, exc)) from exc
     old = path.with_name(f".{path.name}.old")
