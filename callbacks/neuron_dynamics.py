@@ -240,7 +240,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             return "neuron dynamics: no snapshot"
         step = self.history[-1]["step"]
         rows = {r["group"]: r for r in self.last.get("groups", []) if r["layer"] == "all" and r["probe"] == self.target}
-        lines = [f"neuron groups at step {step}, probe {self.target} (D = P(0) - P(t) along the probe; > 0 is less writing along it):",
+        measured = f"{len(self.prompts)} prompts of dynamics/prompts.jsonl" if self.prompts else "the probe set"
+        if self.tokens is not None and self.positions == "fixed":
+            measured += f", {int(self.tokens.positions.sum())} positions"
+        lines = [f"neuron groups at step {step}, probe {self.target}, over {measured} "
+                 "(D = P(0) - P(t) along the probe; > 0 is less writing along it):",
                  f"  {'group':<16}{'count':>8}{'delta_sum':>14}{'share':>9}"]
         for group in (*REDUCING_GROUPS, "TP+", "TN-", "AP-", "AN+", "gross_reduction", "net_delta"):
             r = rows.get(group)

@@ -127,7 +127,7 @@ class StopCheckpoint(Checkpoint):
         return stop
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(str(self.path))
+        trainer.save_checkpoint(str(self.path), weights_only=False)  # the full state: resume needs all of it
         self.saved_at = trainer.global_step
 
     def _stop(self, trainer: L.Trainer) -> None:

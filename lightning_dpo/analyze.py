@@ -109,20 +109,46 @@ def recovered(base_tox: float, row_tox: float, dpo_tox: float) -> float:
     return (base_tox - row_tox) / drop if drop != 0 else math.nan
 
 
+def _bar_labels(ax: Any, values: list[float], fmt: str) -> None:
+    """A value at the end of every bar, and a visible mark where a value is zero (no bar to see)."""
+    span = max((abs(v) for v in values if math.isfinite(v)), default=0.0) or 1.0
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            ax.annotate("n/a", (0, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="#777")
+            continue
+        if value == 0:
+            ax.plot([0], [i], marker="D", markersize=5, color="#d62728", clip_on=False, zorder=5)  # on the axis: a zero bar
+        ax.annotate(fmt.format(value), (value, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_xlim(0, span * 1.22)  # room for the labels
+
+
 def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Toxicity and perplexity per intervention (one panel each, values on the bars), and the
+    reducing groups' shares."""
     plt = pyplot()
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(table) + 1.5))
     labels = [f"{r['model']}: {r['intervention']}" for r in table]
-    ax.barh(range(len(table)), [r["toxicity"] for r in table], color="#888888")
-    ax.set_yticks(range(len(table)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set(xlabel=f"mean toxicity of greedy continuations ({table[0]['scorer']})", title="Toxicity by intervention")
+    fig, (tox, ppl) = plt.subplots(1, 2, figsize=(12, 0.42 * len(table) + 1.9), sharey=True, layout="constrained")
+    toxicity = [float(r["toxicity"]) for r in table]
+    perplexity = [float(r["perplexity"]) if r.get("perplexity") is not None else math.nan for r in table]
+    tox.barh(range(len(table)), toxicity, color=["#1f77b4" if str(r["model"]).lower() == "dpo" else "#888888" for r in table])
+    _bar_labels(tox, toxicity, "{:.3f}")
+    ppl.barh(range(len(table)), [0 if math.isnan(v) else v for v in perplexity], color="#bbbbbb")
+    _bar_labels(ppl, perplexity, "{:.2f}")
+    tox.set_yticks(range(len(table)), labels, fontsize=7)
+    tox.invert_yaxis()
+    tox.set(xlabel="mean toxicity of greedy continuations", title=f"Toxicity by intervention (scorer: {table[0]['scorer']})")
+    ppl.set(xlabel="perplexity on the held-out text", title="Perplexity (fluency kept?)")
+    for ax in (tox, ppl):
+        ax.grid(axis="x", alpha=0.3)
     paths.append(save_figure(fig, out / "plots" / "toxicity_by_intervention.png"))
     totals = [r for r in groups if r["layer"] == "all" and r["group"] in REDUCING_GROUPS]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar([r["group"] for r in totals], [100 * r["share"] for r in totals], color=["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4"])
-    ax.set(ylabel="share of the reduction (%)", title="Reducing groups, base -> DPO")
+    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    shares = [100 * r["share"] for r in totals]
+    bars = ax.bar([r["group"] for r in totals], shares, color=["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4"])
+    ax.bar_label(bars, labels=[f"{v:.1f}%" for v in shares], fontsize=8)
+    ax.set_ylim(0, max(shares, default=0) * 1.15 + 1)
+    ax.set(ylabel="share of the gross reduction (%)", title="Reducing groups, base -> DPO")
     paths.append(save_figure(fig, out / "plots" / "group_shares.png"))
     return paths
 
@@ -184,6 +210,8 @@ def run(cfg: Any) -> dict[str, Any]:
     }
     atomic_write_json(out / "analysis.json", summary)
     print(markdown_table(table, TABLE_COLUMNS))
+    print(f"neuron groups over {probe_set_source}, {int(tokens.positions.sum())} positions "
+          "(a run's own training summary used dynamics/prompts.jsonl: the tables agree only on the same prompts)")
     print(markdown_table([r for r in groups if r["layer"] == "all"], group_columns))
     print(f"wrote {out}/table.md, table.csv, groups.md, groups.csv, analysis.json, plots/")
     return summary

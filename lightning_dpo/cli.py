@@ -13,6 +13,7 @@ from typing import Any, Callable
 from lightning_dpo.toy.config import ensure_toy_world, register_toy_resolver
 from lightning_dpo.utils.config import register_resolvers
 from lightning_dpo.utils.errors import LightningDPOError
+from lightning_dpo.utils.quiet import quiet_libraries
 
 log = logging.getLogger("lightning_dpo")
 
@@ -32,6 +33,7 @@ def run_command(fn: Callable[[Any], Any], cfg: Any) -> Any:
     """Run a command; a user error prints one clear line and exits with status 2 (no traceback)."""
     register_resolvers()
     register_toy_resolver()
+    quiet_libraries()
     try:
         ensure_toy_world(cfg)
         return fn(cfg)

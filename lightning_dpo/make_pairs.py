@@ -49,7 +49,7 @@ def load_prompt_texts(cfg: Any, tokenizer: Any) -> list[str]:
     else:
         texts = load_texts(spec.source, field=spec.field, where=spec.filter, limit=spec.limit, key="prompts.source")
     prompts = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
         if len(ids) < cfg.min_prompt_tokens:
             continue
         prompts.append(tokenizer.decode(ids[: cfg.max_prompt_tokens]))

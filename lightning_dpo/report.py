@@ -262,6 +262,26 @@ def sweep_report(sweep_dir: str | Path) -> Path:
     return out
 
 
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # hydra is a dependency; this only keeps `report` importable on its own
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class SweepReport(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Hydra callback (conf/hydra/default.yaml): the sweep's report.html when a multirun ends."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            out = sweep_report(sweep_dir)
+        except Exception as exc:  # the jobs' own results stand; the report can be written again
+            log.warning("the sweep's report could not be written (%s: %s); `python -m lightning_dpo.report %s` retries",
+                        type(exc).__name__, exc, sweep_dir)
+            return
+        log.info("sweep report: %s (compare.md, plots/ beside it)", out)
+
+
 def is_run_dir(path: Path) -> bool:
     return (path / ".hydra" / "config.yaml").exists() or (path / "metrics.csv").exists()
 

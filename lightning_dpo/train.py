@@ -48,10 +48,12 @@ from lightning_dpo.utils.errors import (
     RunInterrupted,
 )
 from lightning_dpo.utils.io import atomic_directory, atomic_write_json
+from lightning_dpo.utils.quiet import quiet_libraries
 
 log = logging.getLogger("lightning_dpo.train")
 register_resolvers()
 register_toy_resolver()
+quiet_libraries()
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
@@ -109,7 +111,9 @@ def save_best_model(trainer: L.Trainer, module: Any, tokenizer: Any, run_dir: Pa
     return record
 
 
-def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict[str, Any] | None = None) -> None:
+def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict[str, Any] | None = None,
+                  report: Path | None = None) -> None:
+    """The end-of-run summary, printed and appended to the run's train.log."""
     lines = [f"run directory: {run_dir}", f"data: {datamodule.summary()}"]
     if best is not None:
         lines.append(f"best checkpoint by {best['monitor']}: step {best['step']} ({best['value']:.4f}) -> hf_model_best/; final -> hf_model/")
@@ -120,7 +124,37 @@ def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict
     for callback in trainer.callbacks:
         if isinstance(callback, PeriodicMeasurement) and callback.summary():
             lines.append(callback.summary())
-    print("\n".join(["", "== lightning-dpo summary =="] + lines), flush=True)
+    if report is not None:
+        figures = run_dir / "plots"
+        lines.append(f"report: {report}" + (f"   figures: {figures}/" if figures.is_dir() else ""))
+    lines += ["next:", f"  python -m lightning_dpo.analyze dpo={run_dir}    # the papers' interventions on the best model",
+              f"  python -m lightning_dpo.plot {run_dir}    # redraw the figures",
+              f"  {_train_on_command(trainer, run_dir)}    # train on from last.ckpt"]
+    text = "\n".join(["", "== lightning-dpo summary =="] + lines)
+    print(text, flush=True)
+    try:
+        with open(run_dir / "train.log", "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    except OSError as exc:  # the summary was printed; the log is a copy
+        log.warning("could not append the summary to %s: %s", run_dir / "train.log", exc)
+
+
+def _train_on_command(trainer: L.Trainer, run_dir: Path) -> str:
+    """The resume command with twice the steps (the run is complete at its own trainer.max_steps)."""
+    overrides = [o for o in task_overrides() if not o.lstrip("+").startswith("trainer.max_steps=")]
+    return resume_command(run_dir, overrides + [f"trainer.max_steps={2 * max(trainer.global_step, 1)}"])
+
+
+def write_run_report(run_dir: Path) -> Path | None:
+    """report.html (and plots/) at the end of a run; a problem there never fails the finished run."""
+    from lightning_dpo.report import run_report
+
+    try:
+        return run_report(run_dir)
+    except Exception as exc:
+        log.warning("the run's report.html could not be written (%s: %s); `python -m lightning_dpo.report %s` retries",
+                    type(exc).__name__, exc, run_dir)
+        return None
 
 
 def objective_value(trainer: L.Trainer, key: str | None) -> float | None:
@@ -264,7 +298,7 @@ def _claimed(cfg: DictConfig, run_dir: Path) -> float | None:
 
 
 def _train(cfg: DictConfig, run_dir: Path, plan: RunPlan, callbacks: list[L.Callback]) -> float | None:
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in .hydra/config.yaml
     loss = build(cfg.loss, "loss")  # cheap checks first: a bad value fails before anything loads
     tokenizer_source = cfg.model.get("tokenizer") or cfg.model.get("name_or_path")
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=cfg.model.get("trust_remote_code", False))
@@ -292,9 +326,10 @@ def _train(cfg: DictConfig, run_dir: Path, plan: RunPlan, callbacks: list[L.Call
     if trainer.is_global_zero:
         save_hf_model(module.policy, tokenizer, run_dir / "hf_model")
         best = save_best_model(trainer, module, tokenizer, run_dir)
-        print_summary(trainer, datamodule, run_dir, best)
     objective = objective_value(trainer, cfg.get("objective"))
     write_status(run_dir, "completed", step=trainer.global_step, objective=objective)
+    if trainer.is_global_zero:  # after the status, so that the report shows the run as completed
+        print_summary(trainer, datamodule, run_dir, best, write_run_report(run_dir) if cfg.get("report", True) else None)
     return objective
 
 

@@ -209,19 +209,54 @@ def test_an_unusable_output_directory_fails_clearly(tmp_path, small_world):
 # -- network ---------------------------------------------------------------------------------
 
 def test_wandb_without_credentials_or_server_goes_offline_with_one_warning(monkeypatch, tmp_path, caplog):
+    from lightning_dpo.training import wandb_logger
     from lightning_dpo.training.wandb_logger import choose_wandb_mode
 
+    monkeypatch.setattr(wandb_logger, "_warned", False)
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     with caplog.at_level(logging.WARNING):
-        assert choose_wandb_mode() == "offline"
+        assert choose_wandb_mode(sync_hint="wandb sync /runs/x/wandb/offline-run-*") == "offline"
+        assert choose_wandb_mode() == "offline"  # a sweep's next job: no second warning
     assert caplog.text.count("W&B") == 1 and "no credentials" in caplog.text
+    assert "Upload later with: wandb sync /runs/x/wandb/offline-run-*" in caplog.text
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "https://127.0.0.1:9")  # nothing listens there
     assert choose_wandb_mode() == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert choose_wandb_mode() == "disabled"
+
+
+def test_wandb_logger_in_a_sweep_is_grouped_by_what_the_sweep_varies(monkeypatch, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from helpers.configs import CONF
+    from lightning_dpo.training.wandb_logger import make_wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["loss.type=ipo", "world.seed=1", "ckpt_path=last",
+                                          f"hydra.sweep.dir={tmp_path}/2026-11-28/04-03-43"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.job.override_dirname = "loss.type=ipo,world.seed=1"
+    HydraConfig.instance().set_config(cfg)
+    try:
+        logger = make_wandb_logger(save_dir=str(tmp_path / "job"))
+        assert logger._wandb_init["group"] == "loss.type,world.seed 2026-11-28/04-03-43"  # ckpt_path is not what it varies
+        assert logger._wandb_init["name"] == "loss.type=ipo,world.seed=1"
+        assert "anonymous" not in logger._wandb_init
+        named = make_wandb_logger(save_dir=str(tmp_path / "job"), group="beta-scan")
+        assert named._wandb_init["group"] == "beta-scan"
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 # -- interruptions (subprocesses) -------------------------------------------------------------

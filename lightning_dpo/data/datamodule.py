@@ -128,7 +128,7 @@ class PreferenceDataModule(L.LightningDataModule):
             self.path, self.hub_id, self.split, self.format, self.fields, self.on_bad_row
         )
         source = self.path or self.hub_id
-        log.info(self.read_report.summary())
+        log.debug(self.read_report.summary())  # the run prints them once, in `summary()`
         if not records:
             raise DataError(str(source), "no usable preference pairs (empty after filtering bad rows)")
         if self.shuffle:
@@ -138,7 +138,7 @@ class PreferenceDataModule(L.LightningDataModule):
         pairs, self.truncation_report = tokenize_pairs(
             self.tokenizer, records, self.max_prompt_length, self.max_completion_length, self.prompt_truncation, self.append_eos
         )
-        log.info("tokenized %d pairs: %s", len(pairs), self.truncation_report.summary())
+        log.debug("tokenized %d pairs: %s", len(pairs), self.truncation_report.summary())
         if not pairs:
             raise DataError(str(source), f"no usable preference pairs: all {len(records)} have the same chosen and rejected "
                             "completion (after truncation to data.max_completion_length), which teaches nothing")

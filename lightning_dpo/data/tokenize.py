@@ -91,9 +91,9 @@ def tokenize_pairs(
         raise ConfigError("data.max_completion_length", f"must be >= 1, got {max_completion_length}")
     eos = [eos_id(tokenizer)] if append_eos else []
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
-    prompts = tokenizer([r.prompt for r in records], add_special_tokens=True)["input_ids"]
-    chosen = tokenizer([r.chosen for r in records], add_special_tokens=False)["input_ids"]
-    rejected = tokenizer([r.rejected for r in records], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([r.prompt for r in records], add_special_tokens=True, verbose=False)["input_ids"]
+    chosen = tokenizer([r.chosen for r in records], add_special_tokens=False, verbose=False)["input_ids"]
+    rejected = tokenizer([r.rejected for r in records], add_special_tokens=False, verbose=False)["input_ids"]
     report = TruncationReport()
     pairs = []
     for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected)):

@@ -41,7 +41,7 @@ def f1_of_continuations(tokenizer: Any, continuations: Sequence[str], golds: Seq
     """Mean token F1 of continuations already generated against their gold continuations."""
     scores = []
     for text, gold in zip(continuations, golds):
-        pred_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        gold_ids = tokenizer(gold, add_special_tokens=False)["input_ids"][:max_gold_tokens]
+        pred_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        gold_ids = tokenizer(gold, add_special_tokens=False, verbose=False)["input_ids"][:max_gold_tokens]
         scores.append(token_f1(pred_ids, gold_ids))
     return {"f1": sum(scores) / len(scores) if scores else float("nan"), "n": len(scores)}

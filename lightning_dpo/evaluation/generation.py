@@ -54,7 +54,7 @@ def tokenize_prompts(
         raise ConfigError("truncation_side", f"got {truncation_side!r}; accepted: ['right', 'left']")
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out = []
-    for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]:
+    for ids in tokenizer(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]:
         ids = list(ids)
         if prepend_bos and (not ids or ids[0] != bos):
             ids = [bos] + ids

@@ -258,6 +258,7 @@ def pretrain_base_model(
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    model.loss_type = "ForCausalLM"  # the causal-LM loss transformers would default to, named (no warning)
     loss_value = float("nan")
     for step in range(steps):
         batch = torch.randint(0, len(encoded), (batch_size,), generator=generator)

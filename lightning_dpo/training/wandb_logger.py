@@ -38,21 +38,27 @@ def _wandb_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def choose_wandb_mode(requested: str | None = None) -> str:
-    """`online` with credentials and a reachable server, otherwise `offline` with one warning.
+_warned = False  # one offline warning per process (a sweep's jobs share it)
 
-    An explicit `WANDB_MODE` (or `logger.wandb.mode`) always wins.
-    """
+
+def choose_wandb_mode(requested: str | None = None, sync_hint: str = "wandb sync <run dir>/wandb/offline-run-*") -> str:
+    """`online` with credentials and a reachable server, otherwise `offline` with one warning
+    that says how to upload later. An explicit `WANDB_MODE` (or `logger.wandb.mode`) always wins."""
+    global _warned
     requested = requested or os.environ.get("WANDB_MODE")
     if requested:
         return {"dryrun": "offline", "run": "online"}.get(requested, requested)
+    reason = None
     if not _wandb_credentials():
-        log.warning("W&B: no credentials found (WANDB_API_KEY or ~/.netrc); logging offline. Upload later with `wandb sync`")
-        return "offline"
-    if not _wandb_reachable():
-        log.warning("W&B: server unreachable; logging offline. Upload later with `wandb sync`")
-        return "offline"
-    return "online"
+        reason = "no credentials found (WANDB_API_KEY or ~/.netrc)"
+    elif not _wandb_reachable():
+        reason = "server unreachable"
+    if reason is None:
+        return "online"
+    if not _warned:
+        log.warning("W&B: %s; logging offline. Upload later with: %s", reason, sync_hint)
+        _warned = True
+    return "offline"
 
 
 def wandb_run_id(run_dir: str | Path) -> str:
@@ -66,17 +72,26 @@ def wandb_run_id(run_dir: str | Path) -> str:
     return run_id
 
 
-def _hydra_job() -> tuple[str | None, str | None]:
-    """(sweep name, job name) of the running Hydra multirun job, or (None, None)."""
+def _hydra_job() -> tuple[str | None, str | None, str | None]:
+    """(sweep name, job name, sweep dir) of the running Hydra multirun job, or (None, None, None).
+
+    The sweep's name is what it varies and when it started (`loss.type,world.seed 2026-11-28/04-03-43`),
+    so its W&B group says what the sweep was; `sweep_name=...` names it instead."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         hydra_cfg = HydraConfig.get()
     except (ImportError, ValueError):
-        return None, None
+        return None, None, None
     if hydra_cfg.mode.name != "MULTIRUN":
-        return None, None
-    return Path(hydra_cfg.sweep.dir).name, hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)
+        return None, None, None
+    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys or [])
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task if "=" in o]
+    varied = ",".join(k for k in keys if k not in excluded and not k.startswith("hydra.") and k != "sweep_name")
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    started = "/".join(sweep_dir.parts[-2:])
+    name = f"{varied} {started}" if varied else started
+    return name, hydra_cfg.job.override_dirname or str(hydra_cfg.job.num), str(sweep_dir)
 
 
 def make_wandb_logger(
@@ -97,8 +112,9 @@ def make_wandb_logger(
     """
     from lightning.pytorch.loggers import WandbLogger
 
-    mode = choose_wandb_mode(mode)
-    sweep, job = _hydra_job()
+    sweep, job, sweep_dir = _hydra_job()
+    runs = f"{sweep_dir}/*/wandb/offline-run-*" if sweep_dir else f"{save_dir}/wandb/offline-run-*"
+    mode = choose_wandb_mode(mode, sync_hint=f"wandb sync {runs}")
     logger = WandbLogger(
         save_dir=save_dir,
         project=project,
@@ -111,6 +127,9 @@ def make_wandb_logger(
         mode=mode,
         settings=_wandb_settings(),
     )
+    # Lightning passes `anonymous=None` to wandb.init, which recent wandb answers with a deprecation
+    # warning although nothing was asked for; leave the key out
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
     return logger
 
 

@@ -21,6 +21,7 @@ SHORT_RUN = [
     "data.batch_size=4", "data.eval_batch_size=8", "data.val_size=16",
     "callbacks.neuron_dynamics.every_n_steps=2", "callbacks.toxicity_eval.every_n_steps=4",
     "callbacks.toxicity_eval.max_prompts=16", "optim.warmup_steps=2",
+    "report=false",  # report.html has its own tests (test_report.py, test_terminal.py)
 ]
 
 
