@@ -18,11 +18,13 @@ import html
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from lightning_dpo.utils.config import override_arg
 from lightning_dpo.utils.io import atomic_write_text
 from lightning_dpo.utils.tables import column_format, format_cell
 
@@ -146,9 +148,10 @@ def _finite(value: Any) -> bool:
 
 
 def _commands(run_dir: Path, status: dict[str, Any]) -> list[tuple[str, str]]:
-    commands = [("draw the dynamics figures", f"python -m lightning_dpo.plot {run_dir}"),
-                ("the papers' interventions on this run's best model", f"python -m lightning_dpo.analyze dpo={run_dir}"),
-                ("evaluate this run's model", f"python -m lightning_dpo.evaluate model={run_dir}")]
+    commands = [("draw the dynamics figures", f"python -m lightning_dpo.plot {shlex.quote(str(run_dir))}"),
+                ("the papers' interventions on this run's best model",
+                 f"python -m lightning_dpo.analyze {override_arg('dpo', run_dir)}"),
+                ("evaluate this run's best model", f"python -m lightning_dpo.evaluate {override_arg('model.name_or_path', run_dir)}")]
     resume = status.get("resume")
     saved = run_dir / ".hydra" / "resume_command.txt"
     if not resume and saved.exists():

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
 from lightning_dpo.model.loading import load_tokenizer, max_positions
-from lightning_dpo.toy.config import ensure_toy_world, register_toy_resolver, toy_world_dir
+from lightning_dpo.toy.config import (
+    ensure_toy_world,
+    register_toy_resolver,
+    toy_world_dir,
+)
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
 from lightning_dpo.training.metrics_csv import MetricsCSVLogger
 from lightning_dpo.training.run_dir import (
@@ -40,7 +45,7 @@ from lightning_dpo.training.run_dir import (
     task_overrides,
 )
 from lightning_dpo.training.wandb_logger import setup_wandb_run
-from lightning_dpo.utils.config import build, register_resolvers
+from lightning_dpo.utils.config import build, override_arg, register_resolvers
 from lightning_dpo.utils.errors import (
     ConfigError,
     DataError,
@@ -127,8 +132,8 @@ def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict
     if report is not None:
         figures = run_dir / "plots"
         lines.append(f"report: {report}" + (f"   figures: {figures}/" if figures.is_dir() else ""))
-    lines += ["next:", f"  python -m lightning_dpo.analyze dpo={run_dir}    # the papers' interventions on the best model",
-              f"  python -m lightning_dpo.plot {run_dir}    # redraw the figures",
+    lines += ["next:", f"  python -m lightning_dpo.analyze {override_arg('dpo', run_dir)}    # the papers' interventions on the best model",
+              f"  python -m lightning_dpo.plot {shlex.quote(str(run_dir))}    # redraw the figures",
               f"  {_train_on_command(trainer, run_dir)}    # train on from last.ckpt"]
     text = "\n".join(["", "== lightning-dpo summary =="] + lines)
     print(text, flush=True)

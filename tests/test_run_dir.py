@@ -109,3 +109,23 @@ def test_a_failed_fresh_run_in_an_empty_directory_is_recorded_but_a_failed_resum
     with pytest.raises(ConfigError):
         run(run_dir, "trainer.max_steps=4", "ckpt_path=last", "optim.lr=inf", "allow_changes=[optim]")
     assert files(run_dir) == before
+
+
+@pytest.mark.parametrize("path", ["/tmp/sweep/loss.beta=0.1,optim.lr=1e-06", "/tmp/my run/it's", "/tmp/a$b/c\"d", "/tmp/plain-run_1"])
+def test_printed_commands_give_hydra_the_exact_directory(path):
+    """A sweep job's directory holds `=` and `,`: the resume command (and the analyze command of
+    the summary) must hand Hydra exactly that path, through the shell."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lightning_dpo.training.run_dir import resume_command
+    from lightning_dpo.utils.config import override_arg
+
+    parser = OverridesParser.create()
+    argv = shlex.split(resume_command(Path(path), ["loss.beta=0.1", "optim.lr=1e-06"]))
+    assert argv[:3] == ["python", "-m", "lightning_dpo.train"]
+    parsed = {o.key_or_group: o.value() for o in parser.parse_overrides(argv[3:])}
+    assert parsed == {"loss.beta": 0.1, "optim.lr": 1e-06, "hydra.run.dir": path, "ckpt_path": "last"}
+    [override] = parser.parse_overrides(shlex.split(override_arg("dpo", path)))
+    assert override.value() == path

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping
 import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lightning_dpo.utils.config import override_arg
 from lightning_dpo.utils.errors import ConfigError, OutputError
 from lightning_dpo.utils.io import atomic_write_text, ensure_writable_dir
 
@@ -300,9 +301,9 @@ def _hydra_yaml() -> str | None:
 
 def resume_command(run_dir: Path, overrides: list[str]) -> str:
     """The command that finishes this run: its own overrides, its directory, ckpt_path=last."""
-    kept = [o for o in overrides if not _NOT_IN_RESUME_COMMAND.match(o)]
-    args = kept + [f"hydra.run.dir={run_dir}", "ckpt_path=last"]
-    return "python -m lightning_dpo.train " + " ".join(shlex.quote(a) for a in args)
+    kept = [shlex.quote(o) for o in overrides if not _NOT_IN_RESUME_COMMAND.match(o)]
+    args = kept + [override_arg("hydra.run.dir", run_dir), "ckpt_path=last"]
+    return "python -m lightning_dpo.train " + " ".join(args)
 
 
 def _show(value: Any) -> str:

@@ -9,6 +9,7 @@ import difflib
 import hashlib
 import inspect
 import re
+import shlex
 from typing import Any, Callable
 
 from hydra.errors import InstantiationException
@@ -16,6 +17,24 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
+
+_PLAIN_VALUE = re.compile(r"^[\w./+-]*$")
+
+
+def override_arg(key: str, value: object) -> str:
+    """`key=value` as one shell argument that Hydra reads back as exactly `value`.
+
+    A sweep job's directory (`.../loss.beta=0.1,optim.lr=1e-06`) holds `=` and `,`, which Hydra's
+    override grammar would parse; such a value is put in Hydra's quotes, and the whole argument in
+    the shell's."""
+    text = str(value)
+    if _PLAIN_VALUE.match(text):
+        return shlex.quote(f"{key}={text}")
+    quoted = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    argument = f"{key}={quoted}"
+    if not re.search(r'["$`\\!]', argument):
+        return f'"{argument}"'
+    return shlex.quote(argument)
 
 
 def safe_dirname(name: str, max_length: int = 120) -> str:
