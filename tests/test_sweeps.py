@@ -86,7 +86,7 @@ def test_sweep_with_offline_wandb_a_failure_and_a_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert set(_offline_run_ids(job)) == {ids[0][0]} and len(list((job / "wandb").glob("offline-run-*"))) == 2
     with open(job / "dynamics" / "groups.csv") as handle:
-        keys = [(r["step"], r["layer"], r["group"]) for r in csv.DictReader(handle)]
+        keys = [(r["step"], r["layer"], r["group"], r["probe"]) for r in csv.DictReader(handle)]
     assert len(keys) == len(set(keys)) and {k[0] for k in keys} == {"0", "2", "4", "6"}
     with open(job / "metrics.csv") as handle:
         steps = [r["step"] for r in csv.DictReader(handle)]
