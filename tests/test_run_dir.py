@@ -94,7 +94,7 @@ def test_the_resume_command_repeats_every_override_and_quotes_them():
     args = shlex.split(command)
     assert args[:3] == ["python", "-m", "lightning_dpo.train"]
     assert args[3:] == ["trainer.max_steps=400", "loss.beta=0.5", "callbacks.toxicity_eval.scorer={name: profanity_check}",
-                        "hydra.run.dir=/runs/my run", "ckpt_path=last"]
+                        "hydra.run.dir='/runs/my run'", "ckpt_path=last"]  # the directory in Hydra's quotes
 
 
 def test_a_failed_fresh_run_in_an_empty_directory_is_recorded_but_a_failed_resume_changes_nothing(tmp_path, small_world):
