@@ -65,7 +65,7 @@ def time_snapshot(model, vocab: int, prompts: int, batch_size: int, dtype: str, 
 
 
 def bench_demo(args) -> None:
-    from lightning_dpo.config import default_cache_dir
+    from lightning_dpo.toy.config import default_cache_dir
 
     from lightning_dpo.model.loading import load_causal_lm
     from lightning_dpo.toy import ToyWorld

@@ -37,6 +37,7 @@ from lightning_dpo.neurons.hooks import (
     hook_module_io,
     sublayer_post_norms,
 )
+from lightning_dpo.utils.torch_utils import masked_sum
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -118,11 +119,12 @@ class ComponentSums:
 
     # -- per-layer directions: what a unit of each input writes along each probe ------------------------
     def _directions(self, module: nn.Module, norm: nn.Module | None, x_out: torch.Tensor | None):
-        """(reads (d_in, P), bias projections (P,) or None, per-position scale (S,) or None)."""
+        """(reads (d_in, P), bias projections (P,) or None, per-position scale (S,) or None); with a
+        sandwich `norm`, `x_out` is the sublayer's output at the selected positions (S, d_model)."""
         w, bias = _linear_parts(module)
         units = self.units.to(w.device)  # (P, d_model)
         scale = None
-        if norm is not None:  # a sandwich norm after the sublayer: project through its linear map at each position's scale
+        if norm is not None and x_out is not None:  # a sandwich norm after the sublayer: project through its linear map at each position's scale
             scale, gain = _rms_scale(norm, x_out)
             units = units * gain.to(units.device)
         reads = w.float() @ units.t()  # (d_in, d_model) @ (d_model, P) -> (d_in, P)
@@ -130,33 +132,46 @@ class ComponentSums:
 
     def _attention(self, layer: int, module: nn.Module, z: torch.Tensor, out: torch.Tensor) -> None:
         mask = self.selected[0]  # (B, T)
+        if self.attn_norms[layer] is None:  # linear in z: project the sum over positions (no per-position copy)
+            reads, bias, _ = self._directions(module, None, None)
+            z_sum = masked_sum(z, mask)[0].double()  # (d_in,)
+            per_head = (z_sum[:, None] * reads.double()).view(self.n_heads, -1, reads.shape[1]).sum(1)  # (H, P)
+            self.attn_heads[:, layer] += per_head.t()
+            if bias is not None:
+                self.attn_bias[:, layer] += bias.double() * mask.sum()
+            return
         z, out = z[mask].float(), out[mask]  # (S, d_in), (S, d_model)
         reads, bias, scale = self._directions(module, self.attn_norms[layer], out)
         per_head = (z.unsqueeze(-1) * reads).view(z.shape[0], self.n_heads, -1, reads.shape[1]).sum(2)  # (S, H, P)
-        weights = torch.ones(z.shape[0], device=z.device) if scale is None else scale  # (S,)
-        self.attn_heads[:, layer] += (per_head * weights[:, None, None]).sum(0).t().double()  # (P, H)
+        self.attn_heads[:, layer] += (per_head * scale[:, None, None]).sum(0).t().double()  # (P, H)
         if bias is not None:
-            self.attn_bias[:, layer] += (bias * weights.sum()).double()
+            self.attn_bias[:, layer] += (bias * scale.sum()).double()
 
     def _mlp(self, layer: int, module: nn.Module, m: torch.Tensor, out: torch.Tensor) -> None:
         mask = self.selected[0]
+        if self.mlp_norms[layer] is None:  # linear in m: the projected sum of the activations
+            reads, bias, _ = self._directions(module, None, None)
+            self.mlp_neurons[:, layer] += masked_sum(m, mask)[0].double() @ reads.double()  # (d_mlp,) @ (d_mlp, P)
+            if bias is not None:
+                self.mlp_bias[:, layer] += bias.double() * mask.sum()
+            return
         m, out = m[mask].float(), out[mask]  # (S, d_mlp), (S, d_model)
         reads, bias, scale = self._directions(module, self.mlp_norms[layer], out)
-        weights = torch.ones(m.shape[0], device=m.device) if scale is None else scale
-        self.mlp_neurons[:, layer] += ((m @ reads) * weights[:, None]).sum(0).double()  # (S, d_mlp) @ (d_mlp, P) -> (P,)
+        self.mlp_neurons[:, layer] += ((m @ reads) * scale[:, None]).sum(0).double()  # (S, d_mlp) @ (d_mlp, P) -> (P,)
         if bias is not None:
-            self.mlp_bias[:, layer] += (bias * weights.sum()).double()
+            self.mlp_bias[:, layer] += (bias * scale.sum()).double()
 
     def _stream(self, target: torch.Tensor, hidden: torch.Tensor) -> None:
-        target += (hidden[self.selected[0]].float() @ self.units.t().to(hidden.device)).sum(0).double()  # (S, d) @ (d, P)
+        target += masked_sum(hidden, self.selected[0])[0].double() @ self.units.t().to(hidden.device).double()  # (d,) @ (d, P)
 
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
+        exact = lambda fn: torch.autocast(self.units.device.type, enabled=False)(fn)  # noqa: E731  fp32 projections under bf16 training
         with contextlib.ExitStack() as stack:
-            stack.enter_context(hook_module_io(self.attn_out, lambda layer, module, x, y: self._attention(layer, module, x, y)))
-            stack.enter_context(hook_module_io(self.mlp_out, lambda layer, module, x, y: self._mlp(layer, module, x, y)))
-            stack.enter_context(hook_inputs([self.layers[0]], lambda _, h: self._stream(self.embed, h)))
-            stack.enter_context(hook_inputs([self.final_norm], lambda _, h: self._stream(self.residual, h)))
+            stack.enter_context(hook_module_io(self.attn_out, exact(self._attention)))
+            stack.enter_context(hook_module_io(self.mlp_out, exact(self._mlp)))
+            stack.enter_context(hook_inputs([self.layers[0]], exact(lambda _, h: self._stream(self.embed, h))))
+            stack.enter_context(hook_inputs([self.final_norm], exact(lambda _, h: self._stream(self.residual, h))))
             yield
 
     def result(self, count: torch.Tensor, reduce: Reduce | None = None) -> dict[str, Components]:

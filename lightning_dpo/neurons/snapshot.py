@@ -23,6 +23,7 @@ from lightning_dpo.neurons.hooks import (
 )
 from lightning_dpo.utils.torch_utils import (
     eval_mode,
+    masked_sum,
     model_device,
     position_ids_from_mask,
 )
@@ -106,7 +107,7 @@ def measure(
 
     def accumulate(layer: int, activation: torch.Tensor) -> None:
         # activation: (B, width, d_mlp) inputs of the output projection; selected: (B, width) bool
-        sums[layer] += activation[selected[0]].float().sum(0)  # (S, d_mlp) selected positions -> (d_mlp,)
+        sums[layer] += masked_sum(activation, selected[0])[0]  # (d_mlp,) over the selected positions
         return None
 
     parts = ComponentSums(model, units, selected, center_writing_weights) if components else None

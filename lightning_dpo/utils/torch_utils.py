@@ -47,3 +47,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """fp32 sum of x (..., d) over the positions where `mask` (...) is true, as one matrix-vector
+    product: no gathered copy of the selected rows (the snapshot's hooks run this on every layer).
+    Autocast is off so that bf16 training does not round the sum's inputs."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return mask.reshape(1, -1).float() @ x.reshape(-1, x.shape[-1]).float()  # (1, N) @ (N, d) -> (1, d)
