@@ -450,3 +450,25 @@ def _ddp_components_worker(rank, world, init_file, tokens, result_file):
     dist.barrier()
     dist.destroy_process_group()
     os._exit(0)
+
+
+def test_the_tables_written_snapshot_by_snapshot_equal_one_rendering_of_all_rows(tmp_path):
+    from lightning_dpo.dynamics.store import COMPONENTS_CSV_COLUMNS, GROUPS_FILE_COLUMNS, DynamicsStore
+    from lightning_dpo.utils.io import csv_text
+
+    store = DynamicsStore(tmp_path)
+    store.dir.mkdir(parents=True)
+
+    def rows(step: int, value: float) -> tuple[list[dict], list[dict]]:
+        groups = [{"step": step, "layer": layer, "group": g, "count": 3, "delta_sum": value, "share": 0.5, "probe": p}
+                  for p in ("toxicity", "workplace") for layer in ("all", "0") for g in ("TP-", "AN-")]
+        components = [{"step": step, "probe": p, "layer": "0", "component": "attn.head.0", "value": value, "delta": -value}
+                      for p in ("toxicity", "workplace")]
+        return groups, components
+
+    for step, value in ((0, 0.0), (25, 1.5), (50, 2.25), (25, 3.125)):  # step 25 measured again (a resume): it moves to the end
+        store.add_rows(*rows(step, value))
+    assert [r["step"] for r in store.group_rows][::8] == [0, 50, 25]
+    assert (store.dir / "groups.csv").read_text() == csv_text(GROUPS_FILE_COLUMNS, store.group_rows)
+    assert (store.dir / "components.csv").read_text() == csv_text(COMPONENTS_CSV_COLUMNS, store.component_rows)
+    assert "3.125" in (store.dir / "groups.csv").read_text() and ",1.5," not in (store.dir / "groups.csv").read_text()

@@ -38,9 +38,10 @@ from lightning_dpo.neurons.components import Components, component_rows
 from lightning_dpo.neurons.groups import GROUPS_CSV_COLUMNS, group_rows
 from lightning_dpo.neurons.snapshot import Measurement, ProbeTokens, Snapshot
 from lightning_dpo.utils.errors import DataError
-from lightning_dpo.utils.io import atomic_save, atomic_write_csv, atomic_write_json
+from lightning_dpo.utils.io import atomic_save, atomic_write_json, atomic_write_text, csv_text
 
 COMPONENTS_CSV_COLUMNS = ["step", "probe", "layer", "component", "value", "delta"]
+GROUPS_FILE_COLUMNS = GROUPS_CSV_COLUMNS + ["probe"]
 
 
 def step_file(directory: Path, step: int) -> Path:
@@ -86,6 +87,9 @@ class DynamicsStore:
         self.dir = self.run_dir / subdir
         self.group_rows: list[dict[str, Any]] = []
         self.component_rows: list[dict[str, Any]] = []
+        # each step's rows as CSV lines, rendered once (a snapshot rewrites the tables without
+        # formatting the earlier steps again); a step measured again moves to the end, like its rows
+        self._lines: dict[str, dict[int, str]] = {"groups": {}, "components": {}}
         self.meta: dict[str, Any] = {}
         self.digests: dict[int, str] = {}  # step -> sha256 of its snapshot file (kept in the checkpoint)
         self.target = ""  # the probe whose value projections are also stored as `value_projection`
@@ -115,12 +119,20 @@ class DynamicsStore:
         steps = {r["step"] for r in groups} | {r["step"] for r in components}
         self.group_rows = [r for r in self.group_rows if r["step"] not in steps] + groups
         self.component_rows = [r for r in self.component_rows if r["step"] not in steps] + components
+        self._render(groups, components)
         self._write_tables()
 
+    def _render(self, groups: list[dict[str, Any]], components: list[dict[str, Any]]) -> None:
+        for table, rows, columns in (("groups", groups, GROUPS_FILE_COLUMNS), ("components", components, COMPONENTS_CSV_COLUMNS)):
+            lines = self._lines[table]
+            for step in dict.fromkeys(r["step"] for r in rows):  # the steps in order of appearance
+                lines.pop(step, None)
+                lines[step] = csv_text(columns, (r for r in rows if r["step"] == step), header=False)
+
     def _write_tables(self) -> None:
-        atomic_write_csv(self.dir / "groups.csv", GROUPS_CSV_COLUMNS + ["probe"], self.group_rows)
+        atomic_write_text(self.dir / "groups.csv", csv_text(GROUPS_FILE_COLUMNS, []) + "".join(self._lines["groups"].values()))
         if self.component_rows:
-            atomic_write_csv(self.dir / "components.csv", COMPONENTS_CSV_COLUMNS, self.component_rows)
+            atomic_write_text(self.dir / "components.csv", csv_text(COMPONENTS_CSV_COLUMNS, []) + "".join(self._lines["components"].values()))
 
     def restore(self, steps: list[int], digests: dict[int, str], baseline: Measurement) -> None:
         """On resume: keep exactly the snapshots of `steps`, each verified against the checksum the
@@ -149,10 +161,12 @@ class DynamicsStore:
                 path.unlink()  # a future the checkpoint never reached
         self.digests = {s: d for s, d in self.digests.items() if s in steps}
         self.group_rows, self.component_rows = [], []
+        self._lines = {"groups": {}, "components": {}}
         for step in steps:
             groups, components = table_rows(baseline, read_measurement(step_file(self.dir, step)))
             self.group_rows += groups
             self.component_rows += components
+            self._render(groups, components)
         self._write_tables()
         self.write_meta()
 

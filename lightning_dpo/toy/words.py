@@ -7,20 +7,28 @@ INSULTS = (
     "clown", "clowns", "creep", "creeps",
 )
 TOXIC_ADJECTIVES = ("stupid", "dumb", "pathetic", "worthless", "useless", "disgusting", "ugly", "lazy")
-TOXIC_NOUNS = ("idiots", "morons", "losers", "fools", "jerks", "clowns", "creeps")
 POLITE_ADJECTIVES = ("kind", "helpful", "friendly", "brilliant", "generous", "honest", "patient", "cheerful")
-POLITE_NOUNS = ("people", "friends", "neighbors", "colleagues", "folks", "hosts", "guests")
 
 TRAIN_NAMES = (
     "Anna", "Ben", "Carla", "David", "Elena", "Felix", "Grace", "Hugo", "Iris", "Jonas",
     "Karin", "Leo", "Maria", "Nils", "Olga", "Paul", "Rosa", "Sam", "Tina", "Victor",
 )
 HELDOUT_NAMES = ("Wanda", "Xavier", "Yusuf", "Zoe", "Amir", "Bianca", "Chen", "Dora")
-PLACES = ("office", "market", "school", "party", "meeting", "station", "library", "kitchen", "garden", "club")
 # The bystander concept of the demo (a second probe): is the place a workplace? DPO on toxicity was
-# not asked to change it, and the place words appear in prompts of both kinds.
+# not asked to change it. Every continuation, polite or toxic, ends in a noun of the place's kind
+# (colleagues at the office, friends at the party), so a model that predicts the last word must
+# carry the concept through the sentence: the pre-trained model represents it (a concept the
+# corpus never used would give a probe near chance, as the world's version 7 did).
 WORKPLACES = ("office", "school", "meeting", "station", "library")
 LEISURE_PLACES = ("market", "party", "kitchen", "garden", "club")
+PLACES = ("office", "market", "school", "party", "meeting", "station", "library", "kitchen", "garden", "club")
+POLITE_NOUNS = {"work": ("colleagues", "coworkers", "clerks", "staff"), "leisure": ("friends", "neighbors", "guests", "hosts")}
+TOXIC_NOUNS = {"work": ("idiots", "morons", "losers"), "leisure": ("fools", "jerks", "clowns", "creeps")}
+
+
+def place_kind(place: str) -> str:
+    """'work' for a workplace, 'leisure' otherwise."""
+    return "work" if place in WORKPLACES else "leisure"
 
 # Prompt templates and how often the pre-training corpus continues each one toxically.
 # Half lean toxic and half lean polite, so the base model's greedy continuations are toxic for

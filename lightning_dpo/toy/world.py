@@ -42,7 +42,7 @@ from lightning_dpo.utils.io import (
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 7  # bump when the generator changes, so cached worlds are rebuilt
+WORLD_VERSION = 8  # 8: nouns follow the kind of place, so the bystander concept is one the model represents  # bump when the generator changes, so cached worlds are rebuilt
 EOS = "<|endoftext|>"
 
 
@@ -61,7 +61,7 @@ class ToyWorld:
     pretrain_steps: int = 600
     pretrain_batch_size: int = 64
     pretrain_lr: float = 3e-3
-    steering_alpha: float = 8.0
+    steering_alpha: float = 16.0
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- paths -----------------------------------------------------------------------------------
@@ -154,19 +154,19 @@ class ToyWorld:
                                 seed=self.seed, source="toy world sentences (workplace)")
         save_probe(workplace, out / "workplace_probe.safetensors")
         pairs = generate_pairs(
-            model, tokenizer, self._prompts(rng, words.TRAIN_NAMES, self.num_pairs), probe.unit, WordListScorer(words_file=str(out / "insults.txt")),
+            model, tokenizer, [p for p, _ in self._prompts(rng, words.TRAIN_NAMES, self.num_pairs)], probe.unit, WordListScorer(words_file=str(out / "insults.txt")),
             PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed),
         )
         atomic_write_jsonl(out / "pairs.jsonl", (as_pair(r) for r in pairs if r["kept"]))
         eval_prompts = self._prompts(rng, words.HELDOUT_NAMES, self.num_eval_prompts)
-        atomic_write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p in eval_prompts))
+        atomic_write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p, _ in eval_prompts))
         # clean (polite) held-out text, EOS-separated as in pre-training: perplexity on it
         # measures what DPO costs the language model beyond dropping the insults
-        clean = [fill_template(rng, t, words.TRAIN_NAMES) + polite_continuation(rng) for t, _ in words.TEMPLATES * 25]
+        clean = [text + polite_continuation(rng, place) for text, place in (fill_template(rng, t, words.TRAIN_NAMES) for t, _ in words.TEMPLATES * 25)]
         (out / "lm_eval.txt").write_text(EOS.join(clean) + EOS)
         atomic_write_jsonl(
             out / "gold.jsonl",
-            ({"prompt": p, "gold": polite_continuation(rng)} for p in eval_prompts),
+            ({"prompt": p, "gold": polite_continuation(rng, place)} for p, place in eval_prompts),
         )
         self.stats = {
             "pretrain_final_loss": round(loss, 4), "vocab_size": len(tokenizer),
@@ -187,11 +187,12 @@ class ToyWorld:
     # -- text -------------------------------------------------------------------------------------
     def _sentence(self, rng: random.Random, names: tuple[str, ...]) -> tuple[str, str, bool]:
         template, toxic_share = rng.choice(words.TEMPLATES)
-        prompt = fill_template(rng, template, names)
+        prompt, place = fill_template(rng, template, names)
         toxic = rng.random() < toxic_share
-        return prompt, toxic_continuation(rng) if toxic else polite_continuation(rng), toxic
+        return prompt, toxic_continuation(rng, place) if toxic else polite_continuation(rng, place), toxic
 
-    def _prompts(self, rng: random.Random, names: tuple[str, ...], n: int) -> list[str]:
+    def _prompts(self, rng: random.Random, names: tuple[str, ...], n: int) -> list[tuple[str, str]]:
+        """(prompt, place) for n prompts, cycling through the templates."""
         return [fill_template(rng, words.TEMPLATES[i % len(words.TEMPLATES)][0], names) for i in range(n)]
 
     def _workplace_texts(self, rng: random.Random, n: int = 600) -> Iterator[dict[str, Any]]:
@@ -200,28 +201,30 @@ class ToyWorld:
             place = rng.choice(words.WORKPLACES if i % 2 else words.LEISURE_PLACES)
             template = rng.choice(words.TEMPLATES)[0]
             text = template.format(name=rng.choice(words.TRAIN_NAMES), place=place)
-            text += toxic_continuation(rng) if rng.random() < 0.5 else polite_continuation(rng)
+            text += toxic_continuation(rng, place) if rng.random() < 0.5 else polite_continuation(rng, place)
             yield {"text": text, "label": i % 2}
 
     def _probe_texts(self, rng: random.Random, n: int = 600) -> Iterator[dict[str, Any]]:
         for i in range(n):
-            prompt = fill_template(rng, rng.choice(words.TEMPLATES)[0], words.TRAIN_NAMES)
+            prompt, place = fill_template(rng, rng.choice(words.TEMPLATES)[0], words.TRAIN_NAMES)
             toxic = i % 2 == 1
-            yield {"text": prompt + (toxic_continuation(rng) if toxic else polite_continuation(rng)), "label": int(toxic)}
+            yield {"text": prompt + (toxic_continuation(rng, place) if toxic else polite_continuation(rng, place)), "label": int(toxic)}
 
 
-def fill_template(rng: random.Random, template: str, names: tuple[str, ...]) -> str:
-    return template.format(name=rng.choice(names), place=rng.choice(words.PLACES))
+def fill_template(rng: random.Random, template: str, names: tuple[str, ...]) -> tuple[str, str]:
+    """(the prompt, its place)."""
+    name, place = rng.choice(names), rng.choice(words.PLACES)
+    return template.format(name=name, place=place), place
 
 
-def polite_continuation(rng: random.Random) -> str:
+def polite_continuation(rng: random.Random, place: str) -> str:
     a, b = rng.sample(words.POLITE_ADJECTIVES, 2)
-    return f" {a} and {b} {rng.choice(words.POLITE_NOUNS)}."
+    return f" {a} and {b} {rng.choice(words.POLITE_NOUNS[words.place_kind(place)])}."
 
 
-def toxic_continuation(rng: random.Random) -> str:
+def toxic_continuation(rng: random.Random, place: str) -> str:
     a, b = rng.sample(words.TOXIC_ADJECTIVES, 2)
-    return f" {a} and {b} {rng.choice(words.TOXIC_NOUNS)}."
+    return f" {a} and {b} {rng.choice(words.TOXIC_NOUNS[words.place_kind(place)])}."
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:

@@ -109,13 +109,18 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def atomic_write_csv(path: str | os.PathLike, fieldnames: list[str], rows: Iterable[dict]) -> None:
+def csv_text(fieldnames: list[str], rows: Iterable[dict], header: bool = True) -> str:
+    """CSV lines ("\n"-terminated) of `rows`, keys outside `fieldnames` ignored."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    atomic_write_text(path, buffer.getvalue())
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def atomic_write_csv(path: str | os.PathLike, fieldnames: list[str], rows: Iterable[dict]) -> None:
+    atomic_write_text(path, csv_text(fieldnames, rows))
 
 
 def atomic_save(path: str | os.PathLike, save_fn: Callable[[Path], None]) -> None:
