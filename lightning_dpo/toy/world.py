@@ -42,7 +42,7 @@ from lightning_dpo.utils.io import (
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 8  # 8: nouns follow the kind of place, so the bystander concept is one the model represents  # bump when the generator changes, so cached worlds are rebuilt
+WORLD_VERSION = 8  # bump when the generator changes, so cached worlds are rebuilt (8: nouns follow the kind of place)
 EOS = "<|endoftext|>"
 
 
