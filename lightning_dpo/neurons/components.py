@@ -97,10 +97,13 @@ class ComponentSums:
     """Sums, over the selected positions, of every component's projection on each probe's direction.
 
     `selected` is a one-item list the caller points at the current batch's (B, T) bool mask of
-    averaged positions, as the neuron snapshot does (both run in the same forward)."""
+    averaged positions, as the neuron snapshot does (both run in the same forward). `neuron_sums`
+    is the snapshot's (n_layers, d_mlp) sum of each neuron's activation over those positions: where
+    no norm follows the MLP, `mlp.neurons` is its projection, so the activations are summed once."""
 
-    def __init__(self, model: nn.Module, units: Mapping[str, torch.Tensor], selected: list[torch.Tensor], center: bool = False):
-        self.model, self.selected = model, selected
+    def __init__(self, model: nn.Module, units: Mapping[str, torch.Tensor], selected: list[torch.Tensor],
+                 neuron_sums: torch.Tensor, center: bool = False):
+        self.model, self.selected, self.neuron_sums = model, selected, neuron_sums
         self.names = list(units)
         self.layers = find_decoder_layers(model)
         self.attn_out = find_attention_projections(model)
@@ -149,11 +152,10 @@ class ComponentSums:
 
     def _mlp(self, layer: int, module: nn.Module, m: torch.Tensor, out: torch.Tensor) -> None:
         mask = self.selected[0]
-        if self.mlp_norms[layer] is None:  # linear in m: the projected sum of the activations
-            reads, bias, _ = self._directions(module, None, None)
-            self.mlp_neurons[:, layer] += masked_sum(m, mask)[0].double() @ reads.double()  # (d_mlp,) @ (d_mlp, P)
+        if self.mlp_norms[layer] is None:  # linear in m: the neurons' part is projected from neuron_sums in result()
+            bias = getattr(module, "bias", None)
             if bias is not None:
-                self.mlp_bias[:, layer] += bias.double() * mask.sum()
+                self.mlp_bias[:, layer] += (bias.detach().float() @ self.units.t().to(bias.device)).double() * mask.sum()
             return
         m, out = m[mask].float(), out[mask]  # (S, d_mlp), (S, d_model)
         reads, bias, scale = self._directions(module, self.mlp_norms[layer], out)
@@ -176,7 +178,11 @@ class ComponentSums:
 
     def result(self, count: torch.Tensor, reduce: Reduce | None = None) -> dict[str, Components]:
         """Each probe's mean projections: sums across ranks by `reduce`, divided by `count`, the number
-        of averaged positions over all ranks."""
+        of averaged positions over all ranks. Call it before `neuron_sums` is reduced (this rank's sums)."""
+        for layer, module in enumerate(self.mlp_out):
+            if self.mlp_norms[layer] is None:
+                reads, _, _ = self._directions(module, None, None)
+                self.mlp_neurons[:, layer] += self.neuron_sums[layer].double() @ reads.double()  # (d_mlp,) @ (d_mlp, P)
         sums = [self.embed, self.attn_heads, self.attn_bias, self.mlp_neurons, self.mlp_bias, self.residual]
         if reduce is not None:
             sums = [reduce(t) for t in sums]

@@ -110,18 +110,20 @@ def measure(
         sums[layer] += masked_sum(activation, selected[0])[0]  # (d_mlp,) over the selected positions
         return None
 
-    parts = ComponentSums(model, units, selected, center_writing_weights) if components else None
+    parts = ComponentSums(model, units, selected, sums, center_writing_weights) if components else None
     with eval_mode(model), hook_activations(projections, accumulate), (parts.hooks() if parts else contextlib.nullcontext()):
         count = _forward_probe_set(model, tokens, batch_size, selected)
+    total = reduce(count) if reduce is not None else count
+    # the components first: they project this rank's neuron sums, then reduce their own sums across ranks
+    parts_result = parts.result(total, reduce) if parts else {}
     if reduce is not None:
         sums = reduce(sums)
-    total = reduce(count) if reduce is not None else count
     return Measurement(
         step=step,
         mean_activation=(sums / total.clamp(min=1)).float().cpu(),
         value_norm=value_norms(projections, center_writing_weights).cpu(),
         value_projection={name: value_projections(projections, u, center_writing_weights).cpu() for name, u in units.items()},
-        components=parts.result(total, reduce) if parts else {},  # sums reduced across ranks, over the total count
+        components=parts_result,
     )
 
 
