@@ -4,6 +4,7 @@
     python benchmarks/snapshot.py gpt2-medium     # GPT-2-medium shape (random weights), 98,304 neurons
         [--prompts 1199] [--batch-size 256] [--dtype bf16] [--device cuda]
     python benchmarks/snapshot.py callback-share  # the demo training with its default callbacks
+    python benchmarks/snapshot.py hooks           # what the hooks add to the probe set's forward
 
 A snapshot is `take_snapshot` on the fixed probe tokens (prompts of 32 tokens + a 20-token
 continuation, averaged over the 20 predicting positions): the transformer body's forward with
@@ -131,20 +132,60 @@ def bench_callback_share(args) -> None:
            "every_n_steps": dyn.every_n_steps, "max_prompts": dyn.max_prompts, "max_steps": cfg.trainer.max_steps})
 
 
+def bench_hooks(args) -> None:
+    """The demo model on 64 random 32-token prompts + a 20-token continuation, two random probes:
+    the bare transformer body's forward against `measure` without and with the component split,
+    called in turn `--calls` times each (medians, in ms); the difference is what the hooks add."""
+    from lightning_dpo.dynamics import build_probe_tokens
+    from lightning_dpo.model.loading import load_causal_lm
+    from lightning_dpo.neurons.snapshot import measure
+    from lightning_dpo.toy import ToyWorld
+    from lightning_dpo.toy.config import default_cache_dir
+    from lightning_dpo.utils.torch_utils import position_ids_from_mask
+
+    world = ToyWorld(dir=str(Path(default_cache_dir()) / "toy_world" / "seed0")).build()
+    model = load_causal_lm(world.base_model).eval()
+    g = torch.Generator().manual_seed(0)
+    tokens = build_probe_tokens(model, [torch.randint(1, model.config.vocab_size, (32,), generator=g).tolist() for _ in range(64)], 0, 20, 256)
+    units = {name: torch.nn.functional.normalize(torch.randn(model.config.n_embd, generator=g), dim=0) for name in ("a", "b")}
+    body = getattr(model, "base_model", model)
+
+    def forward() -> None:
+        with torch.no_grad():
+            body(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                 position_ids=position_ids_from_mask(tokens.attention_mask), use_cache=False)
+
+    calls = {"forward": forward,
+             "measure_neurons": lambda: measure(model, tokens, units, 0, 256, components=False),
+             "measure_with_components": lambda: measure(model, tokens, units, 0, 256, components=True)}
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for fn in calls.values():
+        fn()  # warm-up
+    for _ in range(args.calls):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(1000 * (time.perf_counter() - start))
+    medians = {f"{k}_ms": round(statistics.median(v), 1) for k, v in times.items()}
+    medians["hooks_ms"] = round(medians["measure_with_components_ms"] - medians["forward_ms"], 1)
+    print(medians)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["demo", "gpt2-medium", "callback-share"])
+    parser.add_argument("what", choices=["demo", "gpt2-medium", "callback-share", "hooks"])
     parser.add_argument("--prompts", type=int, default=1199)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=40, help="hooks: calls of each kind")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up snapshot (slow CPU runs)")
     parser.add_argument("overrides", nargs="*", help="callback-share: Hydra overrides of the demo config")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name(0)})" if args.device.startswith("cuda") else f", {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"))
-    {"demo": bench_demo, "gpt2-medium": bench_gpt2_medium, "callback-share": bench_callback_share}[args.what](args)
+    {"demo": bench_demo, "gpt2-medium": bench_gpt2_medium, "callback-share": bench_callback_share, "hooks": bench_hooks}[args.what](args)
     return 0
 
 
