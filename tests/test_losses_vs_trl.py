@@ -161,6 +161,23 @@ def _concatenated(trainer, batch, padding_value) -> dict[str, torch.Tensor]:
     }
 
 
+def _assert_reference_free_loss_equals_trl(trainer, padding_value: int, weights, loss: dict) -> None:
+    """One batch of a TRL reference-free trainer (CPO/ORPO) against our module with `loss`: loss,
+    logged rewards and every parameter's gradient."""
+    batch = next(iter(trainer.get_train_dataloader()))
+    their_loss, metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
+    their_loss.backward()
+
+    module = _ours(weights, loss)
+    assert module.reference is None
+    our_loss, values = module.compute(_concatenated(trainer, batch, padding_value), diagnostics=False)
+    our_loss.backward()
+
+    assert our_loss.item() == pytest.approx(their_loss.item(), rel=1e-4, abs=1e-6)
+    _compare_rewards(metrics, values)
+    _compare_gradients(trainer.model, module.policy)
+
+
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_simpo_equals_trl_cpo_trainer(label_smoothing, weights, tokenizer, tmp_path):
     """SimPO = TRL's CPOTrainer with loss_type=simpo and cpo_alpha=0 (no behaviour-cloning term)."""
@@ -168,18 +185,8 @@ def test_simpo_equals_trl_cpo_trainer(label_smoothing, weights, tokenizer, tmp_p
 
     args = {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": 0.7, "label_smoothing": label_smoothing}
     trainer = _trainer(CPOTrainer, CPOConfig, args, weights, tokenizer, tmp_path, with_reference=False)
-    batch = next(iter(trainer.get_train_dataloader()))
-    their_loss, metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
-    their_loss.backward()
-
-    module = _ours(weights, {"type": "simpo", "simpo_gamma": 0.7, "label_smoothing": label_smoothing})
-    assert module.reference is None
-    our_loss, values = module.compute(_concatenated(trainer, batch, trainer.pad_token_id), diagnostics=False)
-    our_loss.backward()
-
-    assert our_loss.item() == pytest.approx(their_loss.item(), rel=1e-4, abs=1e-6)
-    _compare_rewards(metrics, values)
-    _compare_gradients(trainer.model, module.policy)
+    _assert_reference_free_loss_equals_trl(trainer, trainer.pad_token_id, weights,
+                                           {"type": "simpo", "simpo_gamma": 0.7, "label_smoothing": label_smoothing})
 
 
 def test_orpo_equals_trl_orpo_trainer(weights, tokenizer, tmp_path):
@@ -187,17 +194,7 @@ def test_orpo_equals_trl_orpo_trainer(weights, tokenizer, tmp_path):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     trainer = _trainer(ORPOTrainer, ORPOConfig, {}, weights, tokenizer, tmp_path, with_reference=False)
-    batch = next(iter(trainer.get_train_dataloader()))
-    their_loss, metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
-    their_loss.backward()
-
-    module = _ours(weights, {"type": "orpo"})
-    our_loss, values = module.compute(_concatenated(trainer, batch, trainer.padding_value), diagnostics=False)
-    our_loss.backward()
-
-    assert our_loss.item() == pytest.approx(their_loss.item(), rel=1e-4, abs=1e-6)
-    _compare_rewards(metrics, values)
-    _compare_gradients(trainer.model, module.policy)
+    _assert_reference_free_loss_equals_trl(trainer, trainer.padding_value, weights, {"type": "orpo"})
 
 
 def test_bco_pair_keeps_no_state_across_steps_like_trl(weights, tokenizer, tmp_path):
