@@ -38,7 +38,7 @@ from lightning_dpo.neurons.groups import REDUCING_GROUPS, summary_metrics, toxic
 from lightning_dpo.neurons.probe import Probe, build_probe, save_probe
 from lightning_dpo.neurons.snapshot import Measurement, ProbeTokens, measure
 from lightning_dpo.utils.errors import ConfigError
-from lightning_dpo.utils.io import atomic_write_jsonl
+from lightning_dpo.utils.io import atomic_write_jsonl, check_file_name
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,8 @@ def _named_probes(probe: Mapping[str, Any] | None, probes: Mapping[str, Mapping[
         named = {str(cfg.pop("name", None) or "toxicity"): cfg}
     else:
         raise ConfigError(f"{key}.probe", "the neuron dynamics need a probe: probe.path=<probe file> (or probes={name: {...}})")
+    for name in named:  # a name becomes probes/<name>.safetensors and plots/<name>/: a plain file name only
+        check_file_name(name, f"{key}.probes.{name}" if probes else "probe.name")
     for name, cfg in named.items():
         if cfg.get("source") == "raw" and not cfg.get("path"):
             raise ConfigError("probe.path" if not probes else f"{key}.probes.{name}.path",

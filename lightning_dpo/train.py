@@ -33,7 +33,7 @@ from lightning_dpo.toy.config import (
     register_toy_resolver,
     toy_world_dir,
 )
-from lightning_dpo.training.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
+from lightning_dpo.training.checkpoints import AtomicCheckpointIO, check_checkpoint, resolve_ckpt_path
 from lightning_dpo.training.metrics_csv import MetricsCSVLogger
 from lightning_dpo.training.run_dir import (
     RunConfigInCheckpoint,
@@ -107,7 +107,7 @@ def save_best_model(trainer: L.Trainer, module: Any, tokenizer: Any, run_dir: Pa
     best = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path), None)
     if best is None or not Path(best.best_model_path).is_file():
         return None
-    state = torch.load(best.best_model_path, map_location="cpu", mmap=True, weights_only=False)
+    state = check_checkpoint(best.best_model_path)
     weights = {k[len("policy."):]: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
     module.policy.load_state_dict(weights, strict=False)
     record = {"step": int(state["global_step"]), "checkpoint": str(best.best_model_path), "monitor": best.monitor,
@@ -319,7 +319,7 @@ def _train(cfg: DictConfig, run_dir: Path, plan: RunPlan, callbacks: list[L.Call
     loggers = build_loggers(cfg, run_dir)
     callbacks += [loggers[0].checkpoint_callback(), RunConfigInCheckpoint(run_config(cfg))]
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
 
     stopped = stop_checkpoint_of(trainer)
     if stopped is not None and stopped.interrupted:

@@ -22,6 +22,7 @@ from lightning_dpo.dynamics.store import DynamicsRun, load_run
 from lightning_dpo.neurons.components import top_heads
 from lightning_dpo.neurons.groups import MIRROR_GROUPS, REDUCING_GROUPS
 from lightning_dpo.utils.figures import annotate_cells, pyplot, save_figure
+from lightning_dpo.utils.io import check_file_name
 
 COLORS = {"TP-": "#d62728", "TN+": "#ff7f0e", "AP+": "#2ca02c", "AN-": "#1f77b4",
           "TP+": "#d62728", "TN-": "#ff7f0e", "AP-": "#2ca02c", "AN+": "#1f77b4"}
@@ -172,6 +173,7 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     run = load_run(run_dir)
     paths = []
     for i, probe in enumerate(run.probes):
+        check_file_name(probe, f"the probe name in {run.run_dir / 'dynamics'}")  # the files may come from anyone
         out = Path(run_dir) / "plots" if i == 0 else Path(run_dir) / "plots" / probe
         paths += [p for p in (plot(run, probe, out) for plot in FIGURES) if p is not None]
     return paths

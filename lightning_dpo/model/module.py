@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import lightning as L
 import torch
 from torch import nn
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanMetric
 
 from lightning_dpo.model.loading import frozen_copy, load_causal_lm, resolve_dtype
@@ -83,6 +84,9 @@ class DPOModule(L.LightningModule):
         if precompute_reference and not reference_cache_dir:
             raise ConfigError("model.reference_cache_dir", "precomputed reference log-probs need a cache directory")
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler", "policy"])
+        for key, value in list(self.hparams.items()):  # plain containers: a checkpoint holds nothing a safe load refuses
+            if isinstance(value, (DictConfig, ListConfig)):
+                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
         self.hparams["loss"] = self.loss_fn.to_dict()
         self.optimizer_factory = optimizer or partial(torch.optim.RMSprop, lr=1e-6)
         self.scheduler_factory = scheduler or partial(warmup_schedule, warmup_steps=150)

@@ -1,8 +1,18 @@
-"""Checkpoints that are never half-written, and a clear error for one that cannot be read."""
+"""Checkpoints that are never half-written, never run code when read, and a clear error for one that cannot be read.
+
+A checkpoint is a file a user hands us (`ckpt_path=<file>`, a `last.ckpt` planted in a run
+directory, `evaluate model.name_or_path=<file>.ckpt`): it is read with `torch.load(...,
+weights_only=True)` everywhere, so unpickling builds tensors and plain values (dicts, lists,
+numbers, strings) only and never calls a function the file names. The project writes nothing
+else into its checkpoints (hyper-parameters are stored as plain containers); a file that holds
+anything else is refused in one line naming it and the type it tried to build.
+"""
 
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +38,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
 
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's resume reads through here: always `weights_only` (the caller's choice is ignored)."""
+        return safe_load(path)
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def safe_load(path: str | Path) -> Any:
+    """`torch.load` of a file that may come from anyone: tensors and plain values only
+    (memory-mapped, on the CPU). A file that asks to build any other object is refused, naming it."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _GLOBAL.search(str(exc))
+        what = f"an object of type {found.group(1)}" if found else "an object that is not a tensor or a plain value"
+        raise CheckpointError(f"checkpoint {path} refused: it asks to build {what}, and a checkpoint is only read as tensors "
+                              "and plain values (loading it would let the file run code)") from None
+
 
 def _other_checkpoints(path: Path) -> list[Path]:
     return sorted((p for p in path.parent.glob("*.ckpt") if p != path), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -40,9 +69,11 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (config key 'ckpt_path')")
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        state = safe_load(path)
         if not isinstance(state, dict) or "state_dict" not in state:
             raise ValueError("not a Lightning checkpoint (no state_dict)")
+    except CheckpointError:
+        raise
     except Exception as exc:
         others = _other_checkpoints(path)
         hint = f"; the previous checkpoint is {others[0]} (pass ckpt_path={others[0]})" if others else ""

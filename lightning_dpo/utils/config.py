@@ -40,7 +40,9 @@ def override_arg(key: str, value: object) -> str:
 def safe_dirname(name: str, max_length: int = 120) -> str:
     """A job directory name from its overrides: readable, stable (so a job can be found and
     resumed), and short enough for the file system (a long one keeps its start plus a hash)."""
-    name = name or "default"
+    name = (name or "default").replace("/", "_").replace("\0", "_")  # a value's path separators must not make or climb folders
+    if name in (".", ".."):
+        name = name.replace(".", "_")
     if len(name) <= max_length:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:10]

@@ -13,12 +13,13 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from lightning_dpo.utils.errors import OutputError
+from lightning_dpo.utils.errors import ConfigError, OutputError
 
 
 def _umask() -> int:
@@ -157,6 +158,18 @@ def atomic_directory(path: str | os.PathLike, fill_fn: Callable[[Path], None]) -
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def check_file_name(name: str, key: str) -> str:
+    """A config value used as a file or folder name: letters, digits, `_`, `-` and `.`, not starting
+    with `.` (so it cannot climb out of its folder, make sub-folders or hide), at most 100 characters."""
+    if not isinstance(name, str) or not _FILE_NAME.match(name) or len(name) > 100:
+        raise ConfigError(key, f"{name!r} is used as a file name: use letters, digits, '_', '-' and '.' "
+                          "(not starting with '.'; at most 100 characters)")
+    return name
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
