@@ -35,6 +35,7 @@ from lightning_dpo.dynamics.probe_set import POSITION_MODES, build_probe_tokens,
 from lightning_dpo.dynamics.store import DynamicsStore, table_rows
 from lightning_dpo.neurons.components import Components, component_metrics, top_heads
 from lightning_dpo.neurons.groups import REDUCING_GROUPS, summary_metrics, toxic_top_n
+from lightning_dpo.neurons.hooks import find_output_projections
 from lightning_dpo.neurons.probe import Probe, build_probe, save_probe
 from lightning_dpo.neurons.snapshot import Measurement, ProbeTokens, measure
 from lightning_dpo.utils.errors import ConfigError
@@ -68,6 +69,8 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             raise ConfigError(f"{self.key}.positions", f"got {positions!r}; accepted: {list(POSITION_MODES)}")
         if num_positions < 1:
             raise ConfigError(f"{self.key}.num_positions", f"must be >= 1, got {num_positions}")
+        if top_n < 1:
+            raise ConfigError(f"{self.key}.top_n", f"must be >= 1, got {top_n}")
         self.probe_cfgs = _named_probes(probe, probes, self.key)
         self.prompt_spec, self.max_prompts = dict(prompts), max_prompts
         # a file is read now (a bad one fails before training); the validation prompts at fit start
@@ -97,6 +100,10 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             self.prompts = load_prompt_set(self.prompt_spec, f"{self.key}.prompts", self.max_prompts, [r.prompt for r in records])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        projections = find_output_projections(pl_module.policy)
+        neurons = len(projections) * projections[0].d_mlp
+        if self.top_n > neurons:
+            raise ConfigError(f"{self.key}.top_n", f"{self.top_n} is more than the model's {neurons} MLP neurons")
         with torch.no_grad():
             if not self.probes:
                 self.probes = self._make_probes(trainer, pl_module)

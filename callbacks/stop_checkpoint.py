@@ -3,7 +3,9 @@
 `last.ckpt` is written
 - after every validation (as ModelCheckpoint's `save_last` would);
 - every `every_n_steps` optimizer steps, if set;
-- at the final optimizer step (max_steps, or the last batch of the last epoch);
+- at the final optimizer step (max_steps, or the last batch of the last epoch), where it also asks
+  Lightning for a final validation (`trainer.should_stop`, as EarlyStopping does), so that the final
+  weights compete for the best checkpoint and the validation's results are in `last.ckpt`;
 - after SIGTERM or Ctrl-C: the signal only sets a flag; at the next optimizer-step boundary the
   checkpoint is written and training ends there (a second Ctrl-C interrupts at once).
 ModelCheckpoint keeps only the best checkpoint by `val/loss` (`save_last: false` in
@@ -108,7 +110,13 @@ class StopCheckpoint(Checkpoint):
         step = trainer.global_step
         if self._stop_requested(trainer):
             self._stop(trainer)
-        elif (self.at_end and is_final_step(trainer)) or (self.every_n_steps and step % self.every_n_steps == 0):
+        elif self.at_end and is_final_step(trainer):
+            # ask Lightning for a validation at this step (its own early-stopping flag, which it honours
+            # with a validation before stopping): the final weights then compete for the best checkpoint
+            # like every other validation, also in a run shorter than trainer.val_check_interval
+            trainer.should_stop = True
+            self._save(trainer)
+        elif self.every_n_steps and step % self.every_n_steps == 0:
             self._save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

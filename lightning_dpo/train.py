@@ -35,6 +35,7 @@ from lightning_dpo.toy.config import (
 )
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO, check_checkpoint, resolve_ckpt_path
 from lightning_dpo.training.metrics_csv import MetricsCSVLogger
+from lightning_dpo.training.preflight import check_lengths, preflight
 from lightning_dpo.training.run_dir import (
     RunConfigInCheckpoint,
     RunDirectory,
@@ -47,8 +48,6 @@ from lightning_dpo.training.run_dir import (
 from lightning_dpo.training.wandb_logger import setup_wandb_run
 from lightning_dpo.utils.config import build, override_arg, register_resolvers
 from lightning_dpo.utils.errors import (
-    ConfigError,
-    DataError,
     LightningDPOError,
     RunInterrupted,
 )
@@ -173,77 +172,6 @@ def objective_value(trainer: L.Trainer, key: str | None) -> float | None:
     return float(value) if value is not None else math.nan
 
 
-def _number(cfg: DictConfig, key: str) -> float | None:
-    value = OmegaConf.select(cfg, key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, f"must be a number, got {value!r}")
-    return float(value)
-
-
-def preflight(cfg: DictConfig, built_on_demand: Path | None = None) -> None:
-    """Checks that need no model: every `???` value is set, numbers are numbers, files exist (those
-    under `built_on_demand`, the demo world, are built after these checks)."""
-
-    def absent(path: Path) -> bool:
-        return not path.exists() and not (built_on_demand is not None and path.is_relative_to(built_on_demand))
-
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(missing[0], f"is required but not set (all missing: {', '.join(missing)})")
-    lr = _number(cfg, "optim.lr")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ConfigError("optim.lr", f"must be a finite number > 0, got {lr}")
-    beta = _number(cfg, "loss.beta")
-    if beta is not None and not (math.isfinite(beta) and beta > 0):
-        raise ConfigError("loss.beta", f"must be a finite number > 0, got {beta}")
-    max_steps = _number(cfg, "trainer.max_steps")
-    if max_steps is not None and max_steps == 0 or max_steps is not None and max_steps < -1:
-        raise ConfigError("trainer.max_steps", f"must be > 0 (or -1 to train for trainer.max_epochs), got {int(max_steps)}")
-    path = cfg.data.get("path")
-    if path:
-        data_path = Path(path).expanduser()
-        if absent(data_path):
-            raise DataError(str(path), "file not found (config key 'data.path')")
-        if data_path.exists() and not data_path.is_file():
-            raise DataError(str(path), "is not a file (config key 'data.path' names one JSONL/JSON/CSV/Parquet file of pairs)")
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node is None or "_target_" not in node or "probe" not in node:
-            continue
-        named = {f"callbacks.{name}.probes.{k}": v for k, v in (node.get("probes") or {}).items()} or {"probe": cfg.get("probe") or {}}
-        for key, probe in named.items():
-            if probe.get("source") != "raw":
-                continue
-            if not probe.get("path"):
-                raise ConfigError(f"{key}.path", "the neuron dynamics need a probe: probe.path=<probe file> (e.g. Lee et al.'s "
-                                  "probe.pt), or probe=train probe.data=<labelled texts>")
-            if absent(Path(probe.path).expanduser()):
-                raise DataError(str(probe.path), f"probe file not found (config key '{key}.path')")
-
-
-# (config keys whose sum is one sequence's length) for every sequence training and measuring build
-SEQUENCE_LENGTHS = (
-    ("data.max_prompt_length", "data.max_completion_length"),
-    ("callbacks.neuron_dynamics.max_prompt_tokens", "callbacks.neuron_dynamics.num_positions"),
-    ("callbacks.toxicity_eval.max_prompt_tokens", "callbacks.toxicity_eval.max_new_tokens"),
-)
-
-
-def check_lengths(cfg: DictConfig, limit: int | None) -> None:
-    """Every sequence fits the model's positions (GPT-2's position table would fail mid-training
-    with an IndexError at whichever step a long row comes up)."""
-    if not limit:
-        return
-    for keys in SEQUENCE_LENGTHS:
-        values = [OmegaConf.select(cfg, k) for k in keys]
-        if any(v is None for v in values):
-            continue
-        if sum(values) > limit:
-            listing = " + ".join(f"{k}={v}" for k, v in zip(keys, values))
-            raise ConfigError(keys[0], f"{listing} = {sum(values)} tokens, but the model has positions for {limit}: lower them")
-
-
 def train(cfg: DictConfig) -> float | None:
     """Claim the run directory, check the run, then build everything from `cfg`, fit, save
     `hf_model/`, and return the objective. Raises `RunInterrupted` after a signal (with the
@@ -267,7 +195,7 @@ def _claimed(cfg: DictConfig, run_dir: Path) -> float | None:
                  run_dir, plan.checkpoint_step)
         return previous.get("objective")
     try:
-        preflight(cfg, built_on_demand=toy_world_dir(cfg))
+        preflight(cfg, built_on_demand=toy_world_dir(cfg), overrides=task_overrides())
         ensure_toy_world(cfg, demo_keys=("model.name_or_path", "data.path"))  # the demo's world: built once, then cached
     except LightningDPOError as exc:
         if rank_zero and not plan.resuming and not plan.archive:  # our own, empty directory: record the failure

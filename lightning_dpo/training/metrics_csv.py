@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -99,7 +100,7 @@ class MetricsCSVLogger(Logger):
         self.columns = list(state["columns"])
         self.rows = {int(r["step"]): dict(r) for r in state["rows"] if int(r["step"]) <= step}
         kept_on_disk = [r for r in on_disk if r["step"] <= step]
-        if kept_on_disk != [self.rows[s] for s in sorted(self.rows)]:
+        if not _same_rows(kept_on_disk, [self.rows[s] for s in sorted(self.rows)]):
             log.warning("%s did not hold every row up to step %d (%d of %d rows): rebuilt it from the checkpoint",
                         self.path, step, len(kept_on_disk), len(self.rows))
         elif len(on_disk) > len(kept_on_disk):
@@ -124,6 +125,15 @@ class _MetricsInCheckpoint(L.Callback):
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is not None and trainer.is_global_zero:
             self.logger.restore(state, int(state["step"]))
+
+
+def _same_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Row lists equal value for value, a NaN equal to a NaN (`!=` would call every row with a NaN changed)."""
+
+    def same(x: Any, y: Any) -> bool:
+        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+
+    return len(a) == len(b) and all(r.keys() == q.keys() and all(same(r[k], q[k]) for k in r) for r, q in zip(a, b))
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:

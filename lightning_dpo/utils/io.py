@@ -59,6 +59,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _FILE_MODE)  # writers that replace the file (safetensors) create it 0600
         _fsync_file(tmp_path)
         os.replace(tmp_path, path)
     except OSError as exc:
@@ -146,6 +147,7 @@ def atomic_directory(path: str | os.PathLike, fill_fn: Callable[[Path], None]) -
     old = path.with_name(f".{path.name}.old")
     try:
         fill_fn(tmp_dir)
+        _plain_permissions(tmp_dir)
         if old.exists():
             shutil.rmtree(old)
         if path.exists():
@@ -170,6 +172,16 @@ def check_file_name(name: str, key: str) -> str:
         raise ConfigError(key, f"{name!r} is used as a file name: use letters, digits, '_', '-' and '.' "
                           "(not starting with '.'; at most 100 characters)")
     return name
+
+
+def _plain_permissions(folder: Path) -> None:
+    """Every file and folder under `folder` as a plain open() or mkdir() would make it under the umask
+    (save_pretrained writes its weights through safetensors, which creates files 0600)."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), _DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(root, name), _FILE_MODE)
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:

@@ -47,3 +47,6 @@ def quiet_libraries() -> None:
         pass
     # Lightning's own pytree helper uses an API that torch deprecated; nothing a user can change
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # ModelCheckpoint's note on a non-empty checkpoints/ folder: a resume finds its own checkpoints there
+    # (the run-directory protocol refuses a fresh run in a folder that holds one)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
