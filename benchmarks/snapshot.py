@@ -66,7 +66,7 @@ def time_snapshot(model, vocab: int, prompts: int, batch_size: int, dtype: str, 
 
 
 def bench_demo(args) -> None:
-    from lightning_dpo.toy.config import default_cache_dir
+    from lightning_dpo.utils.cache import default_cache_dir
 
     from lightning_dpo.model.loading import load_causal_lm
     from lightning_dpo.toy import ToyWorld
@@ -140,7 +140,7 @@ def bench_hooks(args) -> None:
     from lightning_dpo.model.loading import load_causal_lm
     from lightning_dpo.neurons.snapshot import measure
     from lightning_dpo.toy import ToyWorld
-    from lightning_dpo.toy.config import default_cache_dir
+    from lightning_dpo.utils.cache import default_cache_dir
     from lightning_dpo.utils.torch_utils import position_ids_from_mask
 
     world = ToyWorld(dir=str(Path(default_cache_dir()) / "toy_world" / "seed0")).build()

@@ -39,6 +39,7 @@ from lightning_dpo.neurons.hooks import find_output_projections
 from lightning_dpo.neurons.probe import Probe, build_probe, save_probe
 from lightning_dpo.neurons.snapshot import Measurement, ProbeTokens, measure
 from lightning_dpo.utils.errors import ConfigError
+from lightning_dpo.training.wandb_logger import is_wandb_logger
 from lightning_dpo.utils.io import atomic_write_jsonl, check_file_name
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+        wandb_loggers = [lg for lg in trainer.loggers if is_wandb_logger(lg)]
         if wandb_loggers and trainer.is_global_zero and self.history:
             from lightning_dpo.dynamics.figures import make_plots
             from lightning_dpo.training.wandb_logger import log_dynamics_charts, log_table

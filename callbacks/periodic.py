@@ -36,6 +36,7 @@ class PeriodicMeasurement(Callback):
         self.name = name
         self.history: list[dict[str, Any]] = []
         self._boundary = StepBoundary()
+        self._started = False  # on_train_start ran (Lightning skips it when a resume is at max_steps already)
 
     # subclasses implement this; it returns the scalars to log (already reduced across ranks)
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
@@ -66,6 +67,7 @@ class PeriodicMeasurement(Callback):
             self.on_history_changed(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = True
         step = trainer.global_step
         if self.history:  # restored from a checkpoint (of any step, 0 included)
             self.history = [e for e in self.history if e["step"] <= step]
@@ -88,6 +90,18 @@ class PeriodicMeasurement(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_end and not was_interrupted(trainer):
             self._run(trainer, pl_module)
+
+    # -- a run resumed at its final step -----------------------------------------------------------
+    def missing_final(self, trainer: L.Trainer) -> bool:
+        """True when the end-of-training measurement of the final step is missing: a resume whose
+        checkpoint is already at `max_steps` makes Lightning skip its training loop and its hooks."""
+        return self.at_end and not was_interrupted(trainer) and trainer.global_step not in self.steps_done
+
+    def measure_final(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Take the end-of-training measurement outside the loop (after the set-up the loop would do)."""
+        if not self._started:
+            self.on_train_start(trainer, pl_module)
+        self._run(trainer, pl_module)
 
     # -- state ------------------------------------------------------------------------------------
     @property

@@ -14,7 +14,8 @@ its probe, probe set, evaluation prompts, scorer, perplexity text and F1 data (c
    optionally Lee et al.'s direction subtraction; the DPO model. Columns: toxicity (with the
    scorer), perplexity, F1, and the share of DPO's toxicity drop each row recovers,
    (tox_base - tox_row) / (tox_base - tox_dpo).
-Writes `<out>/table.md`, `table.csv`, `groups.md`, `groups.csv`, `analysis.json`, `plots/*.png`.
+Writes `<out>/table.md`, `table.csv`, `groups.md`, `groups.csv`, `analysis.json`, `config.yaml`, `plots/*.png`;
+`out` defaults to `<run dir>/analysis/<time>/` for a run (its report links it), else `outputs/analysis/<date>/<time>/`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 import torch
+from omegaconf import OmegaConf
 
 from lightning_dpo.data.texts import describe_prompt_set, load_prompt_set, load_texts
 from lightning_dpo.data.tokenize import pad_id
@@ -40,17 +42,13 @@ from lightning_dpo.evaluation.model_source import (
     describe_model_source,
     load_model_and_tokenizer,
 )
-from lightning_dpo.evaluation.run_record import RUN, RunRecord, require_run
+from lightning_dpo.runs.directory import RUN, RunDirectory, command_output, require_run
 from lightning_dpo.neurons import interventions as iv
 from lightning_dpo.neurons.groups import GROUPS_CSV_COLUMNS
 from lightning_dpo.neurons.probe import Probe, build_probe, load_probe
+from lightning_dpo.report import refresh_report
 from lightning_dpo.utils.figures import pyplot, save_figure
-from lightning_dpo.utils.io import (
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
-    ensure_writable_dir,
-)
+from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from lightning_dpo.utils.tables import markdown_table
 from lightning_dpo.utils.torch_utils import resolve_device
 
@@ -58,7 +56,7 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perplexity", "f1", "recovered_share_of_dpo_drop"]
 
 
-def resolve_probe(cfg: Any, run: RunRecord | None, base: torch.nn.Module, tokenizer: Any) -> Probe:
+def resolve_probe(cfg: Any, run: RunDirectory | None, base: torch.nn.Module, tokenizer: Any) -> Probe:
     """probe=run: the probe the training run measured its dynamics with; else the configured one."""
     d_model = base.get_input_embeddings().weight.shape[1]
     if cfg.probe.source == RUN:
@@ -67,7 +65,7 @@ def resolve_probe(cfg: Any, run: RunRecord | None, base: torch.nn.Module, tokeni
     return build_probe(base, tokenizer, source=cfg.probe.source, path=cfg.probe.get("path"), data=cfg.probe.get("data"), **options)
 
 
-def probe_set_prompts(cfg: Any, run: RunRecord | None) -> tuple[list[str], str]:
+def probe_set_prompts(cfg: Any, run: RunDirectory | None) -> tuple[list[str], str]:
     """The prompts mean activations are measured on: the run's own probe set (prompts=run), or the prompt set given."""
     ps = cfg.probe_set
     if cfg.prompts.source == RUN:
@@ -153,16 +151,24 @@ def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out:
     return paths
 
 
+def base_model_setting(cfg: Any, run: RunDirectory | None) -> dict[str, Any]:
+    """The base (pre-DPO) model: model.name_or_path (+ gguf_file, tokenizer) when given, else the run's."""
+    if cfg.model.name_or_path:
+        return {"name_or_path": cfg.model.name_or_path, "gguf_file": cfg.model.get("gguf_file"), "tokenizer": cfg.model.tokenizer}
+    return require_run(run, "model.name_or_path", cfg.dpo).base_model()
+
+
 def run(cfg: Any) -> dict[str, Any]:
-    out = ensure_writable_dir(cfg.out, "output directory (out)")
+    out = command_output(cfg.out, "analysis", cfg.dpo)
     device = resolve_device(cfg.device)
-    run_record = RunRecord.find(cfg.dpo)
+    run_record = RunDirectory.find(cfg.dpo)
     settings = settings_from_config(cfg, run_record, out)
-    base_source = cfg.model.name_or_path or require_run(run_record, "model.name_or_path", cfg.dpo).base_model()
+    base_setting = base_model_setting(cfg, run_record)
+    base_source = base_setting["name_or_path"]
     _, dpo_description = describe_model_source(cfg.dpo)
     log.info("base model: %s; DPO model: %s", base_source, dpo_description)
-    base, tokenizer = load_model_and_tokenizer(base_source, cfg.model.tokenizer, cfg.model.dtype)
-    dpo, _ = load_model_and_tokenizer(cfg.dpo, cfg.model.tokenizer or base_source, cfg.model.dtype)
+    base, tokenizer = load_model_and_tokenizer(base_source, base_setting.get("tokenizer"), cfg.model.dtype, base_setting.get("gguf_file"))
+    dpo, _ = load_model_and_tokenizer(cfg.dpo, cfg.model.tokenizer, cfg.model.dtype)
     base.to(device)
     dpo.to(device)
     probe = resolve_probe(cfg, run_record, base, tokenizer)
@@ -209,6 +215,9 @@ def run(cfg: Any) -> dict[str, Any]:
         "table": table, "groups": [r for r in groups if r["layer"] == "all"], "plots": [str(p) for p in plots],
     }
     atomic_write_json(out / "analysis.json", summary)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
+    if run_record is not None:
+        refresh_report(run_record.path)
     print(markdown_table(table, TABLE_COLUMNS))
     print(f"neuron groups over {probe_set_source}, {int(tokens.positions.sum())} positions "
           "(a run's own training summary used dynamics/prompts.jsonl: the tables agree only on the same prompts)")

@@ -7,7 +7,10 @@ A user error prints one clear line and exits with status 2 (no traceback).
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from lightning_dpo.toy.config import ensure_toy_world, register_toy_resolver
@@ -16,6 +19,56 @@ from lightning_dpo.utils.errors import LightningDPOError
 from lightning_dpo.utils.quiet import quiet_libraries
 
 log = logging.getLogger("lightning_dpo")
+
+
+_DIR_ARGUMENT = re.compile(r"^\+*(hydra\.(?:run|sweep)\.dir)=")
+
+
+def check_output_dir_arguments(argv: list[str], default: str = "outputs") -> None:
+    """Hydra creates the run (or sweep) directory before any of the command's own checks, so an
+    unusable one (inside a file, under /proc, not writable) would end in Hydra's traceback: it is
+    checked here first, with one line and exit status 2, and nothing is created."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    targets = []
+    for arg in argv:
+        match = _DIR_ARGUMENT.match(arg)
+        if match:
+            try:
+                targets.append((match.group(1), str(parser.parse_override(arg.lstrip("+")).value())))
+            except Exception:
+                continue  # Hydra reports an override it cannot parse itself
+    if not targets and "-m" not in argv and "--multirun" not in argv:
+        targets.append(("hydra.run.dir", default))
+    for key, value in targets:
+        problem = directory_problem(Path(value).expanduser())
+        if problem:
+            print(f"error: config key '{key}': cannot use {value} as the run directory: {problem}", file=sys.stderr)
+            sys.exit(2)
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why `path` cannot be created and written (None if it can); leaves nothing behind."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    created: list[Path] = []
+    try:
+        for part in reversed([p for p in [path.absolute(), *path.absolute().parents] if not p.exists()]):
+            part.mkdir()
+            created.append(part)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        for part in reversed(created):
+            part.rmdir()
+    return None
 
 
 def hydra_command(fn: Callable[[Any], Any], config_name: str) -> Callable[[], Any]:

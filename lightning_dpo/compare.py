@@ -29,6 +29,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.dynamics import REDUCING_GROUPS
+from lightning_dpo.runs.directory import RunDirectory
+from lightning_dpo.runs.sweep import find_jobs, planned_jobs
 from lightning_dpo.training.metrics_csv import read_metrics_csv
 from lightning_dpo.utils.figures import annotate_cells, pyplot, save_figure
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_text
@@ -52,10 +54,6 @@ class UnreadableJob(Exception):
     def __init__(self, path: Path, reason: str):
         self.path, self.reason = path, reason
         super().__init__(f"{path}: {reason}")
-
-
-def find_jobs(sweep_dir: Path) -> list[Path]:
-    return sorted(p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml") if "wandb" not in p.parts and "attempts" not in p.parts)
 
 
 def _load_config(path: Path) -> DictConfig:
@@ -337,9 +335,20 @@ def plot_heatmap(summaries: list[dict[str, Any]], key: str, title: str, unit: st
 
 
 def compare(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """compare.md/csv (and compare_by_setting.*, plots/) over the sweep's jobs; a job that the sweep
+    planned (multirun.yaml) but whose folder is gone is listed as `missing`."""
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.exists():
+        raise FileNotFoundError(f"{sweep_dir}: not found")
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: not a folder (compare reads a sweep directory)")
+    if RunDirectory.is_run(sweep_dir):
+        raise FileNotFoundError(f"{sweep_dir} is one run, not a sweep: compare reads a folder of runs (a multirun "
+                                f"directory); for this run: python -m lightning_dpo.report {sweep_dir}")
     jobs = find_jobs(sweep_dir)
-    if not jobs:
+    planned = planned_jobs(sweep_dir) or []
+    missing = [name for name in planned if not (sweep_dir / name).exists()]
+    if not jobs and not missing:
         raise FileNotFoundError(f"{sweep_dir}: no job directories (folders with .hydra/config.yaml)")
     summaries = []
     for job in jobs:
@@ -347,6 +356,8 @@ def compare(sweep_dir: str | Path) -> list[dict[str, Any]]:
             summaries.append(job_summary(job))
         except UnreadableJob as exc:
             summaries.append(unreadable_summary(job, exc))
+    summaries += [{"job": name, "status": "missing", "error": "planned by multirun.yaml, but its folder is gone", "_rows": []}
+                  for name in missing]
     table = [{k: v for k, v in s.items() if k != "_rows"} for s in summaries]
     atomic_write_csv(sweep_dir / "compare.csv", COLUMNS, table)
     atomic_write_text(sweep_dir / "compare.md", markdown_table(table, COLUMNS))

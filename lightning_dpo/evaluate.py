@@ -4,8 +4,9 @@ Greedy continuations (prompt cut to 32 tokens, 20 new tokens, left padding, batc
 set are scored by the configured scorer, whose name is written beside every number; perplexity
 over non-overlapping windows; F1 of continuation tokens against gold continuations. A run
 directory is evaluated with its own settings unless told otherwise (conf/evaluate.yaml).
-Writes `<out>/eval.json` (with the prompts, scorer and perplexity text used) and
-`<out>/generations.jsonl`, atomically, and prints a table.
+Writes `<out>/eval.json` (with the prompts, scorer and perplexity text used),
+`<out>/generations.jsonl` and `<out>/config.yaml`, atomically, and prints a table; `out` defaults to
+`<run dir>/evaluation/<time>/` for a run (its report links it), else `outputs/evaluation/<date>/<time>/`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from lightning_dpo.evaluation.evaluate_model import evaluate_model, settings_from_config
 from lightning_dpo.evaluation.model_source import (
     describe_model_source,
     load_model_and_tokenizer,
 )
-from lightning_dpo.evaluation.run_record import RunRecord
-from lightning_dpo.utils.io import (
-    atomic_write_json,
-    atomic_write_jsonl,
-    ensure_writable_dir,
-)
+from lightning_dpo.runs.directory import RunDirectory, command_output
+from lightning_dpo.report import refresh_report
+from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -37,19 +37,23 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def run(cfg: Any) -> dict[str, Any]:
-    out = ensure_writable_dir(cfg.out, "output directory (out)")
     source = cfg.model.name_or_path
-    settings = settings_from_config(cfg, RunRecord.find(source), out)
+    out = command_output(cfg.out, "evaluation", source)
+    run_dir = RunDirectory.find(source)
+    settings = settings_from_config(cfg, run_dir, out)
     _, description = describe_model_source(source)
     log.info("evaluating %s", description)
-    model, tokenizer = load_model_and_tokenizer(source, cfg.model.tokenizer, cfg.model.dtype)
+    model, tokenizer = load_model_and_tokenizer(source, cfg.model.tokenizer, cfg.model.dtype, cfg.model.get("gguf_file"))
     model.to(resolve_device(cfg.device))
     metrics, generations = evaluate_model(model, tokenizer, settings)
     metrics = {"model": description, **metrics}
     atomic_write_json(out / "eval.json", metrics)
     atomic_write_jsonl(out / "generations.jsonl", generations)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
     print(format_metrics(metrics))
     print(f"wrote {out / 'eval.json'} and {out / 'generations.jsonl'}")
+    if run_dir is not None:
+        refresh_report(run_dir.path)
     return metrics
 
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightning_dpo.runs.directory import RunDirectory
 from lightning_dpo.utils.config import override_arg
 from lightning_dpo.utils.io import atomic_write_text
 from lightning_dpo.utils.tables import column_format, format_cell
@@ -198,12 +199,36 @@ def run_report(run_dir: str | Path, draw: bool = True) -> Path:
         sections.append(f"<h2>Held-out evaluation</h2><p class='muted'>{_e(note)}</p>"
                         + html_table(evaluation, list(evaluation[0].keys())))
     sections += _figures(run_dir / "plots")
+    sections += _analyses(run_dir)
     config = run_dir / ".hydra" / "config.yaml"
     if config.exists():
         sections.append(f"<h2>Settings</h2><details><summary>.hydra/config.yaml</summary><pre>{_e(config.read_text(encoding='utf-8'))}</pre></details>")
     out = run_dir / REPORT
     atomic_write_text(out, page(f"lightning-dpo: {run_dir.name}", sections))
     return out
+
+
+def _analyses(run_dir: Path) -> list[str]:
+    """Links to what `analyze` and `evaluate` wrote under the run (<run>/analysis/<time>/, <run>/evaluation/<time>/)."""
+    rows = []
+    for kind, main_file in (("analysis", "table.md"), ("evaluation", "eval.json")):
+        for folder in sorted((run_dir / kind).glob("*/")):
+            if (folder / main_file).is_file():
+                relative = (folder / main_file).relative_to(run_dir).as_posix()
+                rows.append(f"<tr><td>{_e(kind)}</td><td><a href='{_e(relative)}'>{_e(relative)}</a></td></tr>")
+    if not rows:
+        return []
+    return ["<h2>Analyses of this run</h2><table><tr><th>command</th><th>result</th></tr>" + "".join(rows) + "</table>"]
+
+
+def refresh_report(run_dir: Path) -> None:
+    """Rewrite a finished run's report.html (after a command added an analysis to it); never fails the command."""
+    if not (Path(run_dir) / REPORT).exists():
+        return
+    try:
+        run_report(run_dir, draw=False)
+    except Exception as exc:
+        log.warning("could not refresh %s (%s: %s)", Path(run_dir) / REPORT, type(exc).__name__, exc)
 
 
 def _figures(plots: Path) -> list[str]:
@@ -228,12 +253,13 @@ def sweep_report(sweep_dir: str | Path) -> Path:
         UnreadableJob,
         by_setting,
         compare,
-        find_jobs,
         job_summary,
         range_cell,
         setting_headers,
         unreadable_summary,
     )
+
+    from lightning_dpo.runs.sweep import find_jobs, planned_jobs
 
     sweep_dir = Path(sweep_dir)
     compare(sweep_dir)
@@ -246,9 +272,16 @@ def sweep_report(sweep_dir: str | Path) -> Path:
         if (job / REPORT).exists():
             summary["_report"] = (job / REPORT).relative_to(sweep_dir).as_posix()
         summaries.append(summary)
+    summaries += [{"job": name, "status": "missing", "error": "planned by multirun.yaml, but its folder is gone", "_rows": []}
+                  for name in planned_jobs(sweep_dir) or [] if not (sweep_dir / name).exists()]
     done = sum(s["status"] == "completed" for s in summaries)
     sections = [f"<h1>lightning-dpo sweep: {_e(sweep_dir.name)}</h1>",
                 f"<p class='muted'>{_e(sweep_dir.resolve())} &middot; {done} of {len(summaries)} jobs completed</p>"]
+    failed = [s for s in summaries if s["status"] != "completed"]
+    if failed:
+        sections.append("<p><b>Not completed:</b></p><ul>" + "".join(
+            f"<li><code>{_e(s['job'])}</code>: {_e(s['status'])}{(': ' + _e(s['error'])) if s.get('error') else ''}</li>"
+            for s in failed) + "</ul>")
     settings = by_setting(summaries)
     if any(r["jobs"] > 1 for r in settings):
         headers = setting_headers()
@@ -278,22 +311,35 @@ class SweepReport(_HydraCallback):  # type: ignore[misc,valid-type]
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             out = sweep_report(sweep_dir)
+            log.info("sweep report: %s (compare.md, plots/ beside it)", out)
         except Exception as exc:  # the jobs' own results stand; the report can be written again
             log.warning("the sweep's report could not be written (%s: %s); `python -m lightning_dpo.report %s` retries",
                         type(exc).__name__, exc, sweep_dir)
-            return
-        log.info("sweep report: %s (compare.md, plots/ beside it)", out)
+        failed = failed_jobs(sweep_dir)
+        if failed:  # the sweep went on past them; the command still says it did not all work
+            log.error("%d job(s) of the sweep did not complete: %s", len(failed), "; ".join(f"{job}: {why}" for job, why in failed))
+            sys.exit(1)
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra" / "config.yaml").exists() or (path / "metrics.csv").exists()
+def failed_jobs(sweep_dir: Path) -> list[tuple[str, str]]:
+    """(job, status and error) of every job of a sweep that did not complete, the planned but missing ones included."""
+    from lightning_dpo.runs.sweep import find_jobs, planned_jobs
+
+    out = []
+    for job in find_jobs(sweep_dir):
+        status = RunDirectory(job).read_status()
+        if status.get("status") != "completed":
+            error = status.get("error") or ""
+            out.append((job.name, f"{status.get('status', 'not started')}{': ' + str(error).splitlines()[0] if error else ''}"))
+    out += [(name, "missing") for name in planned_jobs(sweep_dir) or [] if not (sweep_dir / name).exists()]
+    return out
 
 
 def write_report(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a directory")
-    if is_run_dir(path):
+    if RunDirectory.is_run(path):
         return run_report(path)
     return sweep_report(path)
 

@@ -86,16 +86,16 @@ def test_the_paper_experiment_has_the_published_settings():
 
 def test_paper_experiment_fails_fast_without_its_files(tmp_path):
     with pytest.raises(ConfigError, match="is required but not set"):
-        train(compose_train(["experiment=toxicity_gpt2_medium"], tmp_path))
-    cfg = compose_train(["experiment=toxicity_gpt2_medium", f"data.path={tmp_path}/none.jsonl", "probe.path=x.pt"], tmp_path)
+        train(compose_train(["experiment=toxicity_gpt2_medium"], tmp_path / "run"))
+    cfg = compose_train(["experiment=toxicity_gpt2_medium", f"data.path={tmp_path}/none.jsonl", "probe.path=x.pt"], tmp_path / "run")
     with pytest.raises(DataError, match="data.path"):
         train(cfg)
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     with pytest.raises(ConfigError, match="probe.path"):  # the probe is required too
-        train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}"], tmp_path))
+        train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}"], tmp_path / "run"))
     with pytest.raises(DataError, match="probe file not found"):
-        train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}", f"probe.path={tmp_path}/no.pt"], tmp_path))
-    assert not (tmp_path / "checkpoints").exists()
+        train(compose_train(["experiment=toxicity_gpt2_medium", f"data.path={pairs}", f"probe.path={tmp_path}/no.pt"], tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before anything ran: nothing left
 
 
 def test_world_yaml_matches_the_toy_world_defaults():

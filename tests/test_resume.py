@@ -177,3 +177,28 @@ def test_meta_json_records_each_snapshot_size_and_checksum(straight):
     for path in files:
         entry = meta["snapshots"][str(int(path.stem.split("_")[1]))]
         assert entry == {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4])  # a plain step, a snapshot step, an epoch boundary, a validation step
+def test_a_resume_at_its_own_final_step_takes_the_final_measurements(tmp_path, small_world, step):
+    """Interrupted at step k, resumed with trainer.max_steps=k: Lightning skips its training loop, yet the
+    run ends `completed` only with its final snapshot, evaluation and validation, as a straight k-step run."""
+    from helpers.signals import SignalAt  # noqa: F401  (referenced by _target_)
+
+    from lightning_dpo.training.metrics_csv import read_metrics_csv
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        _run(run_dir, [], {"step": step})
+    _run(run_dir, [f"trainer.max_steps={step}", "ckpt_path=last"])
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    straight_k = tmp_path / "straight"
+    _run(straight_k, [f"trainer.max_steps={step}"])
+    for name in (f"dynamics/step_{step:07d}.safetensors", f"eval/generations_step_{step:07d}.jsonl", "toxicity_eval.csv"):
+        assert (run_dir / name).read_bytes() == (straight_k / name).read_bytes(), name
+    val = {r["step"]: r["val/loss"] for r in read_metrics_csv(run_dir / "metrics.csv") if "val/loss" in r}
+    val_straight = {r["step"]: r["val/loss"] for r in read_metrics_csv(straight_k / "metrics.csv") if "val/loss" in r}
+    assert val[step] == val_straight[step]
+    best = json.loads((run_dir / "hf_model_best" / "lightning_dpo.json").read_text())
+    assert best["step"] == min(val, key=val.get)
+    assert f"at step {step}" in (run_dir / "train.log").read_text().split("== lightning-dpo summary ==")[-1]

@@ -11,7 +11,8 @@ import pytest
 from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 
 from lightning_dpo.train import train
-from lightning_dpo.training.run_dir import claim, resume_command
+from lightning_dpo.runs.directory import RunDirectory
+from lightning_dpo.training.plan import resume_command
 from lightning_dpo.utils.errors import ConfigError, OutputError
 
 
@@ -25,7 +26,8 @@ def files(run_dir: Path) -> dict[str, bytes]:
 
 def test_a_second_run_into_a_directory_in_use_stops_at_once_naming_the_holder(tmp_path, small_world):
     run_dir = tmp_path / "run"
-    with claim(run_dir):  # the first run holds the directory
+    with RunDirectory(run_dir).lock() as lock:  # the first run holds the directory
+        lock.hold()
         with pytest.raises(OutputError, match=r"in use by another run \(pid \d+ on .* since .*\)"):
             run(run_dir)
         assert not (run_dir / ".hydra").exists() and not (run_dir / "status.json").exists()
@@ -97,18 +99,33 @@ def test_the_resume_command_repeats_every_override_and_quotes_them():
                         "hydra.run.dir='/runs/my run'", "ckpt_path=last"]  # the directory in Hydra's quotes
 
 
-def test_a_failed_fresh_run_in_an_empty_directory_is_recorded_but_a_failed_resume_changes_nothing(tmp_path, small_world):
+def test_a_refused_single_run_leaves_nothing_but_a_refused_sweep_job_is_recorded(tmp_path, small_world, monkeypatch):
     run_dir = tmp_path / "job"
     with pytest.raises(ConfigError, match="optim.lr"):
         run(run_dir, "optim.lr=-1")
+    assert not run_dir.exists()  # nothing left where nothing ran (no empty outputs/<date>/<time>/)
+    monkeypatch.setattr("lightning_dpo.training.lifecycle.is_multirun", lambda: True)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        run(run_dir, "optim.lr=-1")
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["status"] == "failed" and "optim.lr" in status["error"]  # compare lists the job as failed
+    assert status["status"] == "failed" and "optim.lr" in status["error"]  # the sweep's table lists the job as failed
     assert (run_dir / ".hydra" / "config.yaml").exists()
+    monkeypatch.undo()
     run(run_dir, "trainer.max_steps=2")  # an attempt that produced nothing is replaced, not refused
     before = files(run_dir)
     with pytest.raises(ConfigError):
         run(run_dir, "trainer.max_steps=4", "ckpt_path=last", "optim.lr=inf", "allow_changes=[optim]")
     assert files(run_dir) == before
+
+
+def test_a_refused_run_leaves_the_lock_file_of_a_finished_run_as_it_was(tmp_path, small_world):
+    run_dir = tmp_path / "run"
+    run(run_dir, "trainer.max_steps=2")
+    lock = (run_dir / ".lightning_dpo.lock").read_bytes()
+    for refused in (["trainer.max_steps=2", "loss.beta=0.7"], ["trainer.max_steps=4", "ckpt_path=last", "loss.beta=0.5"]):
+        with pytest.raises((OutputError, ConfigError)):
+            run(run_dir, *refused)
+        assert (run_dir / ".lightning_dpo.lock").read_bytes() == lock
 
 
 @pytest.mark.parametrize("path", ["/tmp/sweep/loss.beta=0.1,optim.lr=1e-06", "/tmp/my run/it's", "/tmp/a$b/c\"d", "/tmp/plain-run_1"])
@@ -119,7 +136,7 @@ def test_printed_commands_give_hydra_the_exact_directory(path):
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from lightning_dpo.training.run_dir import resume_command
+    from lightning_dpo.training.plan import resume_command
     from lightning_dpo.utils.config import override_arg
 
     parser = OverridesParser.create()

@@ -16,7 +16,7 @@ import pytest
 from helpers.configs import SHORT_RUN, SMALL_WORLD
 from helpers.models import GPT2_TOKENIZER
 
-from lightning_dpo.training.progress import StepProgressBar, progress_line
+from lightning_dpo.callbacks.progress import StepProgressBar, progress_line
 
 # what the demo printed before (issue 16): none of it may come back
 CHATTER = ("Seed set to", "Loading weights", "GPU available", "TPU available", "💡 Tip", "LeafSpec", "weights_only",

@@ -56,7 +56,9 @@ def load_texts(
                 continue
             value = get_field(row.value, field)
             if not isinstance(value, str):
-                raise DataError(label, f"missing text field {field!r} (config key '{key}')", line=row.line)
+                field_key = key[: -len(".source")] + ".field" if key.endswith(".source") else f"{key} field"
+                keys = sorted(row.value) if isinstance(row.value, Mapping) else []
+                raise DataError(label, f"has no text field {field!r} (config key '{field_key}'; the row's keys: {keys})", line=row.line)
             texts.append(value)
         if limit and len(texts) >= limit:
             break

@@ -16,7 +16,7 @@ from lightning_dpo.data.texts import describe_prompt_set, load_text, load_texts
 from lightning_dpo.evaluation.f1 import continuation_f1
 from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
-from lightning_dpo.evaluation.run_record import RUN, RunRecord, require_run
+from lightning_dpo.runs.directory import RUN, RunDirectory, require_run
 from lightning_dpo.evaluation.scorers import Scorer, build_scorer, toxicity_summary
 
 
@@ -69,9 +69,9 @@ def evaluate_model(model: nn.Module, tokenizer: Any, settings: EvalSettings) -> 
     return metrics, generations
 
 
-def settings_from_config(cfg: Any, run: RunRecord | None = None, cache_dir: Path | None = None) -> EvalSettings:
+def settings_from_config(cfg: Any, run: RunDirectory | None = None, cache_dir: Path | None = None) -> EvalSettings:
     """EvalSettings from the `prompts`, `scorer`, `generation`, `perplexity` and `f1` config blocks;
-    a `run` value takes the setting from the training run `run` (see run_record.py)."""
+    a `run` value takes the setting from the training run `run` (lightning_dpo/runs/directory.py)."""
     if cfg.prompts.source == RUN:
         source = require_run(run, "prompts.source", cfg.get("dpo") or cfg.model.name_or_path).file("eval/prompts.jsonl", "prompts.source")
         prompts = load_texts(source, field="prompt", limit=cfg.prompts.limit, key="prompts.source")
@@ -102,10 +102,10 @@ def settings_from_config(cfg: Any, run: RunRecord | None = None, cache_dir: Path
     )
 
 
-def _run_file(value: Any, run: RunRecord | None, relative: str, key: str) -> str | None:
+def _run_file(value: Any, run: RunDirectory | None, relative: str, key: str) -> str | None:
     """A file setting: `run` takes the run's file (none if the run did not measure it), null is off."""
     if value != RUN:
         return value or None
-    if run is None or not (run.run_dir / relative).is_file():
+    if run is None or not (run.path / relative).is_file():
         return None
-    return str(run.run_dir / relative)
+    return str(run.path / relative)

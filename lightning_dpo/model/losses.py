@@ -9,7 +9,7 @@ sigma = the logistic function.
 
 | type         | per-pair loss                                                              |
 |--------------|----------------------------------------------------------------------------|
-| sigmoid      | -log sigma(beta Delta)                                          (DPO)      |
+| sigmoid      | -log sigma(beta Delta)                        (DPO; `dpo` is accepted as a name for it) |
 | hinge        | relu(1 - beta Delta)                                            (SLiC)     |
 | ipo          | (s_w/len_w - s_l/len_l - 1/(2 beta))^2                          (IPO)      |
 | exo_pair     | KL([q, 1-q] || [1-eps, eps]), q = sigma(beta Delta)             (EXO)      |
@@ -249,12 +249,21 @@ def _average(summed: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return summed / lengths.clamp(min=1)
 
 
+# other names for a type: `dpo` is what the paper (and `loss=dpo`) calls TRL's `sigmoid`
+ALIASES = {"dpo": "sigmoid"}
+
+
 def _check_types(types: list[str]) -> list[str]:
+    import difflib
+
     if not types:
         raise ConfigError("loss.type", "is an empty list; name at least one loss")
+    types = [ALIASES.get(kind, kind) for kind in types]
     for kind in types:
         if kind not in LOSS_TYPES:
-            raise ConfigError("loss.type", f"unknown loss {kind!r}; accepted: {list(LOSS_TYPES)}")
+            close = difflib.get_close_matches(kind, [*LOSS_TYPES, *ALIASES], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError("loss.type", f"unknown loss {kind!r}{hint} accepted: {list(LOSS_TYPES)} (and 'dpo' for sigmoid)")
     if len(set(types)) != len(types):
         raise ConfigError("loss.type", f"names a loss twice: {types}; weight it once in loss.weights instead")
     return types

@@ -59,6 +59,7 @@ class DPOModule(L.LightningModule):
         name_or_path: str | None = None,
         config: Mapping[str, Any] | None = None,
         tokenizer: str | None = None,
+        gguf_file: str | None = None,
         dtype: str = "float32",
         reference_dtype: str | None = None,
         precompute_reference: bool = False,
@@ -94,7 +95,7 @@ class DPOModule(L.LightningModule):
         self.precompute_reference = precompute_reference
 
         self.policy = policy if policy is not None else load_causal_lm(
-            name_or_path, config, dtype, disable_dropout, trust_remote_code, attn_implementation
+            name_or_path, config, dtype, disable_dropout, trust_remote_code, attn_implementation, gguf_file
         )
         self.policy.train()  # from_pretrained returns eval mode; Lightning trains what it is given
         reference = None
@@ -262,6 +263,10 @@ class DPOModule(L.LightningModule):
         if strategy is not None and type(strategy).__name__ in ("FSDPStrategy", "ModelParallelStrategy"):
             return strategy.reduce(norm.pow(2), reduce_op="sum").sqrt()
         return norm
+
+    def load_policy_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Policy weights from a checkpoint's state dict (keys without the `policy.` prefix), in place."""
+        self.policy.load_state_dict(dict(weights), strict=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # never replace a good checkpoint with a broken state

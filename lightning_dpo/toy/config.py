@@ -15,12 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.toy.world import ToyWorld
+from lightning_dpo.utils.cache import default_cache_dir
 from lightning_dpo.utils.errors import ConfigError
-
-
-def default_cache_dir() -> str:
-    """Where the toy world and cached reference log-probs live (conf/paths/default.yaml's cache_dir)."""
-    return os.environ.get("LIGHTNING_DPO_CACHE") or str(Path(os.environ.get("HOME", "/tmp")) / ".cache" / "lightning_dpo")
 
 
 def _world_params(root: DictConfig) -> dict[str, Any]:

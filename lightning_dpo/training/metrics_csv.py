@@ -3,7 +3,7 @@
 Train, validation and measurement scalars of the same step are merged into one row; the file is
 rewritten atomically at most every `flush_every_s` seconds and whenever a checkpoint is written.
 
-The rows also travel inside every checkpoint (`MetricsCSVLogger.checkpoint_callback()`), so the
+The rows also travel inside every checkpoint (lightning_dpo/callbacks/checkpoint_state.py), so the
 checkpoint, not the file, is the source of truth on resume: the resumed run starts from the rows
 the checkpoint holds (everything logged up to its step), whatever happened to the file since (a
 crash after the checkpoint, a truncated or deleted file). A resumed run's file therefore equals
@@ -22,7 +22,6 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any, Mapping
 
-import lightning as L
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -107,24 +106,6 @@ class MetricsCSVLogger(Logger):
             log.info("%s: dropped %d rows after step %d (resumed from that step)", self.path, len(on_disk) - len(kept_on_disk), step)
         self._dirty = True
         self.save(force=True)
-
-    def checkpoint_callback(self) -> L.Callback:
-        """The callback that puts these rows into every checkpoint and restores them on resume."""
-        return _MetricsInCheckpoint(self)
-
-
-class _MetricsInCheckpoint(L.Callback):
-    def __init__(self, logger: MetricsCSVLogger):
-        self.logger = logger
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"step": trainer.global_step, **self.logger.state()}
-        self.logger.save(force=True)  # the file covers at least what the checkpoint covers
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(CHECKPOINT_KEY)
-        if state is not None and trainer.is_global_zero:
-            self.logger.restore(state, int(state["step"]))
 
 
 def _same_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:

@@ -47,7 +47,11 @@ def choose_wandb_mode(requested: str | None = None, sync_hint: str = "wandb sync
     global _warned
     requested = requested or os.environ.get("WANDB_MODE")
     if requested:
-        return {"dryrun": "offline", "run": "online"}.get(requested, requested)
+        mode = {"dryrun": "offline", "run": "online"}.get(requested, requested)
+        if mode == "offline" and not _warned:  # asked for: still say how the runs get uploaded
+            log.warning("W&B: logging offline (as asked). Upload later with: %s", sync_hint)
+            _warned = True
+        return mode
     reason = None
     if not _wandb_credentials():
         reason = "no credentials found (WANDB_API_KEY or ~/.netrc)"
@@ -59,6 +63,12 @@ def choose_wandb_mode(requested: str | None = None, sync_hint: str = "wandb sync
         log.warning("W&B: %s; logging offline. Upload later with: %s", reason, sync_hint)
         _warned = True
     return "offline"
+
+
+def is_wandb_logger(logger: Any) -> bool:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger)
 
 
 def wandb_run_id(run_dir: str | Path) -> str:

@@ -30,11 +30,18 @@ def override_arg(key: str, value: object) -> str:
     text = str(value)
     if _PLAIN_VALUE.match(text):
         return shlex.quote(f"{key}={text}")
-    quoted = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    quoted = hydra_quote(text)
     argument = f"{key}={quoted}"
     if not re.search(r'["$`\\!]', argument):
         return f'"{argument}"'
     return shlex.quote(argument)
+
+
+def hydra_quote(text: str) -> str:
+    """`text` in Hydra's single quotes. Inside them a backslash is literal except in a run of
+    backslashes right before a quote (or the closing quote), where each stands for half as many:
+    so exactly those runs are doubled, and a quote gets one more backslash."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
 
 
 def safe_dirname(name: str, max_length: int = 120) -> str:

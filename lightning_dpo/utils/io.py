@@ -55,7 +55,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.fchmod(fd, _FILE_MODE)
         os.close(fd)
     except OSError as exc:
-        raise OutputError(_describe_os_error(path, exc)) from exc
+        raise output_error(path, exc) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -64,10 +64,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise OutputError(_describe_os_error(path, exc)) from exc
+        raise output_error(path, exc) from exc
+    except RuntimeError as exc:  # torch.save reports a full disk as "unexpected pos" / "file write failed"
+        tmp_path.unlink(missing_ok=True)
+        if _no_space(path.parent):
+            raise output_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def output_error(path: Path, exc: OSError) -> OutputError:
+    """An OutputError naming `path`, carrying the errno of `exc` (a full disk: errno.ENOSPC)."""
+    error = OutputError(_describe_os_error(path, exc))
+    error.errno = exc.errno
+    return error
+
+
+def _no_space(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def _fsync_file(path: Path) -> None:
@@ -143,7 +162,7 @@ def atomic_directory(path: str | os.PathLike, fill_fn: Callable[[Path], None]) -
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         tmp_dir.chmod(_DIR_MODE)
     except OSError as exc:
-        raise OutputError(_describe_os_error(path, exc)) from exc
+        raise output_error(path, exc) from exc
     old = path.with_name(f".{path.name}.old")
     try:
         fill_fn(tmp_dir)
@@ -155,7 +174,7 @@ def atomic_directory(path: str | os.PathLike, fill_fn: Callable[[Path], None]) -
         os.replace(tmp_dir, path)
     except OSError as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise OutputError(_describe_os_error(path, exc)) from exc
+        raise output_error(path, exc) from exc
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
