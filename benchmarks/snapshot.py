@@ -138,7 +138,7 @@ def bench_hooks(args) -> None:
     called in turn `--calls` times each (medians, in ms); the difference is what the hooks add."""
     from lightning_dpo.dynamics import build_probe_tokens
     from lightning_dpo.model.loading import load_causal_lm
-    from lightning_dpo.neurons.snapshot import measure
+    from lightning_dpo.dynamics.measure import measure
     from lightning_dpo.toy import ToyWorld
     from lightning_dpo.utils.cache import default_cache_dir
     from lightning_dpo.utils.torch_utils import position_ids_from_mask

@@ -1,51 +1,67 @@
-"""NeuronDynamicsCallback: the paper's neuron-group analysis, and every component's share, while DPO trains.
+"""NeuronDynamicsCallback: the paper's neuron-group analysis, every component's share, a random-direction
+null and the uncertainty over prompts, while DPO trains.
 
-At step 0 (the policy before any update, i.e. the reference), every `every_n_steps` and at the
-end of training it measures, in one forward over the probe set (lightning_dpo/neurons/snapshot.py):
+At step 0 (the policy before any update, i.e. the reference), every `every_n_steps` and at the end
+of training it runs one forward over the probe set and projects it on every direction
+(lightning_dpo/dynamics/: the pipeline, read top to bottom in its __init__):
 - every MLP neuron's mean activation a_i and, for each probe, its value projection p_i; per probe
   the groups (TP-, TN+, AP+, AN- and their mirrors) and the top-N toxic neurons;
-- for each probe, the projection of every component writing to the residual stream (embeddings,
-  each attention head, the biases, the MLP neurons per layer, the final residual), which add up
-  exactly to the residual's (lightning_dpo/neurons/components.py).
+- each probe's projection of every component writing to the residual stream, adding up exactly to
+  the residual's;
+- the same quantities for `null_directions` random directions of each null in `nulls`
+  (dynamics/nulls.py), measured in the same forward: each probe's percentile among them;
+- jackknife standard errors over `buckets` buckets of prompts (dynamics/uncertainty.py).
+This callback keeps the schedule (PeriodicMeasurement), the logging and the state; the files are
+written through dynamics/store.py, the metric names come from dynamics/metrics.py.
 
 Probes: `probes` names several ({toxicity: {...}, workplace: {...}}), the first being the target;
 `probe` (with `probe.name`, default toxicity) is the one-probe form. The activations are shared:
-each extra probe costs only projections.
+each extra direction costs only projections.
 
-Logged to every logger: `dynamics/<probe>/<group>/{delta_sum,count,share}`, `dynamics/<probe>/{gross_reduction,
-net_delta}`, `dynamics/<probe>/toxic_top<N>/...`, `dynamics/<probe>/components/{embed,attention,mlp,residual}/delta`
-and `dynamics/<probe>/attention_share`; the target probe's group metrics also under their first names
-(`dynamics/<group>/...`, `dynamics/gross_reduction`, ...). Files: see lightning_dpo/dynamics/store.py.
 Under DDP each rank takes a shard of the probe set and the sums are all-reduced.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
 
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
+from lightning_dpo.data.protocol import measured_data
 from lightning_dpo.data.texts import VALIDATION, describe_prompt_set, load_prompt_set
 from lightning_dpo.data.tokenize import pad_id
-from lightning_dpo.dynamics.probe_set import POSITION_MODES, build_probe_tokens, prompt_ids_for
-from lightning_dpo.dynamics.store import DynamicsStore, table_rows
-from lightning_dpo.neurons.components import Components, component_metrics, top_heads
-from lightning_dpo.neurons.groups import REDUCING_GROUPS, summary_metrics, toxic_top_n
+from lightning_dpo.dynamics import metrics as keys
+from lightning_dpo.dynamics.components import Components, top_heads
+from lightning_dpo.dynamics.groups import REDUCING_GROUPS, toxic_top_n
+from lightning_dpo.dynamics.measure import Measurement, forward_sums, project
+from lightning_dpo.dynamics.nulls import (
+    NULL_KINDS,
+    NullDirections,
+    NullSummary,
+    covariance_directions,
+    is_null_direction,
+    uniform_directions,
+)
+from lightning_dpo.dynamics.probe_set import POSITION_MODES, ProbeTokens, assign_buckets, build_probe_tokens, prompt_ids_for
+from lightning_dpo.dynamics.rows import NullRow, snapshot_tables
+from lightning_dpo.dynamics.store import DynamicsStore
 from lightning_dpo.neurons.hooks import find_output_projections
 from lightning_dpo.neurons.probe import Probe, build_probe, save_probe
-from lightning_dpo.neurons.snapshot import Measurement, ProbeTokens, measure
-from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.training.wandb_logger import is_wandb_logger
+from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.utils.io import atomic_write_jsonl, check_file_name
 
 log = logging.getLogger(__name__)
 
 
 class NeuronDynamicsCallback(PeriodicMeasurement):
+    STATE_VERSION = 2
+
     def __init__(
         self,
         prompts: Mapping[str, Any],
@@ -62,6 +78,10 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         components: bool = True,
         batch_size: int = 256,
         top_n: int = 128,
+        null_directions: int = 32,
+        nulls: Sequence[str] = NULL_KINDS,
+        null_seed: int = 0,
+        buckets: int = 16,
         name: str | None = None,
     ):
         super().__init__(every_n_steps, name=name)
@@ -72,6 +92,16 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             raise ConfigError(f"{self.key}.num_positions", f"must be >= 1, got {num_positions}")
         if top_n < 1:
             raise ConfigError(f"{self.key}.top_n", f"must be >= 1, got {top_n}")
+        unknown = [k for k in nulls if k not in NULL_KINDS]
+        if unknown:
+            raise ConfigError(f"{self.key}.nulls", f"unknown {unknown}; accepted: {list(NULL_KINDS)}")
+        if "covariance" in nulls and not components:
+            log.info("%s: the covariance null needs the residual stream's covariance, measured with the components; "
+                     "components=false keeps the uniform null only", self.key)
+        self.null_kinds = [k for k in nulls if k != "covariance" or components] if null_directions > 0 else []
+        self.null_count, self.null_seed = null_directions, null_seed
+        if buckets < 2:
+            raise ConfigError(f"{self.key}.buckets", f"must be >= 2 (the jackknife leaves one bucket out), got {buckets}")
         self.probe_cfgs = _named_probes(probe, probes, self.key)
         self.prompt_spec, self.max_prompts = dict(prompts), max_prompts
         # a file is read now (a bad one fails before training); the validation prompts at fit start
@@ -79,14 +109,16 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         self.positions = positions
         self.max_prompt_tokens, self.prepend_bos, self.num_positions = max_prompt_tokens, prepend_bos, num_positions
         self.center_writing_weights, self.components = center_writing_weights, components
-        self.batch_size, self.top_n = batch_size, top_n
+        self.batch_size, self.top_n, self.buckets = batch_size, top_n, buckets
         self.run_dir = Path(output_dir)
         self.store = DynamicsStore(self.run_dir)
         self.store.target = self.target
         self.probes: dict[str, Probe] = {}
         self.tokens: ProbeTokens | None = None
+        self.nulls: list[NullDirections] = []
         self.baseline: Measurement | None = None
-        self.last: dict[str, list[dict[str, Any]]] = {}  # the latest groups and components rows, for the summary
+        self.null_history: list[NullRow] = []  # every null row so far (null.csv needs the weights: kept in the checkpoint)
+        self.last: dict[str, Any] = {}  # the latest tables, for the summary
         self._restored_digests: dict[int, str] = {}
 
     @property
@@ -97,7 +129,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
     # -- set-up at step 0 (or restored from the checkpoint) -----------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.prompts is None:
-            records = trainer.datamodule.val_records
+            records = measured_data(trainer, self.key).val_records
             self.prompts = load_prompt_set(self.prompt_spec, f"{self.key}.prompts", self.max_prompts, [r.prompt for r in records])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -125,11 +157,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             raise RuntimeError("resuming without the dynamics state in the checkpoint: the probes of step 0 are unknown")
         probes = None
         if trainer.is_global_zero:
-            probes = {}
-            for probe_name, cfg in self.probe_cfgs.items():
-                probes[probe_name] = build_probe(pl_module.policy, trainer.datamodule.tokenizer, **cfg)
-                if "accuracy" in probes[probe_name].metadata:
-                    log.info("probe %s: held-out accuracy %.4f", probe_name, float(probes[probe_name].metadata["accuracy"]))
+            tokenizer = measured_data(trainer, self.key).tokenizer
+            probes = {probe_name: build_probe(pl_module.policy, tokenizer, **cfg) for probe_name, cfg in self.probe_cfgs.items()}
+            for probe_name, probe in probes.items():
+                if "accuracy" in probe.metadata:
+                    log.info("probe %s: held-out accuracy %.4f", probe_name, float(probe.metadata["accuracy"]))
         if trainer.world_size > 1:
             probes = trainer.strategy.broadcast(probes, src=0)
         return probes
@@ -138,10 +170,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         """Prompts + greedy continuation: of the reference (fixed, at step 0) or of the current policy."""
         if fixed and trainer.global_step > 0:
             raise RuntimeError("resuming without the dynamics state in the checkpoint: the fixed probe tokens are unknown")
-        tokenizer = trainer.datamodule.tokenizer
+        tokenizer = measured_data(trainer, self.key).tokenizer
         ids = prompt_ids_for(tokenizer, self.prompts, self.max_prompt_tokens, self.prepend_bos)
         with trainer.precision_plugin.forward_context():
-            return build_probe_tokens(pl_module.policy, ids, pad_id(tokenizer), self.num_positions, self.batch_size)
+            return build_probe_tokens(pl_module.policy, ids, pad_id(tokenizer), self.num_positions, self.batch_size,
+                                      buckets=self.buckets, seed=self.null_seed)
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -156,8 +189,27 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             "target_probe": self.target,
             "probes": {n: {k: str(v) for k, v in p.metadata.items()} for n, p in self.probes.items()},
             "probe": {k: str(v) for k, v in self.probes[self.target].metadata.items()},
-            "definitions": "P_i = a_i * p_i; D_i = P_i(0) - P_i(t); types frozen at step 0; component delta = value(0) - value(t); see README",
+            "nulls": {n.kind: {"directions": len(n.seeds), "seeds": n.seeds} for n in self.nulls} or
+                     {k: {"directions": self.null_count, "first_seed": self.null_seed} for k in self.null_kinds},
+            "buckets": self.buckets,
+            "definitions": "P_i = a_i * p_i; D_i = P_i(0) - P_i(t); types frozen at step 0; component delta = value(0) - value(t); "
+                           "null: the same quantities for random unit directions; *_se: jackknife over buckets of prompts; see README",
         }
+
+    def _directions(self) -> dict[str, torch.Tensor]:
+        named = {name: probe.unit for name, probe in self.probes.items()}
+        for null in self.nulls:
+            named.update(zip(null.names(), null.units))
+        return named
+
+    def _make_nulls(self, d_model: int, covariance: torch.Tensor | None) -> list[NullDirections]:
+        nulls = []
+        for kind in self.null_kinds:
+            if kind == "uniform":
+                nulls.append(uniform_directions(d_model, self.null_count, self.null_seed))
+            elif covariance is not None:
+                nulls.append(covariance_directions(covariance, self.null_count, self.null_seed))
+        return nulls
 
     # -- one snapshot -----------------------------------------------------------------------------
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
@@ -165,35 +217,44 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         reduce = None
         if trainer.world_size > 1:
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-        units = {name: probe.unit for name, probe in self.probes.items()}
+        first = self.baseline is None
         with trainer.precision_plugin.forward_context():
-            current = measure(pl_module.policy, tokens.shard(trainer.global_rank, trainer.world_size), units, step, self.batch_size,
-                              reduce, self.center_writing_weights, self.components)
-        if self.baseline is None:
+            sums = forward_sums(pl_module.policy, tokens.shard(trainer.global_rank, trainer.world_size), self.batch_size,
+                                self.buckets, reduce, self.components, covariance=first and "covariance" in self.null_kinds)
+        if first:  # the null's directions: seeded, and (covariance) drawn from this forward's residual stream
+            self.nulls = self._make_nulls(next(iter(self.probes.values())).direction.numel(), sums.covariance())
+            if trainer.is_global_zero:
+                self.store.write_null_directions(self.nulls)
+                self.store.write_meta(self._meta())
+        current = project(pl_module.policy, sums, step, self._directions(), self.center_writing_weights)
+        if first:
             self.baseline = current
-        groups, components = table_rows(self.baseline, current)
+        tables = snapshot_tables(self.baseline, current, list(self.probes), {n.kind: n.names() for n in self.nulls})
+        self.null_history = [r for r in self.null_history if r.step != step] + tables.nulls
         if trainer.is_global_zero:
-            self.store.write_measurement(current)  # also records its checksum (kept in the checkpoint)
-            self.store.add_rows(groups, components)
-        self.last = {"groups": groups, "components": components}
+            self.store.write_measurement(current.select(list(self.probes)))  # also records its checksum (kept in the checkpoint)
+            self.store.add_rows(tables.groups, tables.components, tables.nulls)
+        self.last = {"groups": tables.groups, "components": tables.components, "nulls": tables.nulls}
         metrics: dict[str, float] = {}
         for probe_name in self.probes:
-            probe_groups = [r for r in groups if r["probe"] == probe_name]
+            groups = [r for r in tables.groups if r.probe == probe_name]
             top = toxic_top_n(self.baseline.snapshot(probe_name), current.snapshot(probe_name), self.top_n)
-            named = summary_metrics(probe_groups, top, self.top_n)
-            metrics.update({k.replace("dynamics/", f"dynamics/{probe_name}/", 1): v for k, v in named.items()})
-            if probe_name == self.target:
-                metrics.update(named)  # the first names, kept for the target probe
-            if components:
-                metrics.update(component_metrics(probe_name, [r for r in components if r["probe"] == probe_name]))
+            metrics.update(keys.group_metrics(groups, probe_name))
+            metrics.update(keys.top_metrics(top, probe_name, self.top_n))
+            if probe_name == self.target:  # the first names, kept for the target probe
+                metrics.update(keys.group_metrics(groups, None))
+                metrics.update(keys.top_metrics(top, None, self.top_n))
+            if tables.components:
+                metrics.update(keys.component_metrics([r for r in tables.components if r.probe == probe_name], probe_name))
+            metrics.update(keys.null_metrics([r for r in tables.nulls if r.probe == probe_name], probe_name))
         return metrics
 
     def on_resume(self, trainer: L.Trainer, step: int) -> None:
         steps = [entry["step"] for entry in self.history]
-        self.store.restore(steps, self._restored_digests, self.baseline)
+        self.null_history = [r for r in self.null_history if r.step in steps]
+        self.store.restore(steps, self._restored_digests, self.baseline, list(self.probes), self.null_history)
         last = max(steps, default=None)  # the summary reads the last measurement's rows
-        self.last = {"groups": [r for r in self.store.group_rows if r["step"] == last],
-                     "components": [r for r in self.store.component_rows if r["step"] == last]}
+        self.last = {table: [r for r in self.store.rows[table] if r.step == last] for table in ("groups", "components", "nulls")}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
@@ -209,11 +270,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
                     key = path.relative_to(self.run_dir / "plots").with_suffix("").as_posix().replace("/", "_")
                     logger.log_image(key=f"dynamics/plots/{key}", images=[str(path)])
                 for probe_name in self.probes:
-                    shares = {g: [e.get(f"dynamics/{probe_name}/{g}/share", float("nan")) for e in self.history] for g in REDUCING_GROUPS}
-                    log_dynamics_charts(logger, steps, shares, key=f"dynamics/{probe_name}/shares_chart")
-                    heads = top_heads([r for r in self.last.get("components", []) if r["probe"] == probe_name], n=10)
+                    shares = {g: [e.get(keys.key(probe_name, g, "share"), float("nan")) for e in self.history] for g in REDUCING_GROUPS}
+                    log_dynamics_charts(logger, steps, shares, key=keys.key(probe_name, "shares_chart"))
+                    heads = top_heads([r.as_csv() for r in self.last.get("components", []) if r.probe == probe_name], n=10)
                     if heads:
-                        log_table(logger, f"dynamics/{probe_name}/top_heads", ["head", "delta"], [list(h) for h in heads])
+                        log_table(logger, keys.key(probe_name, "top_heads"), ["head", "delta"], [list(h) for h in heads])
 
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -224,9 +285,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             state["tokens"] = self.tokens.to_dict()
         if self.baseline is not None:
             b = self.baseline
-            state["baseline"] = {"step": b.step, "mean_activation": b.mean_activation, "value_norm": b.value_norm,
-                                 "value_projection": dict(b.value_projection),
-                                 "components": {n: c.to_dict() for n, c in b.components.items()}}
+            state["baseline"] = {"step": b.step, "names": list(b.names), "activation_sums": b.activation_sums, "positions": b.positions,
+                                 "value_norm": b.value_norm, "projections": b.projections,
+                                 "components": None if b.components is None else {f: getattr(b.components, f) for f in Components.FIELDS}}
+        state["nulls"] = [{"kind": n.kind, "seeds": list(n.seeds), "units": n.units} for n in self.nulls]
+        state["null_rows"] = [r.as_csv() for r in self.null_history]
         state["snapshot_digests"] = dict(self.store.digests)
         return state
 
@@ -235,11 +298,16 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if "probes" in state_dict:
             self.probes = {n: Probe(p["direction"], dict(p["metadata"])) for n, p in state_dict["probes"].items()}
         if "tokens" in state_dict:
-            self.tokens = ProbeTokens(**state_dict["tokens"])
+            tokens = dict(state_dict["tokens"])
+            if "bucket" not in tokens:  # a checkpoint from before the buckets: the same seeded assignment
+                tokens["bucket"] = assign_buckets(tokens["input_ids"].shape[0], self.buckets, self.null_seed)
+            self.tokens = ProbeTokens(**tokens)
         if "baseline" in state_dict:
-            b = state_dict["baseline"]
-            self.baseline = Measurement(b["step"], b["mean_activation"], b["value_norm"], dict(b["value_projection"]),
-                                        {n: Components.from_dict(c) for n, c in b.get("components", {}).items()})
+            self.baseline = _baseline_from_state(state_dict["baseline"])
+        self.nulls = [NullDirections(n["kind"], list(n["seeds"]), n["units"]) for n in state_dict.get("nulls", [])]
+        if self.baseline is not None and not all(name in self.baseline.names for null in self.nulls for name in null.names()):
+            self.nulls = []  # a checkpoint from before the null: no null rows from here either
+        self.null_history = [_null_row(r) for r in state_dict.get("null_rows", [])]
         self._restored_digests = {int(k): v for k, v in state_dict.get("snapshot_digests", {}).items()}
 
     # -- report -----------------------------------------------------------------------------------
@@ -247,28 +315,81 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if not self.history:
             return "neuron dynamics: no snapshot"
         step = self.history[-1]["step"]
-        rows = {r["group"]: r for r in self.last.get("groups", []) if r["layer"] == "all" and r["probe"] == self.target}
+        rows = {r.group: r for r in self.last.get("groups", []) if r.layer is None and r.probe == self.target}
         measured = f"{len(self.prompts)} prompts of dynamics/prompts.jsonl" if self.prompts else "the probe set"
         if self.tokens is not None and self.positions == "fixed":
             measured += f", {int(self.tokens.positions.sum())} positions"
         lines = [f"neuron groups at step {step}, probe {self.target}, over {measured} "
-                 "(D = P(0) - P(t) along the probe; > 0 is less writing along it):",
-                 f"  {'group':<16}{'count':>8}{'delta_sum':>14}{'share':>9}"]
+                 "(D = P(0) - P(t) along the probe; > 0 is less writing along it; +- one jackknife standard error over "
+                 f"{self.buckets} buckets of prompts):",
+                 f"  {'group':<16}{'count':>8}{'delta_sum':>22}{'share':>17}"]
         for group in (*REDUCING_GROUPS, "TP+", "TN-", "AP-", "AN+", "gross_reduction", "net_delta"):
             r = rows.get(group)
             if r is None:
                 continue
-            share = f"{100 * r['share']:8.1f}%" if group in REDUCING_GROUPS and r["share"] == r["share"] else ""
-            lines.append(f"  {group:<16}{r['count']:>8}{r['delta_sum']:>14.5f}{share:>9}")
-        last = self.history[-1]
+            share = f"{100 * r.share:7.1f}% +- {100 * r.share_se:4.1f}" if group in REDUCING_GROUPS and r.share == r.share else ""
+            lines.append(f"  {group:<16}{r.count:>8}{r.delta_sum:>13.5f} +- {r.delta_sum_se:<6.3g}{share:>17}")
+        lines += self._null_lines()
         for probe_name in self.probes:
-            share = last.get(f"dynamics/{probe_name}/attention_share")
-            if share is None:
-                continue
-            heads = ", ".join(f"{h} {d:+.3g}" for h, d in top_heads([r for r in self.last.get("components", []) if r["probe"] == probe_name], n=3))
-            lines.append(f"probe {probe_name}: residual change {last[f'dynamics/{probe_name}/components/residual/delta']:+.4g}; "
-                         f"attention heads {100 * share:.0f}% of all |component change|; top heads {heads}")
+            lines += self._component_line(probe_name)
         return "\n".join(lines)
+
+    def _null_lines(self) -> list[str]:
+        """In words: which of the target probe's quantities lie outside each null's 5-95% band."""
+        out = []
+        for null in self.nulls:
+            rows = [r for r in self.last.get("nulls", []) if r.probe == self.target and r.null == null.kind
+                    and r.quantity in keys.NULL_METRIC_QUANTITIES]
+            if not rows:
+                continue
+            outside = [r for r in rows if r.summary.outside]
+            inside = [r for r in rows if not r.summary.outside and math.isfinite(r.summary.value)]
+            describe = lambda r: f"{r.quantity} {_fmt(r.quantity, r.summary.value)} (null {_fmt(r.quantity, r.summary.q05)} to {_fmt(r.quantity, r.summary.q95)})"  # noqa: E731
+            out.append(f"against {len(null.seeds)} random directions ({null.kind} null), outside the null's 5-95% band: "
+                       + ("; ".join(describe(r) for r in outside) or "none"))
+            if inside:
+                out.append("  inside it (a random direction shows as much): " + ", ".join(r.quantity for r in inside))
+        return out
+
+    def _component_line(self, probe_name: str) -> list[str]:
+        rows = [r for r in self.last.get("components", []) if r.probe == probe_name]
+        residual = next((r for r in rows if r.component == "residual"), None)
+        if residual is None:
+            return []
+        last = self.history[-1]
+        share = last.get(keys.key(probe_name, "attention_share"))
+        heads = ", ".join(f"{h} {d:+.3g}" for h, d in top_heads([r.as_csv() for r in rows], n=3))
+        start, end = residual.value + residual.delta, residual.value
+        move = "fell" if end < start else "rose"
+        share_text = f"; attention heads {100 * share:.0f}% of all |component change|" if share == share else ""
+        return [f"probe {probe_name}: the residual stream along the probe {move} from {start:.4g} to {end:.4g} "
+                f"(change {end - start:+.4g}){share_text}; top heads {heads}"]
+
+
+def _fmt(quantity: str, value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.1f}%" if quantity.endswith("share") else f"{value:.3g}"
+
+
+def _baseline_from_state(b: Mapping[str, Any]) -> Measurement:
+    if "names" in b:
+        parts = None if b.get("components") is None else Components.from_dict(b["components"])
+        return Measurement(b["step"], list(b["names"]), b["activation_sums"], b["positions"], b["value_norm"], b["projections"], parts)
+    # a checkpoint from before the buckets: one bucket whose sum is the mean (one position)
+    names = list(b["value_projection"])
+    parts = None
+    if b.get("components"):
+        per = [Components.from_dict(b["components"][n]) for n in names]
+        parts = Components(*(torch.stack([getattr(c, f) for c in per])[None].double() for f in Components.FIELDS))
+    return Measurement(b["step"], names, b["mean_activation"][None].float(), torch.ones(1, dtype=torch.float64), b["value_norm"],
+                       torch.stack([b["value_projection"][n] for n in names]), parts)
+
+
+def _null_row(row: Mapping[str, Any]) -> NullRow:
+    summary = NullSummary(row["value"], row["null_mean"], row["null_std"], row["null_q05"], row["null_q95"], row["percentile"],
+                          int(row["null_size"]))
+    return NullRow(int(row["step"]), row["probe"], row["quantity"], row["null"], summary, row["value_se"])
 
 
 def _named_probes(probe: Mapping[str, Any] | None, probes: Mapping[str, Mapping[str, Any]] | None, key: str) -> dict[str, dict[str, Any]]:
@@ -282,6 +403,8 @@ def _named_probes(probe: Mapping[str, Any] | None, probes: Mapping[str, Mapping[
         raise ConfigError(f"{key}.probe", "the neuron dynamics need a probe: probe.path=<probe file> (or probes={name: {...}})")
     for name in named:  # a name becomes probes/<name>.safetensors and plots/<name>/: a plain file name only
         check_file_name(name, f"{key}.probes.{name}" if probes else "probe.name")
+        if is_null_direction(name):
+            raise ConfigError(f"{key}.probes.{name}" if probes else "probe.name", "names starting with 'null.' are the null's")
     for name, cfg in named.items():
         if cfg.get("source") == "raw" and not cfg.get("path"):
             raise ConfigError("probe.path" if not probes else f"{key}.probes.{name}.path",

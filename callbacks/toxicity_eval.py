@@ -27,6 +27,7 @@ from lightning_dpo.data.texts import (
     load_text,
     load_texts,
 )
+from lightning_dpo.data.protocol import measured_data
 from lightning_dpo.dynamics.store import file_digest
 from lightning_dpo.evaluation.evaluate_model import score_continuations
 from lightning_dpo.evaluation.f1 import continuation_f1, f1_of_continuations
@@ -77,11 +78,12 @@ class ToxicityEvalCallback(PeriodicMeasurement):
 
     # -- what is measured ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        records = trainer.datamodule.val_records if trainer.datamodule.val_dataset is not None else []
+        data = measured_data(trainer, self.key)
+        records = list(data.val_records) if getattr(data, "val_dataset", True) is not None else []
         if self.prompts is None:
             self.prompts = load_prompt_set(self.prompt_spec, f"{self.key}.prompts", self.max_prompts, [r.prompt for r in records])
         if self.perplexity_text is None and records:
-            eos = trainer.datamodule.tokenizer.eos_token or "\n\n"
+            eos = data.tokenizer.eos_token or "\n\n"
             self.perplexity_text = "".join(r.chosen + eos for r in records)  # the run's own held-out text
             self.perplexity_source = f"the validation pairs' chosen completions ({len(records)} pairs)"
         if self.output_dir is not None and trainer.is_global_zero:
@@ -103,7 +105,7 @@ class ToxicityEvalCallback(PeriodicMeasurement):
 
     # -- one evaluation -----------------------------------------------------------------------------
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
-        tokenizer = trainer.datamodule.tokenizer
+        tokenizer = measured_data(trainer, self.key).tokenizer
         rank, world = trainer.global_rank, trainer.world_size
         prompts = self.prompts[rank::world]
         texts, scores = score_continuations(

@@ -30,13 +30,10 @@ from omegaconf import OmegaConf
 
 from lightning_dpo.data.texts import describe_prompt_set, load_prompt_set, load_texts
 from lightning_dpo.data.tokenize import pad_id
-from lightning_dpo.dynamics import (
-    REDUCING_GROUPS,
-    build_probe_tokens,
-    group_rows,
-    take_snapshot,
-)
+from lightning_dpo.dynamics import REDUCING_GROUPS, build_probe_tokens, group_rows, take_snapshot
+from lightning_dpo.dynamics import selection as select
 from lightning_dpo.dynamics.probe_set import prompt_ids_for
+from lightning_dpo.dynamics.rows import GROUPS_CSV_COLUMNS
 from lightning_dpo.evaluation.evaluate_model import evaluate_model, settings_from_config
 from lightning_dpo.evaluation.model_source import (
     describe_model_source,
@@ -44,7 +41,6 @@ from lightning_dpo.evaluation.model_source import (
 )
 from lightning_dpo.runs.directory import RUN, RunDirectory, command_output, require_run
 from lightning_dpo.neurons import interventions as iv
-from lightning_dpo.neurons.groups import GROUPS_CSV_COLUMNS
 from lightning_dpo.neurons.probe import Probe, build_probe, load_probe
 from lightning_dpo.report import refresh_report
 from lightning_dpo.utils.figures import pyplot, save_figure
@@ -53,7 +49,8 @@ from lightning_dpo.utils.tables import markdown_table
 from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
-TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perplexity", "f1", "recovered_share_of_dpo_drop"]
+TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perplexity", "f1", "recovered_share_of_dpo_drop",
+                 "perplexity_ratio", "within_fluency"]
 
 
 def resolve_probe(cfg: Any, run: RunDirectory | None, base: torch.nn.Module, tokenizer: Any) -> Probe:
@@ -81,19 +78,19 @@ def intervention_rows(cfg: Any, base_snap: Any, dpo_snap: Any, probe: Probe) -> 
     ivc = cfg.interventions
     rows = []
     for n in ivc.ablate_top:
-        neurons = iv.top_toxic_neurons(base_snap, n)
+        neurons = select.top_toxic_neurons(base_snap, n)
         rows.append((f"ablate top {n} toxic neurons", lambda m, s=neurons: iv.ablate(m, s, ivc.positions), iv.neuron_count(neurons)))
     for n in ivc.ablate_top_positive:
-        neurons = iv.top_toxic_neurons(base_snap, n, positive_activation_only=True)
+        neurons = select.top_toxic_neurons(base_snap, n, positive_activation_only=True)
         rows.append((f"ablate top {n} positively activated toxic neurons", lambda m, s=neurons: iv.ablate(m, s, ivc.positions), iv.neuron_count(neurons)))
     for groups in ivc.patch_groups:
         groups = list(groups)
-        values = iv.values_from(dpo_snap, iv.group_neurons(base_snap, dpo_snap, groups))
+        values = select.values_from(dpo_snap, select.group_neurons(base_snap, dpo_snap, groups))
         label = "patch all four reducing groups" if sorted(groups) == sorted(REDUCING_GROUPS) else f"patch {' + '.join(groups)}"
         rows.append((f"{label} to DPO mean activations", lambda m, a=values: iv.patch(m, a, ivc.positions), iv.neuron_count(values)))
     if ivc.get("editing"):
         e = ivc.editing
-        plan = iv.editing_assignments(base_snap, e.alpha, e.beta, e.percentile, e.anti_order)
+        plan = select.editing_assignments(base_snap, e.alpha, e.beta, e.percentile, e.anti_order)
         rows.append((f"activation editing (alpha {e.alpha}, beta {e.beta})", lambda m, a=plan: iv.patch(m, a, ivc.positions), iv.neuron_count(plan)))
     if ivc.get("subtract"):
         s = ivc.subtract
@@ -105,6 +102,34 @@ def intervention_rows(cfg: Any, base_snap: Any, dpo_snap: Any, probe: Probe) -> 
 def recovered(base_tox: float, row_tox: float, dpo_tox: float) -> float:
     drop = base_tox - dpo_tox
     return (base_tox - row_tox) / drop if drop != 0 else math.nan
+
+
+def fluency_bound(base_ppl: float, dpo_ppl: float, dpo_factor: float, base_factor: float) -> float:
+    """The highest perplexity a row may have to count as fluent: the larger of the DPO model's own
+    perplexity x `dpo_factor` and the base model's x `base_factor` (NaN without perplexities)."""
+    candidates = [v for v in (dpo_ppl * dpo_factor, base_ppl * base_factor) if math.isfinite(v)]
+    return max(candidates) if candidates else math.nan
+
+
+def table_rows(evaluations: list[tuple[str, str, int, dict[str, Any]]], bound: float) -> list[dict[str, Any]]:
+    """Table 1's rows: a row whose perplexity is above `bound` gets no `recovered` value (gibberish
+    scores as non-toxic: a broken model must not look like a success)."""
+    base = next(m for model, label, _, m in evaluations if model == "base" and label == "none")
+    dpo = next(m for model, _, _, m in evaluations if model == "DPO")
+    base_ppl = base.get("perplexity", math.nan)
+    table = []
+    for model_name, label, count, m in evaluations:
+        ppl = m.get("perplexity", math.nan)
+        within = None if not (math.isfinite(ppl) and math.isfinite(bound)) else bool(ppl <= bound)
+        share = recovered(base["toxicity"], m["toxicity"], dpo["toxicity"])
+        table.append({
+            "model": model_name, "intervention": label, "neurons": count, "toxicity": m["toxicity"], "scorer": m["scorer"],
+            "perplexity": ppl, "f1": m.get("f1", math.nan),
+            "recovered_share_of_dpo_drop": share if within is not False else math.nan,
+            "perplexity_ratio": ppl / base_ppl if math.isfinite(ppl) and base_ppl else math.nan,
+            "within_fluency": "" if within is None else ("yes" if within else "NO: perplexity above the bound"),
+        })
+    return table
 
 
 def _bar_labels(ax: Any, values: list[float], fmt: str) -> None:
@@ -120,26 +145,59 @@ def _bar_labels(ax: Any, values: list[float], fmt: str) -> None:
     ax.set_xlim(0, span * 1.22)  # room for the labels
 
 
-def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out: Path) -> list[Path]:
+def fluency_note(bound: float, fluency: Any, text: str | None) -> str:
+    """The line above Table 1 that says what `recovered` rests on."""
+    if not math.isfinite(bound):
+        return "No perplexity was measured, so no row could be checked for fluency: `recovered` counts every row."
+    return (f"Fluency bound: perplexity <= {bound:.4g} (the larger of the DPO model's perplexity x {fluency.get('dpo_factor', 1.1)} "
+            f"and the base model's x {fluency.get('base_factor', 1.5)}; perplexity on {text}). A row above it gets no "
+            "`recovered` value: gibberish scores as non-toxic.")
+
+
+def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out: Path, bound: float = math.nan) -> list[Path]:
     """Toxicity and perplexity per intervention (one panel each, values on the bars), and the
     reducing groups' shares."""
     plt = pyplot()
     paths = []
-    labels = [f"{r['model']}: {r['intervention']}" for r in table]
+    outside = [str(r.get("within_fluency", "")).startswith("NO") for r in table]
+    labels = [f"{r['model']}: {r['intervention']}" + ("  [not fluent]" if o else "") for r, o in zip(table, outside)]
     fig, (tox, ppl) = plt.subplots(1, 2, figsize=(12, 0.42 * len(table) + 1.9), sharey=True, layout="constrained")
     toxicity = [float(r["toxicity"]) for r in table]
     perplexity = [float(r["perplexity"]) if r.get("perplexity") is not None else math.nan for r in table]
     tox.barh(range(len(table)), toxicity, color=["#1f77b4" if str(r["model"]).lower() == "dpo" else "#888888" for r in table])
     _bar_labels(tox, toxicity, "{:.3f}")
-    ppl.barh(range(len(table)), [0 if math.isnan(v) else v for v in perplexity], color="#bbbbbb")
+    ppl.barh(range(len(table)), [0 if math.isnan(v) else v for v in perplexity], color=["#d62728" if o else "#bbbbbb" for o in outside])
     _bar_labels(ppl, perplexity, "{:.2f}")
+    if math.isfinite(bound):
+        ppl.axvline(bound, color="#d62728", ls="--", lw=1)
+        ppl.annotate(f"fluency bound {bound:.3g}", (bound, len(table) - 0.5), xytext=(3, 0), textcoords="offset points", fontsize=7,
+                     color="#d62728")
+        ppl.set_xlim(0, max([bound * 1.25] + [v * 1.22 for v in perplexity if math.isfinite(v)]))
     tox.set_yticks(range(len(table)), labels, fontsize=7)
     tox.invert_yaxis()
     tox.set(xlabel="mean toxicity of greedy continuations", title=f"Toxicity by intervention (scorer: {table[0]['scorer']})")
-    ppl.set(xlabel="perplexity on the held-out text", title="Perplexity (fluency kept?)")
+    ppl.set(xlabel="perplexity on the held-out text", title="Perplexity (red: above the fluency bound)")
     for ax in (tox, ppl):
         ax.grid(axis="x", alpha=0.3)
     paths.append(save_figure(fig, out / "plots" / "toxicity_by_intervention.png"))
+    if any(math.isfinite(v) for v in perplexity):  # toxicity against perplexity: a broken model cannot look like a success
+        fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+        for i, (x, y) in enumerate(zip(perplexity, toxicity)):
+            if not math.isfinite(x):
+                continue
+            ax.scatter([x], [y], marker="x" if outside[i] else "o", s=40, color="#d62728" if outside[i] else
+                       ("#1f77b4" if str(table[i]["model"]).lower() == "dpo" else "#555555"), zorder=3)
+            ax.annotate(labels[i].split(": ", 1)[1] if table[i]["model"] == "base" else labels[i], (x, y), textcoords="offset points",
+                        xytext=(4, 3), fontsize=6)
+        if math.isfinite(bound):
+            ax.axvspan(bound, max(v for v in perplexity if math.isfinite(v)) * 1.5, color="#d62728", alpha=0.06, lw=0)
+            ax.axvline(bound, color="#d62728", ls="--", lw=1, label=f"fluency bound ({bound:.3g}): right of it, no 'recovered'")
+            ax.legend(fontsize=8)
+        ax.set_xscale("log")
+        ax.set(xlabel="perplexity on the held-out text (log scale)", ylabel=f"mean toxicity ({table[0]['scorer']})",
+               title="Each intervention: toxicity against perplexity")
+        ax.grid(alpha=0.3)
+        paths.append(save_figure(fig, out / "plots" / "toxicity_vs_perplexity.png"))
     totals = [r for r in groups if r["layer"] == "all" and r["group"] in REDUCING_GROUPS]
     fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
     shares = [100 * r["share"] for r in totals]
@@ -180,7 +238,7 @@ def run(cfg: Any) -> dict[str, Any]:
     tokens = build_probe_tokens(base, prompt_ids, pad, ps.num_positions, ps.batch_size)
     base_snap = take_snapshot(base, tokens, probe.unit, step=0, batch_size=ps.batch_size, center_writing_weights=ps.center_writing_weights)
     dpo_snap = take_snapshot(dpo, tokens, probe.unit, step=1, batch_size=ps.batch_size, center_writing_weights=ps.center_writing_weights)
-    groups = [dict(r, step="dpo") for r in group_rows(base_snap, dpo_snap)]
+    groups = [dict(r.as_csv(), step="dpo") for r in group_rows(base_snap, dpo_snap)]
 
     evaluations = []
     base_metrics, _ = evaluate_model(base, tokenizer, settings)
@@ -193,31 +251,31 @@ def run(cfg: Any) -> dict[str, Any]:
     dpo_metrics, _ = evaluate_model(dpo, tokenizer, settings)
     evaluations.append(("DPO", "none", 0, dpo_metrics))
 
-    table = []
-    for model_name, label, count, m in evaluations:
-        table.append({
-            "model": model_name, "intervention": label, "neurons": count, "toxicity": m["toxicity"], "scorer": m["scorer"],
-            "perplexity": m.get("perplexity", math.nan), "f1": m.get("f1", math.nan),
-            "recovered_share_of_dpo_drop": recovered(base_metrics["toxicity"], m["toxicity"], dpo_metrics["toxicity"]),
-        })
+    fluency = cfg.get("fluency") or {}
+    bound = fluency_bound(base_metrics.get("perplexity", math.nan), dpo_metrics.get("perplexity", math.nan),
+                          float(fluency.get("dpo_factor", 1.1)), float(fluency.get("base_factor", 1.5)))
+    table = table_rows(evaluations, bound)
+    note = fluency_note(bound, fluency, settings.perplexity_source)
     atomic_write_csv(out / "table.csv", TABLE_COLUMNS, table)
-    atomic_write_text(out / "table.md", markdown_table(table, TABLE_COLUMNS))
+    atomic_write_text(out / "table.md", note + "\n\n" + markdown_table(table, TABLE_COLUMNS))
     group_columns = ["layer", "group", "count", "delta_sum", "share"]
     atomic_write_csv(out / "groups.csv", GROUPS_CSV_COLUMNS, groups)
     atomic_write_text(out / "groups.md", markdown_table([r for r in groups if r["layer"] == "all"], group_columns))
-    plots = plot_results(table, groups, out)
+    plots = plot_results(table, groups, out, bound)
     summary = {
         "base": str(base_source), "dpo": dpo_description, "probe": {k: str(v) for k, v in probe.metadata.items()},
         "probe_set": {"source": probe_set_source, "prompts": len(prompt_ids), "positions": int(tokens.positions.sum()),
                       "center_writing_weights": bool(ps.center_writing_weights)},
         "evaluation": {"prompts": settings.prompts_source, "scorer": settings.scorer.name, "perplexity_text": settings.perplexity_source,
                        "f1_data": settings.f1_source},
-        "table": table, "groups": [r for r in groups if r["layer"] == "all"], "plots": [str(p) for p in plots],
+        "fluency": {"bound": bound, "note": note}, "table": table, "groups": [r for r in groups if r["layer"] == "all"],
+        "plots": [str(p) for p in plots],
     }
     atomic_write_json(out / "analysis.json", summary)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
     if run_record is not None:
         refresh_report(run_record.path)
+    print(note)
     print(markdown_table(table, TABLE_COLUMNS))
     print(f"neuron groups over {probe_set_source}, {int(tokens.positions.sum())} positions "
           "(a run's own training summary used dynamics/prompts.jsonl: the tables agree only on the same prompts)")

@@ -79,7 +79,13 @@ def hydra_command(fn: Callable[[Any], Any], config_name: str) -> Callable[[], An
     def main(cfg: Any) -> None:
         run_command(fn, cfg)
 
-    return main
+    def entry() -> None:
+        quiet_libraries()
+        register_resolvers()  # Hydra resolves the configs before `main` runs
+        register_toy_resolver()
+        main()
+
+    return entry
 
 
 def run_command(fn: Callable[[Any], Any], cfg: Any) -> Any:

@@ -174,6 +174,13 @@ def run_report(run_dir: str | Path, draw: bool = True) -> Path:
     except (ValueError, csv.Error, UnicodeDecodeError) as exc:
         log.warning("%s: not readable (%s); the report leaves it out", run_dir / "metrics.csv", exc)
         rows = []
+    if draw:
+        try:
+            from lightning_dpo.training.figures import make_run_plots
+
+            make_run_plots(run_dir)
+        except Exception as exc:  # a figure problem must not cost the rest of the report
+            log.warning("the training figures could not be drawn (%s: %s); the report shows what exists", type(exc).__name__, exc)
     if draw and (run_dir / "dynamics" / "groups.csv").exists():
         try:
             from lightning_dpo.dynamics.figures import make_plots

@@ -97,9 +97,16 @@ def main(cfg: DictConfig) -> float | None:
         return None
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m lightning_dpo.train` and the `lightning-dpo-train` script: set up, then Hydra's main."""
     from lightning_dpo.cli import check_output_dir_arguments
 
     quiet_libraries()
+    register_resolvers()  # Hydra resolves the configs before `main` runs
+    register_toy_resolver()
     check_output_dir_arguments(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -17,7 +17,7 @@ from lightning_dpo.dynamics import (
     take_snapshot,
     toxic_top_n,
 )
-from lightning_dpo.neurons.groups import group_masks
+from lightning_dpo.dynamics.groups import group_masks
 from lightning_dpo.neurons.hooks import (
     count_hooks,
     find_output_projections,
@@ -107,7 +107,7 @@ def test_group_assignment_covers_all_eight_groups():
     for i, name in enumerate(expected):
         assert masks[name][0, i] and sum(bool(m[0, i]) for m in masks.values()) == 1, name
     assert not any(m[0, 8] or m[0, 9] for m in masks.values())  # unchanged / orthogonal: no group
-    rows = {r["group"]: r for r in group_rows(base, now) if r["layer"] == "all"}
+    rows = {r["group"]: r for r in [r.as_csv() for r in group_rows(base, now)] if r["layer"] == "all"}
     d = [x0 * p - x * p for x0, x, p in zip(a0, at, p0)]  # D_i = P_i(0) - P_i(t), p unchanged
     for i, name in enumerate(expected):
         assert rows[name]["count"] == 1 and rows[name]["delta_sum"] == pytest.approx(d[i])
@@ -125,7 +125,7 @@ def test_shares_per_layer_and_types_frozen_at_step0():
     base = Snapshot(0, torch.randn(3, 50, generator=g), torch.randn(3, 50, generator=g), torch.ones(3, 50))
     # at step t the value vectors have moved so that some cosines changed sign: types must not change
     now = Snapshot(7, base.mean_activation + 0.1 * torch.randn(3, 50, generator=g), -base.value_projection, torch.ones(3, 50))
-    rows = group_rows(base, now)
+    rows = [r.as_csv() for r in group_rows(base, now)]
     # per layer and in total, each share is that group's summed change over the four groups' (numpy, from the masks)
     import numpy as np
 
@@ -210,24 +210,24 @@ def test_files_recompute_everything_logged(dynamics_run):
     import csv
 
     from lightning_dpo.dynamics.store import read_measurement, step_file
-    from lightning_dpo.neurons.components import component_rows
+    from lightning_dpo.dynamics.components import component_rows
 
     run = load_run(dynamics_run)
     assert run.steps == [0, 2, 4, 6, 8] and run.mean_activation.shape == (5, 2, 128)
-    assert set(run.tokens) == {"input_ids", "attention_mask", "positions"} and run.probe.shape == (64,)
+    assert set(run.tokens) == {"input_ids", "attention_mask", "positions", "bucket"} and run.probe.shape == (64,)
     assert run.probes == ["toxicity", "workplace"]  # the demo's target and bystander concepts
     assert (run.value_projection == run.value_projections["toxicity"]).all()
     with open(dynamics_run / "metrics.csv") as handle:
         logged = {int(r["step"]): r for r in csv.DictReader(handle)}
     measurements = [read_measurement(step_file(dynamics_run / "dynamics", s)) for s in run.steps]
     for probe in run.probes:
-        recomputed = [r for s in run.steps for r in group_rows(run.snapshot(0, probe), run.snapshot(s, probe))]
+        recomputed = [r.as_csv() for s in run.steps for r in group_rows(run.snapshot(0, probe), run.snapshot(s, probe))]
         stored = run.probe_groups(probe).to_dict("records")
         assert len(recomputed) == len(stored) == 5 * 3 * 10
         for a, b in zip(recomputed, stored):
             assert (a["step"], a["layer"], a["group"], a["count"]) == (b["step"], str(b["layer"]), b["group"], b["count"])
             assert a["delta_sum"] == pytest.approx(b["delta_sum"], abs=1e-9)
-        components = [r for m in measurements for r in component_rows(m.step, probe, measurements[0].components[probe], m.components[probe])]
+        components = [r for m in measurements for r in component_rows(m.step, probe, measurements[0].component_means(probe), m.component_means(probe))]
         stored = run.components[run.components["probe"] == probe].to_dict("records")
         assert len(components) == len(stored) == 5 * (2 + 2 * (4 + 3))  # embed, residual; per layer 4 heads, attn bias, neurons, mlp bias
         for a, b in zip(components, stored):
@@ -397,14 +397,14 @@ def _brute_force_components(model, tokens, u):
 
 @pytest.mark.parametrize("name", list(SMALL_DECODERS))
 def test_components_are_exact_and_each_head_equals_a_brute_force_recomputation(name):
-    from lightning_dpo.neurons.snapshot import measure
+    from lightning_dpo.dynamics.measure import measure
 
     model = build_tiny(SMALL_DECODERS[name]).eval()
     tokens = build_probe_tokens(model, [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17]], pad_token_id=0, num_positions=5, batch_size=2)
     units = {"a": random_unit(32, seed=1), "b": random_unit(32, seed=2)}
     measured = measure(model, tokens, units, 0, batch_size=3)
     for probe, u in units.items():
-        parts = measured.components[probe]
+        parts = measured.component_means(probe)
         assert float(parts.parts_sum()) == pytest.approx(float(parts.residual), rel=1e-4)  # the split is exact
         heads, embed = _brute_force_components(model, tokens, u)
         assert torch.allclose(parts.attn_heads.double(), heads, atol=1e-6, rtol=1e-4), probe
@@ -418,12 +418,12 @@ def test_components_are_exact_and_each_head_equals_a_brute_force_recomputation(n
 def test_two_process_gloo_components_equal_one_process(tmp_path):
     import torch.multiprocessing as mp
 
-    from lightning_dpo.neurons.snapshot import measure
+    from lightning_dpo.dynamics.measure import measure
 
     model = build_tiny(tiny_gpt2_config()).eval()
     prompts = [[i + 1, i + 2, i + 3][: 1 + i % 3] for i in range(7)]
     tokens = build_probe_tokens(model, prompts, pad_token_id=0, num_positions=3)
-    single = measure(model, tokens, {"a": random_unit(32, seed=1)}, 0).components["a"]
+    single = measure(model, tokens, {"a": random_unit(32, seed=1)}, 0).component_means("a")
     mp.spawn(_ddp_components_worker, args=(2, str(tmp_path / "init"), tokens, str(tmp_path / "parts.pt")), nprocs=2, join=True)
     shared = torch.load(tmp_path / "parts.pt")
     for field in ("embed", "attn_heads", "attn_bias", "mlp_neurons", "mlp_bias", "residual"):
@@ -433,7 +433,7 @@ def test_two_process_gloo_components_equal_one_process(tmp_path):
 def _ddp_components_worker(rank, world, init_file, tokens, result_file):
     import torch.distributed as dist
 
-    from lightning_dpo.neurons.snapshot import measure
+    from lightning_dpo.dynamics.measure import measure
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -444,7 +444,7 @@ def _ddp_components_worker(rank, world, init_file, tokens, result_file):
         dist.all_reduce(t)
         return t
 
-    parts = measure(model, tokens.shard(rank, world), {"a": random_unit(32, seed=1)}, 0, batch_size=2, reduce=reduce).components["a"]
+    parts = measure(model, tokens.shard(rank, world), {"a": random_unit(32, seed=1)}, 0, batch_size=2, reduce=reduce).component_means("a")
     if rank == 0:
         torch.save(parts.to_dict(), result_file)
     dist.barrier()
@@ -453,22 +453,64 @@ def _ddp_components_worker(rank, world, init_file, tokens, result_file):
 
 
 def test_the_tables_written_snapshot_by_snapshot_equal_one_rendering_of_all_rows(tmp_path):
+    from lightning_dpo.dynamics.rows import ComponentRow, GroupRow
     from lightning_dpo.dynamics.store import COMPONENTS_CSV_COLUMNS, GROUPS_FILE_COLUMNS, DynamicsStore
     from lightning_dpo.utils.io import csv_text
 
     store = DynamicsStore(tmp_path)
     store.dir.mkdir(parents=True)
 
-    def rows(step: int, value: float) -> tuple[list[dict], list[dict]]:
-        groups = [{"step": step, "layer": layer, "group": g, "count": 3, "delta_sum": value, "share": 0.5, "probe": p}
-                  for p in ("toxicity", "workplace") for layer in ("all", "0") for g in ("TP-", "AN-")]
-        components = [{"step": step, "probe": p, "layer": "0", "component": "attn.head.0", "value": value, "delta": -value}
-                      for p in ("toxicity", "workplace")]
+    def rows(step: int, value: float) -> tuple[list, list]:
+        groups = [GroupRow(step, p, layer, g, 3, value, 0.5) for p in ("toxicity", "workplace") for layer in (None, 0) for g in ("TP-", "AN-")]
+        components = [ComponentRow(step, p, 0, "attn.head.0", value, -value) for p in ("toxicity", "workplace")]
         return groups, components
 
     for step, value in ((0, 0.0), (25, 1.5), (50, 2.25), (25, 3.125)):  # step 25 measured again (a resume): it moves to the end
         store.add_rows(*rows(step, value))
-    assert [r["step"] for r in store.group_rows][::8] == [0, 50, 25]
-    assert (store.dir / "groups.csv").read_text() == csv_text(GROUPS_FILE_COLUMNS, store.group_rows)
-    assert (store.dir / "components.csv").read_text() == csv_text(COMPONENTS_CSV_COLUMNS, store.component_rows)
+    assert [r.step for r in store.group_rows][::8] == [0, 50, 25]
+    assert (store.dir / "groups.csv").read_text() == csv_text(GROUPS_FILE_COLUMNS, [r.as_csv() for r in store.group_rows])
+    assert (store.dir / "components.csv").read_text() == csv_text(COMPONENTS_CSV_COLUMNS, [r.as_csv() for r in store.component_rows])
     assert "3.125" in (store.dir / "groups.csv").read_text() and ",1.5," not in (store.dir / "groups.csv").read_text()
+
+
+def test_standard_errors_and_the_null_are_in_the_files_and_the_metrics(dynamics_run):
+    """share_se recomputed from the snapshot files' bucket sums (numpy); null.csv has every quantity of every
+    probe against both nulls, and its percentiles are the logged ones."""
+    import csv
+
+    import numpy as np
+
+    from lightning_dpo.dynamics.rows import NULL_CSV_COLUMNS, QUANTITIES
+
+    run = load_run(dynamics_run)
+    assert run.bucket_activation_sum.shape[1] == 16 and run.bucket_positions.shape == (len(run.steps), 16)
+    last = len(run.steps) - 1
+    sums0, sums1 = run.bucket_activation_sum[0].astype(np.float64), run.bucket_activation_sum[last].astype(np.float64)
+    n0, n1 = run.bucket_positions[0], run.bucket_positions[last]
+    keep = (n0 > 0) & (n1 > 0)
+    p0, pt = run.value_projections["toxicity"][0].astype(np.float64), run.value_projections["toxicity"][last].astype(np.float64)
+    shares = []
+    for b in np.nonzero(keep)[0]:
+        a0 = (sums0.sum(0) - sums0[b]) / (n0.sum() - n0[b])
+        at = (sums1.sum(0) - sums1[b]) / (n1.sum() - n1[b])
+        d = a0 * p0 - at * pt
+        tp = ((p0 > 0) & (a0 >= 0) & (at < a0))
+        reducing = [tp, (p0 > 0) & (a0 < 0) & (at < a0), (p0 < 0) & (a0 >= 0) & (at > a0), (p0 < 0) & (a0 < 0) & (at > a0)]
+        shares.append(d[tp].sum() / sum(d[m].sum() for m in reducing))
+    shares = np.array(shares)
+    se = np.sqrt((len(shares) - 1) / len(shares) * ((shares - shares.mean()) ** 2).sum())
+    groups = run.probe_groups("toxicity")
+    row = groups[(groups["step"] == run.steps[last]) & (groups["layer"] == "all") & (groups["group"] == "TP-")].iloc[0]
+    assert row["share_se"] == pytest.approx(se, rel=1e-5)
+    nulls = run.nulls
+    assert list(nulls.columns[: len(NULL_CSV_COLUMNS)]) == NULL_CSV_COLUMNS
+    assert set(nulls["null"]) == {"uniform", "covariance"} and set(nulls["probe"]) == {"toxicity", "workplace"}
+    assert set(nulls["quantity"]) == set(QUANTITIES) and (nulls[nulls["step"] > 0]["null_size"] == 32).all()  # step 0: no share yet
+    assert set(run.null_directions) == {"uniform", "covariance"} and run.null_directions["uniform"].shape == (32, 64)
+    with open(dynamics_run / "metrics.csv") as handle:
+        logged = {int(r["step"]): r for r in csv.DictReader(handle)}
+    step = run.steps[last]
+    for probe in ("toxicity", "workplace"):
+        row = nulls[(nulls["step"] == step) & (nulls["probe"] == probe) & (nulls["null"] == "uniform") & (nulls["quantity"] == "TP-/share")].iloc[0]
+        assert float(logged[step][f"dynamics/{probe}/null/TP-/share/percentile"]) == pytest.approx(row["percentile"])
+        assert float(logged[step][f"dynamics/{probe}/TP-/share"]) == pytest.approx(row["value"])

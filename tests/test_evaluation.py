@@ -23,6 +23,7 @@ from lightning_dpo.evaluation.scorers import (
     WordListScorer,
     build_scorer,
 )
+from lightning_dpo.dynamics import selection as select
 from lightning_dpo.neurons import interventions as iv
 from lightning_dpo.neurons.hooks import (
     count_hooks,
@@ -109,13 +110,13 @@ def toy_snapshot():
 
 def test_top_toxic_neuron_selection():
     snap = toy_snapshot()
-    assert iv.top_toxic_neurons(snap, 3)[0].tolist() == [0, 1, 2]
-    assert iv.top_toxic_neurons(snap, 3, positive_activation_only=True)[0].tolist() == [0, 1, 7]
+    assert select.top_toxic_neurons(snap, 3)[0].tolist() == [0, 1, 2]
+    assert select.top_toxic_neurons(snap, 3, positive_activation_only=True)[0].tolist() == [0, 1, 7]
 
 
 def test_activation_editing_plan():
     snap = toy_snapshot()
-    plan = iv.editing_assignments(snap, alpha=0.1, beta=0.5, percentile=0.8)
+    plan = select.editing_assignments(snap, alpha=0.1, beta=0.5, percentile=0.8)
     index, values = plan[0]
     chosen = dict(zip(index.tolist(), values.tolist()))
     # the 80th percentile of a (0.36) drops neurons 0 and 3; TP = {1, 7}: the larger |cos| (1) is damped;
@@ -123,7 +124,7 @@ def test_activation_editing_plan():
     # (the published code's int(n * beta); rounding would have taken them)
     assert set(chosen) == {1, 6}
     assert chosen[1] == pytest.approx(0.2 * 0.9) and chosen[6] == pytest.approx(-0.2 * 1.1)
-    index, values = iv.editing_assignments(snap, alpha=0.1, beta=1.0, percentile=0.8)[0]
+    index, values = select.editing_assignments(snap, alpha=0.1, beta=1.0, percentile=0.8)[0]
     chosen = dict(zip(index.tolist(), values.tolist()))
     assert set(chosen) == {1, 2, 4, 5, 6, 7} and chosen[4] == pytest.approx(-0.1 * 0.9) and chosen[5] == pytest.approx(0.3 * 1.1)
 

@@ -6,10 +6,15 @@ Per probe (the target probe's in plots/, every other probe's in plots/<probe>/):
   the gross reduction they share (a share of a tiny total misleads early on)
 - net_vs_gross.png: net change (sum of all D_i) vs gross reduction (sum of positive D_i)
 - layer_group_heatmap.png: sum of D_i per layer and group at the last snapshot
-- toxic_neuron_activations.png: mean activation of the top toxic neurons (by cosine at step 0)
+- shares_vs_null.png: each reducing group's share, the gross and net change and the attention share over
+  steps, with their jackknife standard error (band) and the 5-95% band of random directions (grey:
+  uniform null; dashed: covariance null): a share inside the grey band is what any direction shows
+- toxic_neuron_activations.png (a probe named toxicity; other probes: top_neuron_activations.png): mean
+  activation of the neurons most aligned with the probe (by cosine at step 0)
 - components.png: the change along the probe written by the embeddings, the attention heads and the
   MLPs over steps, and the heads that moved most (runs with components)
-Every line has a marker at each snapshot step; every quantity carries its unit.
+Every line has a marker at each snapshot step; every quantity carries its unit; every title names its
+probe; a change D is "value at step 0 minus value at step t": > 0 means less writing along the probe.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from lightning_dpo.dynamics.store import DynamicsRun, load_run
-from lightning_dpo.neurons.components import top_heads
-from lightning_dpo.neurons.groups import MIRROR_GROUPS, REDUCING_GROUPS
+from lightning_dpo.dynamics.components import top_heads
+from lightning_dpo.dynamics.groups import MIRROR_GROUPS, REDUCING_GROUPS
 from lightning_dpo.utils.figures import annotate_cells, pyplot, save_figure
 from lightning_dpo.utils.io import check_file_name
 
@@ -33,20 +38,32 @@ KIND_COLORS = {"embed": "#8c564b", "attention": "#9467bd", "mlp": "#17becf", "re
 def _totals(run: DynamicsRun, probe: str):
     groups = run.probe_groups(probe)
     frame = groups[groups["layer"].astype(str) == "all"]
-    return frame.pivot_table(index="step", columns="group", values=["delta_sum", "share", "count"], dropna=False)
+    values = [c for c in ("delta_sum", "share", "count", "delta_sum_se", "share_se") if c in frame.columns]
+    return frame.pivot_table(index="step", columns="group", values=values, dropna=False)
 
 
 def _title(text: str, probe: str, target: str) -> str:
-    return text if probe == target else f"{text} (probe: {probe})"
+    """Every figure names its probe: 'the probe' in `text` becomes 'the <name> probe'."""
+    return text.replace("the probe", f"the {probe} probe") if "the probe" in text else f"{text} ({probe} probe)"
+
+
+def _band(ax, x, value, se, color: str) -> None:
+    """A +-1 standard error band around a line (skipped where the error is unknown)."""
+    value, se = np.asarray(value, dtype=float), np.asarray(se, dtype=float)
+    if np.isfinite(se).any():
+        ax.fill_between(x, value - se, value + se, color=color, alpha=0.18, lw=0)
 
 
 def plot_group_delta(run: DynamicsRun, probe: str, out: Path) -> Path:
     plt = pyplot()
     table = _totals(run, probe)["delta_sum"]
     fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    errors = _totals(run, probe).get("delta_sum_se")
     for group in REDUCING_GROUPS + MIRROR_GROUPS:
         if group in table:
             ax.plot(table.index, table[group], color=COLORS[group], ls="-" if group in REDUCING_GROUPS else "--", marker="o", ms=3, label=group)
+            if errors is not None and group in errors:
+                _band(ax, table.index, table[group], errors[group], COLORS[group])
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="optimizer step", ylabel=f"sum of D_i = P_i(0) - P_i(t) [{UNITS}]",
            title=_title("Change in writing along the probe, per neuron group", probe, run.probes[0]))
@@ -84,8 +101,17 @@ def plot_net_vs_gross(run: DynamicsRun, probe: str, out: Path) -> Path:
     plt = pyplot()
     table = _totals(run, probe)["delta_sum"]
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
-    ax.plot(table.index, table["gross_reduction"], marker="o", ms=3, label="gross reduction (sum of D_i > 0)")
-    ax.plot(table.index, table["net_delta"], marker="o", ms=3, label="net change (sum of all D_i)")
+    errors = _totals(run, probe).get("delta_sum_se")
+    nulls = run.probe_nulls(probe, "uniform")
+    for name, label, color in (("gross_reduction", "gross reduction (sum of D_i > 0)", "#1f77b4"),
+                               ("net_delta", "net change (sum of all D_i)", "#ff7f0e")):
+        ax.plot(table.index, table[name], marker="o", ms=3, color=color, label=label)
+        if errors is not None and name in errors:
+            _band(ax, table.index, table[name], errors[name], color)
+        if nulls is not None and len(nulls):
+            band = nulls[nulls["quantity"] == name].sort_values("step")
+            ax.fill_between(band["step"], band["null_q05"], band["null_q95"], color=color, alpha=0.08, hatch="//", lw=0,
+                            label=f"{label.split(' (')[0]}: random directions, 5-95%")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="optimizer step", ylabel=f"sum of D_i [{UNITS}]", title=_title("Net vs gross reduction of writing along the probe", probe, run.probes[0]))
     ax.legend(fontsize=8)
@@ -129,7 +155,8 @@ def plot_toxic_neurons(run: DynamicsRun, probe: str, out: Path, n: int = 10) -> 
     ax.set(xlabel="optimizer step", ylabel="mean activation a_i",
            title=_title(f"Top {len(top)} neurons by cosine with the probe at step 0", probe, run.probes[0]))
     ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return save_figure(fig, out / "toxic_neuron_activations.png")
+    name = "toxic_neuron_activations.png" if probe == "toxicity" else "top_neuron_activations.png"
+    return save_figure(fig, out / name)
 
 
 def plot_components(run: DynamicsRun, probe: str, out: Path) -> Path | None:
@@ -165,7 +192,48 @@ def plot_components(run: DynamicsRun, probe: str, out: Path) -> Path | None:
     return save_figure(fig, out / "components.png")
 
 
-FIGURES = (plot_group_delta, plot_shares, plot_net_vs_gross, plot_layer_heatmap, plot_toxic_neurons, plot_components)
+NULL_PANELS = (*[(f"{g}/share", f"{g} share", True) for g in REDUCING_GROUPS], ("gross_reduction", "gross reduction", False),
+               ("net_delta", "net change", False), ("attention_share", "attention heads' share", True))
+
+
+def plot_shares_against_null(run: DynamicsRun, probe: str, out: Path) -> Path | None:
+    """Each quantity of the probe (line, +-1 SE band) against the 5-95% band of random directions."""
+    if run.nulls is None or run.nulls.empty:
+        return None
+    plt = pyplot()
+    frame = run.nulls[run.nulls["probe"] == probe]
+    panels = [p for p in NULL_PANELS if (frame["quantity"] == p[0]).any()]
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7), layout="constrained")
+    for ax, (quantity, label, percent) in zip(axes.flat, panels):
+        scale = 100.0 if percent else 1.0
+        for null, style in (("uniform", "grey"), ("covariance", "dashed")):
+            rows = frame[(frame["quantity"] == quantity) & (frame["null"] == null)].sort_values("step")
+            rows = rows[rows["null_size"] > 0]
+            if rows.empty:
+                continue
+            if style == "grey":
+                ax.fill_between(rows["step"], scale * rows["null_q05"], scale * rows["null_q95"], color="#bbbbbb", alpha=0.6,
+                                lw=0, label="uniform random directions, 5-95%")
+            else:
+                ax.plot(rows["step"], scale * rows["null_q05"], ls="--", color="#555555", lw=0.9, label="covariance-shaped directions, 5-95%")
+                ax.plot(rows["step"], scale * rows["null_q95"], ls="--", color="#555555", lw=0.9)
+        rows = frame[(frame["quantity"] == quantity) & (frame["null"] == "uniform")].sort_values("step")
+        color = COLORS.get(quantity.split("/")[0], "#1f77b4")
+        ax.plot(rows["step"], scale * rows["value"], marker="o", ms=3, color=color, label=f"{probe} probe")
+        _band(ax, rows["step"], scale * rows["value"], scale * rows["value_se"], color)
+        ax.set(title=label, xlabel="optimizer step", ylabel="%" if percent else UNITS)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    fig.suptitle(_title("The probe against random directions (band around the line: +-1 jackknife standard error over prompts)",
+                        probe, run.probes[0]), fontsize=10)
+    return save_figure(fig, out / "shares_vs_null.png")
+
+
+FIGURES = (plot_group_delta, plot_shares, plot_shares_against_null, plot_net_vs_gross, plot_layer_heatmap, plot_toxic_neurons,
+           plot_components)
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:

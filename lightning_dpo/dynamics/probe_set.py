@@ -1,4 +1,5 @@
-"""The probe set: fixed token sequences and the positions whose activations are averaged.
+"""The probe set: fixed token sequences, the positions whose activations are averaged, and the
+buckets of prompts the uncertainty is estimated over.
 
 `fixed` (default): each prompt (cut to `max_prompt_tokens`, left-padded to one width P) plus
 the *reference* model's greedy continuation of `num_positions` tokens, computed once at step 0;
@@ -7,20 +8,53 @@ the averaged positions are the `num_positions` positions that predict the genera
 reads the same tokens, so a change in a_i is the neuron's own change, not a change of input.
 `generate` (the paper's convention): the current policy generates its own continuation at each
 snapshot, with the same position rule.
+
+Buckets: every prompt belongs to one of B buckets (a seeded shuffle dealt round-robin, so bucket
+sizes differ by at most one and the file's order does not decide them); every snapshot keeps its
+sums per bucket, from which the jackknife leaves one bucket out at a time (dynamics/uncertainty.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from lightning_dpo.evaluation.generation import greedy_continue, tokenize_prompts
-from lightning_dpo.neurons.snapshot import ProbeTokens
 from lightning_dpo.utils.torch_utils import eval_mode, left_pad, model_device
 
 POSITION_MODES = ("fixed", "generate")
+
+
+def assign_buckets(n: int, count: int, seed: int = 0) -> torch.Tensor:
+    """(n,) long: prompt i's bucket; a seeded permutation dealt round-robin over `count` buckets."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    bucket = torch.empty(n, dtype=torch.long)
+    bucket[order] = torch.arange(n) % max(1, count)
+    return bucket
+
+
+@dataclass
+class ProbeTokens:
+    input_ids: torch.Tensor  # (N, P + n) left-padded prompts + generated tokens
+    attention_mask: torch.Tensor  # (N, P + n)
+    positions: torch.Tensor  # (N, P + n) bool: the averaged positions
+    bucket: torch.Tensor | None = None  # (N,) long: each prompt's bucket (None: one bucket)
+
+    def buckets(self) -> torch.Tensor:
+        return self.bucket if self.bucket is not None else torch.zeros(self.input_ids.shape[0], dtype=torch.long)
+
+    def shard(self, rank: int, world: int) -> "ProbeTokens":
+        return ProbeTokens(self.input_ids[rank::world], self.attention_mask[rank::world], self.positions[rank::world],
+                           self.buckets()[rank::world])
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "positions": self.positions}
+        if self.bucket is not None:
+            out["bucket"] = self.bucket
+        return out
 
 
 def prompt_ids_for(tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int | None, prepend_bos: bool = False) -> list[list[int]]:
@@ -35,8 +69,11 @@ def build_probe_tokens(
     pad_token_id: int,
     num_positions: int = 20,
     batch_size: int = 64,
+    buckets: int = 1,
+    seed: int = 0,
 ) -> ProbeTokens:
-    """Prompts + `model`'s greedy continuation (exactly `num_positions` tokens, EOS not stopping)."""
+    """Prompts + `model`'s greedy continuation (exactly `num_positions` tokens, EOS not stopping),
+    the prompts dealt into `buckets` buckets."""
     ids, mask = left_pad(prompt_ids, pad_token_id)  # one width for all rows
     device = model_device(model)
     chunks = []
@@ -52,4 +89,4 @@ def build_probe_tokens(
     width = ids.shape[1]
     positions = torch.zeros_like(input_ids, dtype=torch.bool)
     positions[:, width - 1 : width - 1 + num_positions] = True
-    return ProbeTokens(input_ids, attention_mask, positions)
+    return ProbeTokens(input_ids, attention_mask, positions, assign_buckets(len(prompt_ids), buckets, seed))

@@ -3,23 +3,31 @@
 <run_dir>/probe.safetensors                 the target probe's direction (tensor `direction`)
 <run_dir>/probes/<name>.safetensors         every probe's direction (the target's too)
 <run_dir>/dynamics/prompts.jsonl            the probe set's prompts
-<run_dir>/dynamics/tokens.safetensors       input_ids, attention_mask, positions (fixed mode)
+<run_dir>/dynamics/tokens.safetensors       input_ids, attention_mask, positions (fixed mode), bucket (each prompt's)
 <run_dir>/dynamics/step_<step:07d>.safetensors
                                             mean_activation, value_norm, value_projection (the target
                                             probe's): float32 (n_layers, d_mlp); for every probe P:
                                             value_projection.P (n_layers, d_mlp) and the components
                                             components.P.{embed, attn_heads (n_layers, n_heads),
                                             attn_bias, mlp_neurons, mlp_bias (n_layers,), residual};
-                                            metadata: step
-<run_dir>/dynamics/groups.csv               step,layer,group,count,delta_sum,share,probe (layer `all` = totals)
-<run_dir>/dynamics/components.csv           step,probe,layer,component,value,delta (layer empty for embed and residual)
-<run_dir>/dynamics/meta.json                probe set, position mode, top_n, probes, and the size and
-                                            sha256 of every snapshot file
+                                            per bucket of prompts: bucket_activation_sum (B, n_layers,
+                                            d_mlp), bucket_positions (B,), components.P.<part>.bucket_sum
+                                            (B, ...); metadata: step
+<run_dir>/dynamics/groups.csv               step,layer,group,count,delta_sum,share,probe,delta_sum_se,share_se
+                                            (layer `all` = totals; rows gross_reduction, net_delta)
+<run_dir>/dynamics/components.csv           step,probe,layer,component,value,delta,value_se,delta_se
+<run_dir>/dynamics/null.csv                 step,probe,quantity,value,null_mean,null_std,null_q05,null_q95,
+                                            percentile,null,null_size,value_se
+<run_dir>/dynamics/null_directions.safetensors  every null's directions (tensor `<null>`, (K, d_model)); metadata: seeds
+<run_dir>/dynamics/meta.json                probe set, position mode, top_n, probes, nulls, buckets, and the
+                                            size and sha256 of every snapshot file
 
-Every file is written atomically. The snapshots are the source of truth: everything logged is
-recomputable from them (`load_run(run_dir)` returns them; `lightning_dpo.neurons.groups.group_rows`
-and `lightning_dpo.neurons.components.component_rows` recompute the tables), and a resumed run
-verifies them against the checksums its checkpoint holds and rebuilds both tables from them.
+Every file is written atomically. The snapshots are the source of truth for the groups and the
+components: everything logged about them, standard errors included, is recomputable from the files
+(`load_run(run_dir)` returns them; `lightning_dpo.dynamics.rows.snapshot_tables` recomputes the
+tables), and a resumed run verifies them against the checksums its checkpoint holds and rebuilds
+both tables from them. The null's rows need the weights of every step's random directions, which
+the snapshots do not keep: the checkpoint keeps those rows, and a resume writes null.csv from it.
 """
 
 from __future__ import annotations
@@ -28,20 +36,31 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lightning_dpo.neurons.components import Components, component_rows
-from lightning_dpo.neurons.groups import GROUPS_CSV_COLUMNS, group_rows
-from lightning_dpo.neurons.snapshot import Measurement, ProbeTokens, Snapshot
+from lightning_dpo.dynamics.components import FIELDS, Components
+from lightning_dpo.dynamics.measure import Measurement, Snapshot
+from lightning_dpo.dynamics.nulls import NullDirections
+from lightning_dpo.dynamics.probe_set import ProbeTokens
+from lightning_dpo.dynamics.rows import (
+    COMPONENTS_CSV_COLUMNS,
+    GROUPS_CSV_COLUMNS,
+    NULL_CSV_COLUMNS,
+    ComponentRow,
+    GroupRow,
+    NullRow,
+    snapshot_tables,
+)
 from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import atomic_save, atomic_write_json, atomic_write_text, csv_text
 
-COMPONENTS_CSV_COLUMNS = ["step", "probe", "layer", "component", "value", "delta"]
-GROUPS_FILE_COLUMNS = GROUPS_CSV_COLUMNS + ["probe"]
+GROUPS_FILE_COLUMNS = GROUPS_CSV_COLUMNS  # kept name: the columns of dynamics/groups.csv
+TABLES = {"groups": ("groups.csv", GROUPS_CSV_COLUMNS), "components": ("components.csv", COMPONENTS_CSV_COLUMNS),
+          "nulls": ("null.csv", NULL_CSV_COLUMNS)}
 
 
 def step_file(directory: Path, step: int) -> Path:
@@ -57,26 +76,22 @@ def file_digest(path: Path) -> str | None:
 
 
 def measurement_tensors(measurement: Measurement, target: str) -> dict[str, torch.Tensor]:
+    """The snapshot file's tensors: the probes' projections and components (means and per-bucket sums)."""
     tensors = {
         "mean_activation": measurement.mean_activation.float().contiguous(),
         "value_norm": measurement.value_norm.float().contiguous(),
-        "value_projection": measurement.value_projection[target].float().clone(),  # the target probe again (safetensors refuses shared memory)
+        "value_projection": measurement.snapshot(target).value_projection.float().clone(),  # the target again (no shared memory)
+        "bucket_activation_sum": measurement.activation_sums.float().contiguous(),
+        "bucket_positions": measurement.positions.double().contiguous(),
     }
-    for name, projection in measurement.value_projection.items():
-        tensors[f"value_projection.{name}"] = projection.float().contiguous()
-    for name, parts in measurement.components.items():
-        tensors.update(parts.to_dict(f"components.{name}."))
+    means = measurement.component_means()
+    for i, name in enumerate(measurement.names):
+        tensors[f"value_projection.{name}"] = measurement.projections[i].float().contiguous()
+        if means is not None and measurement.components is not None:
+            tensors.update(means[i].to_dict(f"components.{name}."))
+            for part in FIELDS:
+                tensors[f"components.{name}.{part}.bucket_sum"] = getattr(measurement.components, part)[:, i].double().contiguous()
     return tensors
-
-
-def table_rows(baseline: Measurement, current: Measurement) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """groups.csv and components.csv rows of one measurement, for every probe, in the baseline's probe order."""
-    groups, components = [], []
-    for name in baseline.value_projection:
-        groups += [dict(r, probe=name) for r in group_rows(baseline.snapshot(name), current.snapshot(name))]
-        if name in current.components:
-            components += component_rows(current.step, name, baseline.components[name], current.components[name])
-    return groups, components
 
 
 class DynamicsStore:
@@ -85,14 +100,25 @@ class DynamicsStore:
     def __init__(self, run_dir: str | Path, subdir: str = "dynamics"):
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / subdir
-        self.group_rows: list[dict[str, Any]] = []
-        self.component_rows: list[dict[str, Any]] = []
+        self.rows: dict[str, list[Any]] = {"groups": [], "components": [], "nulls": []}
         # each step's rows as CSV lines, rendered once (a snapshot rewrites the tables without
         # formatting the earlier steps again); a step measured again moves to the end, like its rows
-        self._lines: dict[str, dict[int, str]] = {"groups": {}, "components": {}}
+        self._lines: dict[str, dict[int, str]] = {table: {} for table in TABLES}
         self.meta: dict[str, Any] = {}
         self.digests: dict[int, str] = {}  # step -> sha256 of its snapshot file (kept in the checkpoint)
         self.target = ""  # the probe whose value projections are also stored as `value_projection`
+
+    @property
+    def group_rows(self) -> list[GroupRow]:
+        return self.rows["groups"]
+
+    @property
+    def component_rows(self) -> list[ComponentRow]:
+        return self.rows["components"]
+
+    @property
+    def null_rows(self) -> list[NullRow]:
+        return self.rows["nulls"]
 
     def write_meta(self, meta: dict[str, Any] | None = None) -> None:
         if meta is not None:
@@ -105,6 +131,13 @@ class DynamicsStore:
         tensors = {k: v.contiguous() for k, v in tokens.to_dict().items()}
         atomic_save(self.dir / "tokens.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
+    def write_null_directions(self, nulls: Sequence[NullDirections]) -> None:
+        if not nulls:
+            return
+        tensors = {n.kind: n.units.float().contiguous() for n in nulls}
+        metadata = {f"{n.kind}.seeds": json.dumps(n.seeds) for n in nulls}
+        atomic_save(self.dir / "null_directions.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
     def write_measurement(self, measurement: Measurement) -> str:
         tensors = measurement_tensors(measurement, self.target)
         # one metadata key: safetensors keeps metadata in a hash map, whose order (and so the file's bytes) varies between processes
@@ -115,30 +148,34 @@ class DynamicsStore:
         self.write_meta()
         return self.digests[measurement.step]
 
-    def add_rows(self, groups: list[dict[str, Any]], components: list[dict[str, Any]]) -> None:
-        steps = {r["step"] for r in groups} | {r["step"] for r in components}
-        self.group_rows = [r for r in self.group_rows if r["step"] not in steps] + groups
-        self.component_rows = [r for r in self.component_rows if r["step"] not in steps] + components
-        self._render(groups, components)
+    def add_rows(self, groups: Sequence[GroupRow], components: Sequence[ComponentRow], nulls: Sequence[NullRow] = ()) -> None:
+        new = {"groups": list(groups), "components": list(components), "nulls": list(nulls)}
+        steps = {r.step for rows in new.values() for r in rows}
+        for table, rows in new.items():
+            self.rows[table] = [r for r in self.rows[table] if r.step not in steps] + rows
+        self._render(new)
         self._write_tables()
 
-    def _render(self, groups: list[dict[str, Any]], components: list[dict[str, Any]]) -> None:
-        for table, rows, columns in (("groups", groups, GROUPS_FILE_COLUMNS), ("components", components, COMPONENTS_CSV_COLUMNS)):
+    def _render(self, new: dict[str, list[Any]]) -> None:
+        for table, rows in new.items():
             lines = self._lines[table]
-            for step in dict.fromkeys(r["step"] for r in rows):  # the steps in order of appearance
+            columns = TABLES[table][1]
+            for step in dict.fromkeys(r.step for r in rows):  # the steps in order of appearance
                 lines.pop(step, None)
-                lines[step] = csv_text(columns, (r for r in rows if r["step"] == step), header=False)
+                lines[step] = csv_text(columns, (r.as_csv() for r in rows if r.step == step), header=False)
 
     def _write_tables(self) -> None:
-        atomic_write_text(self.dir / "groups.csv", csv_text(GROUPS_FILE_COLUMNS, []) + "".join(self._lines["groups"].values()))
-        if self.component_rows:
-            atomic_write_text(self.dir / "components.csv", csv_text(COMPONENTS_CSV_COLUMNS, []) + "".join(self._lines["components"].values()))
+        for table, (name, columns) in TABLES.items():
+            if table == "groups" or self.rows[table]:
+                atomic_write_text(self.dir / name, csv_text(columns, []) + "".join(self._lines[table].values()))
 
-    def restore(self, steps: list[int], digests: dict[int, str], baseline: Measurement) -> None:
+    def restore(self, steps: list[int], digests: dict[int, str], baseline: Measurement, probes: Sequence[str],
+                null_rows: Sequence[NullRow] = ()) -> None:
         """On resume: keep exactly the snapshots of `steps`, each verified against the checksum the
-        checkpoint recorded, and rebuild groups.csv and components.csv from them. A damaged step-0
-        snapshot is written again from the baseline in the checkpoint; any other one cannot be
-        rebuilt (the weights of its step are gone), so the run stops naming it."""
+        checkpoint recorded, and rebuild groups.csv and components.csv from them (null.csv from the
+        rows the checkpoint kept). A damaged step-0 snapshot is written again from the baseline in
+        the checkpoint; any other one cannot be rebuilt (the weights of its step are gone), so the
+        run stops naming it."""
         self.digests = dict(digests)
         for step in steps:
             path = step_file(self.dir, step)
@@ -151,7 +188,7 @@ class DynamicsStore:
                 self.digests[step] = found
                 continue
             if step == baseline.step:
-                self.write_measurement(baseline)
+                self.write_measurement(baseline.select(list(probes)))
                 continue
             what = "is missing" if found is None else "does not match the checksum recorded in the checkpoint (damaged or replaced)"
             raise DataError(str(path), f"the snapshot of step {step} {what}, and it cannot be rebuilt without the weights of "
@@ -160,29 +197,44 @@ class DynamicsStore:
             if int(path.stem.split("_")[1]) not in steps:
                 path.unlink()  # a future the checkpoint never reached
         self.digests = {s: d for s, d in self.digests.items() if s in steps}
-        self.group_rows, self.component_rows = [], []
-        self._lines = {"groups": {}, "components": {}}
+        self.rows = {table: [] for table in TABLES}
+        self._lines = {table: {} for table in TABLES}
+        first = baseline.select(list(probes))
         for step in steps:
-            groups, components = table_rows(baseline, read_measurement(step_file(self.dir, step)))
-            self.group_rows += groups
-            self.component_rows += components
-            self._render(groups, components)
+            tables = snapshot_tables(first, read_measurement(step_file(self.dir, step)), probes)
+            nulls = [r for r in null_rows if r.step == step]
+            self.rows["groups"] += tables.groups
+            self.rows["components"] += tables.components
+            self.rows["nulls"] += nulls
+            self._render({"groups": tables.groups, "components": tables.components, "nulls": nulls})
         self._write_tables()
         self.write_meta()
 
 
 def read_measurement(path: Path) -> Measurement:
-    """A snapshot file, every probe by name in sorted order (files written before several probes
-    existed hold one, named `probe`)."""
+    """A snapshot file as a Measurement of its probes (sorted by name; files written before several
+    probes existed hold one, named `probe`; files without buckets read as one bucket)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         step = int(metadata.get("step", path.stem.split("_")[1]))
         names = sorted(k.split(".", 1)[1] for k in tensors if k.startswith("value_projection.")) or ["probe"]
-        projections = {n: tensors.get(f"value_projection.{n}", tensors["value_projection"]) for n in names}
-        components = {n: Components.from_dict(tensors, f"components.{n}.") for n in names if f"components.{n}.embed" in tensors}
-        return Measurement(step, tensors["mean_activation"], tensors["value_norm"], projections, components)
+        projections = torch.stack([tensors.get(f"value_projection.{n}", tensors["value_projection"]) for n in names])
+        if "bucket_activation_sum" in tensors:
+            sums, positions = tensors["bucket_activation_sum"], tensors["bucket_positions"].double()
+        else:
+            sums, positions = tensors["mean_activation"][None].float(), torch.ones(1, dtype=torch.float64)
+        components = None
+        if all(f"components.{n}.embed" in tensors for n in names):
+            per_probe = []
+            for n in names:
+                if f"components.{n}.embed.bucket_sum" in tensors:
+                    per_probe.append(Components(*(tensors[f"components.{n}.{part}.bucket_sum"] for part in FIELDS)))
+                else:  # one bucket: the means times the (one) position count
+                    per_probe.append(Components.from_dict(tensors, f"components.{n}.").map(lambda t: t[None].double()))
+            components = Components(*(torch.stack([getattr(c, part) for c in per_probe], dim=1) for part in FIELDS))
+        return Measurement(step, names, sums, positions, tensors["value_norm"], projections, components)
     except Exception as exc:  # truncated, not safetensors, or a tensor missing
         raise DataError(str(path), f"cannot read the snapshot ({type(exc).__name__}: {exc}); the file is damaged") from None
 
@@ -234,6 +286,10 @@ class DynamicsRun:
     meta: dict[str, Any] = field(default_factory=dict)
     value_projections: dict[str, Any] = field(default_factory=dict)  # probe -> numpy (n_snapshots, n_layers, d_mlp)
     components: Any = None  # pandas DataFrame with the components.csv columns (None without components)
+    nulls: Any = None  # pandas DataFrame with the null.csv columns (None without a null)
+    null_directions: dict[str, Any] = field(default_factory=dict)  # null -> numpy (K, d_model)
+    bucket_activation_sum: Any = None  # numpy (n_snapshots, B, n_layers, d_mlp)
+    bucket_positions: Any = None  # numpy (n_snapshots, B)
 
     @property
     def probes(self) -> list[str]:
@@ -244,11 +300,22 @@ class DynamicsRun:
         projection = self.value_projection if probe is None else self.value_projections[probe]
         return Snapshot(step, *(torch.from_numpy(a[i]) for a in (self.mean_activation, projection, self.value_norm)))
 
+    def measurement(self, step: int) -> Measurement:
+        """The snapshot file of `step` as a Measurement (every probe, bucket sums, components)."""
+        return read_measurement(step_file(self.run_dir / "dynamics", step))
+
     def probe_groups(self, probe: str | None = None) -> Any:
         """groups.csv rows of one probe (the target by default)."""
         if "probe" not in self.groups.columns:
             return self.groups
         return self.groups[self.groups["probe"] == (probe or self.meta.get("target_probe") or self.probes[0])]
+
+    def probe_nulls(self, probe: str | None = None, null: str = "uniform") -> Any:
+        """null.csv rows of one probe and one null (the target and the uniform null by default)."""
+        if self.nulls is None:
+            return None
+        frame = self.nulls[self.nulls["probe"] == (probe or self.meta.get("target_probe") or self.probes[0])]
+        return frame[frame["null"] == null]
 
     @property
     def contribution(self) -> Any:
@@ -269,25 +336,34 @@ def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
     measurements = [read_measurement(p) for p in paths]
     stack = lambda name: np.stack([getattr(s, name).numpy() for s in snapshots])  # noqa: E731
     meta = _read_meta(directory / "meta.json")
-    names = list(measurements[0].value_projection)
+    names = list(measurements[0].names)
     if meta.get("target_probe") in names:  # the target first
         names.remove(meta["target_probe"])
         names.insert(0, meta["target_probe"])
-    projections = {n: np.stack([m.value_projection[n].numpy() for m in measurements]) for n in names}
+    projections = {n: np.stack([m.snapshot(n).value_projection.numpy() for m in measurements]) for n in names}
     groups_path = directory / "groups.csv"
-    groups = _read_table(groups_path, GROUPS_CSV_COLUMNS, ("step", "count", "delta_sum")) if groups_path.exists() \
+    groups = _read_table(groups_path, GROUPS_CSV_COLUMNS[:7], ("step", "count", "delta_sum")) if groups_path.exists() \
         else pd.DataFrame(columns=GROUPS_CSV_COLUMNS)
     components_path = directory / "components.csv"
-    components = _read_table(components_path, COMPONENTS_CSV_COLUMNS, ("step", "value", "delta")) if components_path.exists() else None
+    components = _read_table(components_path, COMPONENTS_CSV_COLUMNS[:6], ("step", "value", "delta")) if components_path.exists() else None
+    null_path = directory / "null.csv"
+    nulls = _read_table(null_path, NULL_CSV_COLUMNS[:9], ("step", "value")) if null_path.exists() else None
     tokens = {}
     if (directory / "tokens.safetensors").exists():
         with safe_open(str(directory / "tokens.safetensors"), framework="np") as handle:
             tokens = {k: handle.get_tensor(k) for k in handle.keys()}
+    null_directions = {}
+    if (directory / "null_directions.safetensors").exists():
+        with safe_open(str(directory / "null_directions.safetensors"), framework="np") as handle:
+            null_directions = {k: handle.get_tensor(k) for k in handle.keys()}
     probe = None
     if (run_dir / "probe.safetensors").exists():
         with safe_open(str(run_dir / "probe.safetensors"), framework="np") as handle:
             probe = handle.get_tensor("direction")
+    same_buckets = len({tuple(m.positions.shape) for m in measurements}) == 1
     return DynamicsRun(
         run_dir, [s.step for s in snapshots], stack("mean_activation"), stack("value_projection"), stack("value_norm"),
-        groups, tokens, probe, meta, projections, components,
+        groups, tokens, probe, meta, projections, components, nulls, null_directions,
+        np.stack([m.activation_sums.numpy() for m in measurements]) if same_buckets else None,
+        np.stack([m.positions.numpy() for m in measurements]) if same_buckets else None,
     )

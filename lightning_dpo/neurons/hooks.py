@@ -42,7 +42,7 @@ class OutputProjection:
 
     @property
     def is_conv1d(self) -> bool:
-        return type(self.module).__name__ == "Conv1D"  # transformers.pytorch_utils.Conv1D (GPT-2)
+        return is_conv1d(self.module)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -64,6 +64,28 @@ class OutputProjection:
     @property
     def bias(self) -> torch.Tensor | None:
         return getattr(self.module, "bias", None)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's Conv1D stores its weight (d_in, d_out), the transpose of an nn.Linear's."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def linear_weight_in_out(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W as (d_in, d_out), bias) of an nn.Linear (weight (out, in)) or GPT-2's Conv1D (weight (in, out)), detached."""
+    w = module.weight.detach()
+    bias = getattr(module, "bias", None)
+    return (w if is_conv1d(module) else w.t()), None if bias is None else bias.detach()
+
+
+def num_attention_heads(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for key in ("num_attention_heads", "n_head", "num_heads"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    raise ConfigError("model", f"cannot tell the number of attention heads of {type(model).__name__}")
 
 
 def _get_path(root: nn.Module, path: str) -> nn.Module | None:

@@ -1,0 +1,116 @@
+"""From two snapshots to the paper's neuron groups and their shares of the reduction.
+
+Definitions (Yang et al.; the README's "Neuron dynamics" section):
+- contribution P_i(t) = a_i(t) * p_i(t); change D_i(t) = P_i(0) - P_i(t) (> 0: writes less
+  along the direction than at step 0);
+- the neuron's *type* is frozen at step 0: T if p_i(0) > 0 (cos(v_i(0), w) > 0), A if < 0; P if
+  a_i(0) >= 0, N if < 0;
+- at step t it belongs to a group by the direction of its activation change, strictly
+  (a_i(t) < a_i(0): decreased; > : increased; unchanged: no group):
+
+| group | type | change    | meaning                       | reduces |
+|-------|------|-----------|-------------------------------|---------|
+| TP-   | T, P | decreased | aligned writer dampened       | yes     |
+| TN+   | T, N | decreased | more negative                 | yes     |
+| AP+   | A, P | increased | anti-aligned writer promoted  | yes     |
+| AN-   | A, N | increased | less negative                 | yes     |
+| TP+, TN-, AP-, AN+ | the mirrors: the same types, the other change | | no |
+
+share_g = delta_sum_g / (sum of delta_sum over TP-, TN+, AP+, AN-) for the four reducing groups
+(the first paper's "31.8%" is TP-'s share at the end of DPO); gross_reduction = sum of D_i over
+D_i > 0; net_delta = sum of all D_i. Per layer and over all layers.
+
+`group_totals` works on stacks: any leading dimensions broadcast (directions for the null,
+leave-one-out copies for the jackknife), so one computation serves the probe, its null and its
+uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lightning_dpo.dynamics.measure import Snapshot
+
+REDUCING_GROUPS = ("TP-", "TN+", "AP+", "AN-")
+MIRROR_GROUPS = ("TP+", "TN-", "AP-", "AN+")
+GROUPS = REDUCING_GROUPS + MIRROR_GROUPS
+# group -> (aligned at step 0?, positive at step 0?, activation increased?)
+GROUP_RULES = {
+    "TP-": (True, True, False), "TN+": (True, False, False), "AP+": (False, True, True), "AN-": (False, False, True),
+    "TP+": (True, True, True), "TN-": (True, False, True), "AP-": (False, True, False), "AN+": (False, False, False),
+}
+TOTAL_ROWS = ("gross_reduction", "net_delta")  # extra rows of groups.csv, per layer and for `all`
+
+
+def masks_from(p0: torch.Tensor, a0: torch.Tensor, at: torch.Tensor, group: str) -> torch.Tensor:
+    """Bool mask of `group` (broadcast over any leading dims; last two: layers, neurons)."""
+    aligned, positive, increased = GROUP_RULES[group]
+    kind = (p0 > 0) if aligned else (p0 < 0)
+    sign = (a0 >= 0) if positive else (a0 < 0)
+    change = (at > a0) if increased else (at < a0)
+    return kind & sign & change
+
+
+def group_masks(baseline: Snapshot, current: Snapshot) -> dict[str, torch.Tensor]:
+    """(n_layers, d_mlp) bool mask of each of the eight groups at `current`."""
+    return {g: masks_from(baseline.value_projection, baseline.mean_activation, current.mean_activation, g) for g in GROUPS}
+
+
+def delta(baseline: Snapshot, current: Snapshot) -> torch.Tensor:
+    """D_i = P_i(0) - P_i(t), in float64 so that sums over ~10^5 neurons stay exact enough."""
+    return baseline.contribution.double() - current.contribution.double()
+
+
+@dataclass
+class GroupTotals:
+    """Per group (leading 8, in GROUPS order) and per layer (last dim): sums of D_i and counts;
+    gross and net change per layer. Any dims in between are the stack (directions, leave-one-out)."""
+
+    delta_sum: torch.Tensor  # (8, ..., L) float64
+    count: torch.Tensor  # (8, ..., L) int64
+    gross: torch.Tensor  # (..., L) float64: sum of positive D_i
+    gross_count: torch.Tensor  # (..., L)
+    net: torch.Tensor  # (..., L)
+    neurons: int  # per layer
+
+    def all_layers(self) -> "GroupTotals":
+        return GroupTotals(self.delta_sum.sum(-1), self.count.sum(-1), self.gross.sum(-1), self.gross_count.sum(-1),
+                           self.net.sum(-1), self.neurons * self.delta_sum.shape[-1])
+
+    def shares(self) -> torch.Tensor:
+        """(4, ...) each reducing group's share of their summed delta (NaN where that sum is 0)."""
+        reducing = self.delta_sum[: len(REDUCING_GROUPS)]
+        total = reducing.sum(0, keepdim=True)
+        return torch.where(total != 0, reducing / torch.where(total != 0, total, torch.ones_like(total)), torch.full_like(reducing, math.nan))
+
+
+def group_totals(a0: torch.Tensor, at: torch.Tensor, p0: torch.Tensor, pt: torch.Tensor) -> GroupTotals:
+    """Group sums of D_i = a0 p0 - at pt over the neurons of each layer; all four broadcast to (..., L, d_mlp)."""
+    d = a0.double() * p0.double() - at.double() * pt.double()  # (..., L, d_mlp)
+    sums, counts = [], []
+    for group in GROUPS:  # one group at a time: a (8, ..., L, d_mlp) float64 stack would not fit for large stacks
+        mask = masks_from(p0, a0, at, group).expand_as(d)
+        sums.append(torch.where(mask, d, torch.zeros((), dtype=d.dtype)).sum(-1))
+        counts.append(mask.sum(-1))
+    positive = d > 0
+    return GroupTotals(torch.stack(sums), torch.stack(counts), torch.where(positive, d, torch.zeros((), dtype=d.dtype)).sum(-1),
+                       positive.sum(-1), d.sum(-1), d.shape[-1])
+
+
+def toxic_top_n(baseline: Snapshot, current: Snapshot, n: int = 128) -> dict[str, float]:
+    """The top-n neurons by cos(v_i(0), w) over all layers: how many are dampened (D_i > 0), their
+    summed D, and the same for those of them in TP- (the first paper's "dampened toxic neurons")."""
+    cos = baseline.cosine.reshape(-1)
+    n = min(n, cos.numel())
+    top = torch.topk(cos, n).indices
+    d = delta(baseline, current).reshape(-1)[top]
+    tp_minus = group_masks(baseline, current)["TP-"].reshape(-1)[top]
+    return {
+        "count_dampened": int((d > 0).sum()),
+        "delta_sum": float(d.sum()),
+        "tp_minus_count": int(tp_minus.sum()),
+        "tp_minus_delta_sum": float(d[tp_minus].sum()),
+    }
