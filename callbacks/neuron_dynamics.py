@@ -51,7 +51,7 @@ from lightning_dpo.dynamics.probe_set import POSITION_MODES, ProbeTokens, assign
 from lightning_dpo.dynamics.rows import NullRow, snapshot_tables
 from lightning_dpo.dynamics.store import DynamicsStore
 from lightning_dpo.neurons.hooks import find_output_projections
-from lightning_dpo.neurons.probe import Probe, build_probe, save_probe
+from lightning_dpo.neurons.probe import Probe, ProbeFile, RunProbe, build_probe, is_probe_file, save_probe
 from lightning_dpo.training.wandb_logger import is_wandb_logger
 from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.utils.io import atomic_write_jsonl, check_file_name
@@ -103,6 +103,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if buckets < 2:
             raise ConfigError(f"{self.key}.buckets", f"must be >= 2 (the jackknife leaves one bucket out), got {buckets}")
         self.probe_cfgs = _named_probes(probe, probes, self.key)
+        self.named_probes = bool(probes)
         self.prompt_spec, self.max_prompts = dict(prompts), max_prompts
         # a file is read now (a bad one fails before training); the validation prompts at fit start
         self.prompts = None if self.prompt_spec.get("source") == VALIDATION else load_prompt_set(self.prompt_spec, f"{self.key}.prompts", max_prompts)
@@ -158,13 +159,17 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         probes = None
         if trainer.is_global_zero:
             tokenizer = measured_data(trainer, self.key).tokenizer
-            probes = {probe_name: build_probe(pl_module.policy, tokenizer, **cfg) for probe_name, cfg in self.probe_cfgs.items()}
+            probes = {probe_name: build_probe(pl_module.policy, tokenizer, node=cfg, key=self._probe_key(probe_name))
+                      for probe_name, cfg in self.probe_cfgs.items()}
             for probe_name, probe in probes.items():
-                if "accuracy" in probe.metadata:
-                    log.info("probe %s: held-out accuracy %.4f", probe_name, float(probe.metadata["accuracy"]))
+                if probe.quality is not None:
+                    log.info("probe %s: %s", probe_name, probe.quality.summary())
         if trainer.world_size > 1:
             probes = trainer.strategy.broadcast(probes, src=0)
         return probes
+
+    def _probe_key(self, name: str) -> str:
+        return f"{self.key}.probes.{name}" if self.named_probes else "probe"
 
     def _probe_tokens(self, trainer: L.Trainer, pl_module: L.LightningModule, fixed: bool) -> ProbeTokens:
         """Prompts + greedy continuation: of the reference (fixed, at step 0) or of the current policy."""
@@ -392,21 +397,33 @@ def _null_row(row: Mapping[str, Any]) -> NullRow:
     return NullRow(int(row["step"]), row["probe"], row["quantity"], row["null"], summary, row["value_se"])
 
 
-def _named_probes(probe: Mapping[str, Any] | None, probes: Mapping[str, Mapping[str, Any]] | None, key: str) -> dict[str, dict[str, Any]]:
-    """{name: probe settings}: `probes` when given (the first is the target), else the one `probe`."""
+def _named_probes(probe: Any, probes: Mapping[str, Any] | None, key: str) -> dict[str, Any]:
+    """{name: probe source}: `probes` when given (the first is the target), else the one `probe`. A
+    source is an object Hydra built from a `_target_` node (ProbeSource or any callable), or a
+    mapping of the older `source:` form."""
     if probes:
-        named = {str(n): {k: v for k, v in dict(cfg).items() if k != "name"} for n, cfg in probes.items()}
+        named = {str(n): _with_name(cfg, str(n)) for n, cfg in probes.items()}
     elif probe:
-        cfg = dict(probe)
-        named = {str(cfg.pop("name", None) or "toxicity"): cfg}
+        name = str((probe.get("name") if isinstance(probe, Mapping) else getattr(probe, "name", None)) or "toxicity")
+        named = {name: probe}
     else:
         raise ConfigError(f"{key}.probe", "the neuron dynamics need a probe: probe.path=<probe file> (or probes={name: {...}})")
     for name in named:  # a name becomes probes/<name>.safetensors and plots/<name>/: a plain file name only
         check_file_name(name, f"{key}.probes.{name}" if probes else "probe.name")
         if is_null_direction(name):
             raise ConfigError(f"{key}.probes.{name}" if probes else "probe.name", "names starting with 'null.' are the null's")
-    for name, cfg in named.items():
-        if cfg.get("source") == "raw" and not cfg.get("path"):
+    for name, source in named.items():
+        missing = (is_probe_file(source) and not source.get("path")) if isinstance(source, Mapping) else \
+            (isinstance(source, ProbeFile) and not isinstance(source, RunProbe) and not source.path)
+        if missing:
             raise ConfigError("probe.path" if not probes else f"{key}.probes.{name}.path",
                               "the neuron dynamics need a probe: probe.path=<probe file> (or probe=train probe.data=<labelled texts>)")
     return named
+
+
+def _with_name(source: Any, name: str) -> Any:
+    if isinstance(source, Mapping):
+        return {**dict(source), "name": name}
+    if hasattr(source, "name"):
+        source.name = name
+    return source

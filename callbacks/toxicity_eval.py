@@ -2,8 +2,9 @@
 
 Logs `eval/toxicity` (mean score), `eval/toxicity_share` (share above 0.5), `eval/perplexity` and,
 with gold continuations (`f1_data`), `eval/f1`. By default everything is measured on the run's own
-held-out data: the prompts of the validation pairs, and perplexity on their chosen completions;
-the scorer's name is written beside every number.
+held-out data: the prompts of the validation pairs, and perplexity on those prompts (natural text the
+user gave; never the pairs' completions, which may be the model's own generations); the scorer's
+name and the perplexity text are written beside every number.
 
 Files (`output_dir`): `toxicity_eval.csv` (the history, with the scorer), `eval/generations_step_<step>.jsonl`
 (each evaluation's continuations and scores), and the record of what was measured, which
@@ -18,6 +19,8 @@ from typing import Any, Mapping
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
+
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 
 from lightning_dpo.data.texts import (
@@ -63,9 +66,8 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         self.prompt_spec, self.max_prompts = dict(prompts), max_prompts
         # a file is read now (a bad one fails before training); the validation prompts at fit start
         self.prompts = None if self.prompt_spec.get("source") == VALIDATION else load_prompt_set(self.prompt_spec, f"{self.key}.prompts", max_prompts)
-        self.scorer_config = dict(scorer)
-        options = dict(self.scorer_config)
-        self.scorer = build_scorer(options.pop("name"), **options)
+        self.scorer_config = OmegaConf.to_container(scorer, resolve=True) if OmegaConf.is_config(scorer) else dict(scorer)
+        self.scorer = build_scorer(self.scorer_config, key=f"{self.key}.scorer")
         self.max_prompt_tokens, self.max_new_tokens, self.batch_size = max_prompt_tokens, max_new_tokens, batch_size
         self.perplexity_source = perplexity_text
         self.perplexity_text = load_text(perplexity_text, f"{self.key}.perplexity_text") if perplexity_text else None
@@ -83,9 +85,12 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         if self.prompts is None:
             self.prompts = load_prompt_set(self.prompt_spec, f"{self.key}.prompts", self.max_prompts, [r.prompt for r in records])
         if self.perplexity_text is None and records:
+            # natural text the user wrote: the validation pairs' prompts. Never the completions: in
+            # generated pairs (make_pairs) they are the base model's own greedy text, on which its
+            # perplexity is far lower than on anything else (issue 19: 21.7 against 77.9)
             eos = data.tokenizer.eos_token or "\n\n"
-            self.perplexity_text = "".join(r.chosen + eos for r in records)  # the run's own held-out text
-            self.perplexity_source = f"the validation pairs' chosen completions ({len(records)} pairs)"
+            self.perplexity_text = "".join(r.prompt + eos for r in records)
+            self.perplexity_source = f"the validation pairs' prompts ({len(records)} prompts; give a text file with perplexity_text)"
         if self.output_dir is not None and trainer.is_global_zero:
             self._write_record()
 

@@ -55,11 +55,11 @@ TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perp
 
 def resolve_probe(cfg: Any, run: RunDirectory | None, base: torch.nn.Module, tokenizer: Any) -> Probe:
     """probe=run: the probe the training run measured its dynamics with; else the configured one."""
-    d_model = base.get_input_embeddings().weight.shape[1]
-    if cfg.probe.source == RUN:
-        return load_probe(require_run(run, "probe", cfg.dpo).file("probe.safetensors", "probe.path"), d_model)
-    options = {k: v for k, v in cfg.probe.items() if k not in ("path", "source", "data") and v is not None}
-    return build_probe(base, tokenizer, source=cfg.probe.source, path=cfg.probe.get("path"), data=cfg.probe.get("data"), **options)
+    node = OmegaConf.to_container(cfg.probe, resolve=True)
+    if str(node.get("_target_", "")).endswith(".RunProbe") or node.get("source") == RUN:
+        d_model = base.get_input_embeddings().weight.shape[1]
+        return load_probe(node.get("path") or require_run(run, "probe", cfg.dpo).file("probe.safetensors", "probe.path"), d_model)
+    return build_probe(base, tokenizer, node=node)
 
 
 def probe_set_prompts(cfg: Any, run: RunDirectory | None) -> tuple[list[str], str]:

@@ -81,20 +81,46 @@ def hydra_command(fn: Callable[[Any], Any], config_name: str) -> Callable[[], An
 
     def entry() -> None:
         quiet_libraries()
-        register_resolvers()  # Hydra resolves the configs before `main` runs
-        register_toy_resolver()
+        register_all_resolvers()  # Hydra resolves the configs before `main` runs
         main()
 
     return entry
 
 
-def run_command(fn: Callable[[Any], Any], cfg: Any) -> Any:
-    """Run a command; a user error prints one clear line and exits with status 2 (no traceback)."""
+def register_all_resolvers() -> None:
+    """Every `${...}` resolver of the configs (idempotent): Hydra resolves before a command runs."""
+    from lightning_dpo.assets.config import register_assets_resolvers
+
     register_resolvers()
     register_toy_resolver()
+    register_assets_resolvers()
+
+
+def ensure_built(cfg: Any, demo_keys: tuple[str, ...] = ()) -> None:
+    """Build what the config's values point into (the demo world, the real-model assets), once."""
+    from lightning_dpo.assets.config import ensure_assets
+
+    ensure_toy_world(cfg, demo_keys=demo_keys)
+    ensure_assets(cfg)
+
+
+def compose_config(name: str, overrides: list[str]) -> Any:
+    """A command's config (conf/<name>.yaml with `overrides`), also from inside another running command."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=name, overrides=overrides)
+    with initialize_config_module("lightning_dpo.conf", version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def run_command(fn: Callable[[Any], Any], cfg: Any) -> Any:
+    """Run a command; a user error prints one clear line and exits with status 2 (no traceback)."""
+    register_all_resolvers()
     quiet_libraries()
     try:
-        ensure_toy_world(cfg)
+        ensure_built(cfg)
         return fn(cfg)
     except LightningDPOError as exc:
         log.error("%s", exc)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from lightning_dpo.data.texts import WIKITEXT_2, load_texts, wikitext_lines
 from lightning_dpo.evaluation.model_source import (
@@ -30,11 +31,12 @@ from lightning_dpo.neurons.pairs import (
     as_pair,
     distribution,
     generate_pairs,
+    scan_row,
 )
 from lightning_dpo.neurons.probe import load_probe
-from lightning_dpo.neurons.steering import resolve_layers
+from lightning_dpo.neurons.steering import describe_scale, residual_norm_medians, resolve_layers
 from lightning_dpo.utils.errors import ConfigError, DataError
-from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl
+from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -100,30 +102,71 @@ def pair_warnings(rows: list[dict[str, Any]], tokenizer: Any, threshold: float =
     }
 
 
+def _scale(cfg: Any, model: Any, tokenizer: Any, prompts: list[str]) -> dict[int, float]:
+    """Each steered layer's median residual norm over the first `steering.norm_prompts` prompts: alpha's unit."""
+    from lightning_dpo.data.tokenize import pad_id
+    from lightning_dpo.evaluation.generation import tokenize_prompts
+
+    sample = prompts[: cfg.steering.get("norm_prompts", 128)]
+    ids = tokenize_prompts(tokenizer, sample, max_prompt_tokens=None)
+    return residual_norm_medians(model, ids, resolve_layers(model, cfg.steering.layers), pad_id(tokenizer), cfg.batch_size)
+
+
+def _settings(cfg: Any, alpha: float) -> PairSettings:
+    return PairSettings(
+        alpha=float(alpha), layers=cfg.steering.layers, chosen_temperature=cfg.chosen_temperature,
+        rejected_temperature=cfg.rejected_temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        margin=cfg.margin, seed=cfg.seed, drop_degenerate=cfg.steering.get("drop_degenerate", True),
+    )
+
+
+def scan(cfg: Any, model: Any, tokenizer: Any, prompts: list[str], unit: torch.Tensor, scorer: Any, scale: dict[int, float],
+         out: Path) -> list[dict[str, Any]]:
+    """`steering.alpha=[...]`: per alpha, on the first `steering.scan_prompts` prompts, the pairs kept,
+    the score gap and the share of degenerate rejected texts; written to <out>.scan.json and .md (no pairs)."""
+    from lightning_dpo.utils.tables import markdown_table
+
+    sample = prompts[: cfg.steering.get("scan_prompts", 96)]
+    table = []
+    for alpha in cfg.steering.alpha:
+        rows = generate_pairs(model, tokenizer, sample, unit, scorer, _settings(cfg, alpha), 0, scale)
+        table.append(scan_row(float(alpha), rows))
+        log.info("alpha %s: %d of %d pairs kept, %.0f%% of rejected texts degenerate", alpha, table[-1]["kept"], len(rows),
+                 100 * table[-1]["degenerate_share"])
+    columns = ["alpha", "prompts", "kept", "kept_share", "mean_score_gap", "kept_mean_gap", "degenerate_share",
+               "mean_chosen_score", "mean_rejected_score"]
+    note = (f"alpha in units of the steered layers' median residual norm ({describe_scale(scale)}); scorer {scorer.name}; "
+            f"margin {cfg.margin}; degenerate rejected texts are {'dropped' if cfg.steering.get('drop_degenerate', True) else 'kept'}")
+    atomic_write_json(out.with_name(out.name + ".scan.json"), {"note": note, "scale": scale, "rows": table})
+    atomic_write_text(out.with_name(out.name + ".scan.md"), note + "\n\n" + markdown_table(table, columns))
+    print(note)
+    print(markdown_table(table, columns))
+    return table
+
+
 def run(cfg: Any) -> dict[str, Any]:
     _, description = describe_model_source(cfg.model.name_or_path)
     log.info("building pairs with %s", description)
-    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.dtype)
+    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.dtype, cfg.model.get("gguf_file"))
     model.to(resolve_device(cfg.device))
     if not cfg.probe.get("path"):
         raise ConfigError("probe.path", "make_pairs steers along a probe: probe.path=<probe file>")
     probe = load_probe(cfg.probe.path, model.get_input_embeddings().weight.shape[1])
-    scorer_cfg = dict(cfg.scorer)
-    scorer = build_scorer(scorer_cfg.pop("name"), **scorer_cfg)
+    scorer = build_scorer(OmegaConf.to_container(cfg.scorer, resolve=True))
     out = Path(cfg.out).expanduser()
-    parts = out.with_name(out.name + ".parts")
     prompts = load_prompt_texts(cfg, tokenizer)
+    scale = _scale(cfg, model, tokenizer, prompts)
+    log.info("steering unit: the median residual norm after each steered layer: %s", describe_scale(scale))
+    if OmegaConf.is_list(cfg.steering.alpha) or isinstance(cfg.steering.alpha, (list, tuple)):
+        return {"scan": scan(cfg, model, tokenizer, prompts, probe.unit, scorer, scale, out)}
+    parts = out.with_name(out.name + ".parts")
     claim_parts(parts, settings_fingerprint(cfg, probe.direction))
-    settings = PairSettings(
-        alpha=cfg.steering.alpha, layers=cfg.steering.layers, chosen_temperature=cfg.chosen_temperature,
-        rejected_temperature=cfg.rejected_temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-        margin=cfg.margin, seed=cfg.seed,
-    )
+    settings = _settings(cfg, cfg.steering.alpha)
     rows: list[dict[str, Any]] = []
     for index, start in enumerate(range(0, len(prompts), cfg.chunk_size)):
         path = parts / f"chunk_{index:05d}.jsonl"
         if not path.exists():
-            chunk = generate_pairs(model, tokenizer, prompts[start : start + cfg.chunk_size], probe.unit, scorer, settings, index)
+            chunk = generate_pairs(model, tokenizer, prompts[start : start + cfg.chunk_size], probe.unit, scorer, settings, index, scale)
             atomic_write_jsonl(path, chunk)
             log.info("chunk %d: %d prompts, %d kept", index, len(chunk), sum(r["kept"] for r in chunk))
         rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -135,12 +178,17 @@ def run(cfg: Any) -> dict[str, Any]:
             log.warning("%d of %d kept pairs: %s", count, len(kept), what.replace("_", " "))
     report = {
         "out": str(out), "model": description, "scorer": scorer.name, "margin": cfg.margin, "alpha": cfg.steering.alpha,
+        "alpha_unit": "the steered layer's median residual norm", "residual_norm_median": scale,
         "layers": resolve_layers(model, cfg.steering.layers), "prompts": len(rows), "kept": len(kept), "dropped": len(rows) - len(kept),
+        "degenerate_rejected": sum(bool(r.get("degenerate")) for r in rows),
+        "degenerate_dropped": cfg.steering.get("drop_degenerate", True),
         "warnings": warnings,
         "chosen_scores": distribution([r["chosen_score"] for r in rows]),
         "rejected_scores": distribution([r["rejected_score"] for r in rows]),
     }
     atomic_write_json(out.with_name(out.name + ".report.json"), report)
+    if not kept:
+        log.warning("no pair kept: try a scan, steering.alpha=[1,2,4,8] (pairs kept, score gap, degenerate share per alpha)")
     print(json.dumps(report, indent=2))
     return report
 

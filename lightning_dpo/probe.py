@@ -24,14 +24,14 @@ def run(cfg: Any) -> Probe:
     """The `probe` command: build the configured probe (conf/probe/) on the model and save it to `cfg.out`."""
     _, description = describe_model_source(cfg.model.name_or_path)
     log.info("building the probe on %s", description)
-    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.dtype)
+    model, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.dtype, cfg.model.get("gguf_file"))
     model.to(resolve_device(cfg.device))
-    options = {k: v for k, v in cfg.probe.items() if k not in ("source", "path", "data") and v is not None}
-    probe = build_probe(model, tokenizer, source=cfg.probe.source, path=cfg.probe.path, data=cfg.probe.get("data"), **options)
+    probe = build_probe(model, tokenizer, node=cfg.probe)
     save_probe(probe, cfg.out)
-    accuracy = probe.metadata.get("accuracy")
-    print(f"saved {cfg.out}: d_model={probe.direction.numel()}, source: {probe.metadata.get('source')}"
-          + (f", held-out accuracy {float(accuracy):.4f}" if accuracy is not None else ""))
+    print(f"saved {cfg.out}: d_model={probe.direction.numel()}, source: {probe.metadata.get('source')}")
+    if probe.quality is not None:
+        print(f"quality: {probe.quality.summary()}")
+        print(f"top-20 tokens through the final norm and the unembedding: {probe.quality.top_tokens}")
     return probe
 
 

@@ -16,18 +16,19 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.callbacks.checkpoint_state import MetricsInCheckpoint, RunConfigInCheckpoint
 from lightning_dpo.model.loading import load_tokenizer, max_positions
-from lightning_dpo.toy.config import register_toy_resolver
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO
 from lightning_dpo.training.lifecycle import Run, is_multirun, run_training
 from lightning_dpo.training.metrics_csv import MetricsCSVLogger
 from lightning_dpo.training.plan import run_config
 from lightning_dpo.training.preflight import check_lengths
 from lightning_dpo.training.wandb_logger import is_wandb_logger, setup_wandb_run
-from lightning_dpo.utils.config import build, register_resolvers
+from lightning_dpo.cli import register_all_resolvers
+from lightning_dpo.utils.config import build
 from lightning_dpo.utils.errors import LightningDPOError, RunInterrupted
 from lightning_dpo.utils.quiet import quiet_libraries
 
@@ -73,10 +74,24 @@ def build_run(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> Ru
 
 def train(cfg: DictConfig) -> float | None:
     """Train as configured (lightning_dpo/training/lifecycle.py) and return the objective. Raises
-    `RunInterrupted` after a signal, with the checkpoint written and the command that finishes the run."""
-    register_resolvers()
-    register_toy_resolver()
-    return run_training(cfg, build_run, build_callbacks)
+    `RunInterrupted` after a signal, with the checkpoint written and the command that finishes the run.
+    With `analyze` set, the papers' interventions run on the completed run (python -m lightning_dpo.analyze)."""
+    register_all_resolvers()
+    objective = run_training(cfg, build_run, build_callbacks)
+    if cfg.get("analyze") and rank_zero_only.rank == 0:
+        analyze_run(Path(cfg.paths.output_dir), cfg.analyze)
+    return objective
+
+
+def analyze_run(run_dir: Path, setting: Any) -> dict[str, Any]:
+    """`analyze=true` (or a list of analyze's overrides): its table under <run>/analysis/<time>/."""
+    from lightning_dpo.analyze import run as analyze
+    from lightning_dpo.cli import compose_config
+    from lightning_dpo.utils.config import override_arg
+
+    overrides = [] if setting is True else [str(o) for o in setting]
+    log.info("analyzing %s (python -m lightning_dpo.analyze %s)", run_dir, " ".join([override_arg("dpo", run_dir), *overrides]))
+    return analyze(compose_config("analyze", [f"dpo={run_dir}", *overrides]))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_dpo.conf", config_name="train")
@@ -102,8 +117,7 @@ def cli() -> None:
     from lightning_dpo.cli import check_output_dir_arguments
 
     quiet_libraries()
-    register_resolvers()  # Hydra resolves the configs before `main` runs
-    register_toy_resolver()
+    register_all_resolvers()  # Hydra resolves the configs before `main` runs
     check_output_dir_arguments(sys.argv[1:])
     main()
 

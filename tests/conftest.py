@@ -18,16 +18,14 @@ import pytest
 
 from helpers.configs import SMALL_WORLD, compose_train
 from helpers.data import CharTokenizer
-from lightning_dpo.toy.config import register_toy_resolver
-from lightning_dpo.utils.config import register_resolvers
+from lightning_dpo.cli import register_all_resolvers
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = Path(os.environ.get("LIGHTNING_DPO_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
     os.environ["LIGHTNING_DPO_CACHE"] = str(cache)
-    register_resolvers()
-    register_toy_resolver()
+    register_all_resolvers()
     return cache
 
 

@@ -45,6 +45,8 @@ def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
         "toxicity_gemma2_2b": common({"model_type": "gemma2", "head_dim": 16, **small}, trl_pairs),
         "toxicity_mistral_7b": common({"model_type": "mistral", **small}, trl_pairs),
         "toxicity_llama3_8b": common({"model_type": "llama", **small}, trl_pairs),
+        # SmolLM2 is Llama-shaped; its built assets (probe, pairs, prompts) are replaced by the same stand-ins
+        "smollm2_toxicity": common({"model_type": "llama", **small}, trl_pairs) + ["probe.eval_data=null"],
     }
 
 
@@ -133,3 +135,27 @@ def test_invalid_values_fail_before_training_naming_the_key(override, key, tmp_p
         train(cfg)
     assert key in str(info.value)
     assert not (tmp_path / "checkpoints").exists()  # nothing trained, nothing written
+
+
+def test_a_users_scorer_probe_and_loss_from_their_own_module(tmp_path, small_world):
+    """scorer=custom scorer._target_=..., probe=custom probe._target_=..., loss.type=<dotted path>: no edit of the package."""
+    import json
+
+    from lightning_dpo.model.losses import PreferenceLoss
+
+    run_dir = tmp_path / "run"
+    train(compose_train(SMALL_WORLD + SHORT_RUN + [
+        "scorer=custom", "scorer._target_=helpers.extensions.ShoutScorer", "+scorer.threshold=2",
+        "probe=custom", "probe._target_=helpers.extensions.FirstAxisProbe", "+probe.axis=3",
+        "loss.type=helpers.extensions.margin_squared", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "~callbacks.neuron_dynamics.probes",
+    ], run_dir))
+    assert json.loads((run_dir / "eval" / "meta.json").read_text())["scorer"] == "shout>2"
+    assert json.loads((run_dir / "dynamics" / "meta.json").read_text())["probe"]["source"] == "axis 3"
+    loss = PreferenceLoss(type="helpers.extensions.margin_squared", beta=0.5)
+    import torch
+
+    out = loss(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), torch.tensor([3]), torch.tensor([3]))
+    assert float(out.loss) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-0.5 * 1.0)) ** 2))
+    with pytest.raises(ConfigError, match="cannot import the loss 'helpers.extensions.nope'"):
+        PreferenceLoss(type="helpers.extensions.nope")

@@ -325,25 +325,69 @@ def test_the_probe_set_can_keep_whole_prompts_after_a_bos():
     assert prompt_ids_for(tok, [long], None, prepend_bos=True) == [[tok.eos_token_id] + tok(long)["input_ids"]]  # GPT-2's BOS is its EOS
 
 
-def test_embedding_difference_as_the_authors_built_it(small_world):
-    from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
-    from lightning_dpo.neurons.probe import NEUTRAL_SEEDS, TOXIC_SEEDS, embedding_difference_direction
+def test_embedding_difference_uses_only_single_token_seed_words():
+    """On the exact GPT-2 tokenizer: every seed that is one token (with or without a leading space)
+    contributes its embedding row; a seed that splits is left out; the LM head's rows when untied."""
+    from helpers.models import GPT2_TOKENIZER
 
-    gpt2, tokenizer = load_causal_lm(small_world.base_model), load_tokenizer(small_world.base_model)
+    from lightning_dpo.model.loading import load_tokenizer
+    from lightning_dpo.neurons.probe import embedding_difference_direction, single_token_ids
+
+    tokenizer = load_tokenizer(str(GPT2_TOKENIZER))
+    toxic, neutral = ["idiot", "stupid", "damn", "pneumonoultramicroscopic"], ["hello", "thanks", "friend", "peace"]
+    ids = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in toxic + neutral}
+    assert len(ids["pneumonoultramicroscopic"]) > 1 and all(len(ids[w]) == 1 for w in toxic[:3] + neutral)
+    gpt2 = build_tiny(tiny_gpt2_config(vocab_size=len(tokenizer)))
     table = gpt2.get_input_embeddings().weight.detach()
-
-    def mean(words):  # bare words: no leading space
-        return torch.stack([table[tokenizer(w, add_special_tokens=False)["input_ids"]].mean(0) for w in words]).mean(0)
-
-    probe = embedding_difference_direction(gpt2, tokenizer)
-    assert torch.allclose(probe.direction, mean(TOXIC_SEEDS) - mean(NEUTRAL_SEEDS), atol=1e-6)
-    assert probe.metadata["source"] == "embedding difference (input embeddings)"  # GPT-2 ties its LM head
-    llama = build_tiny(tiny_llama_config(vocab_size=max(len(tokenizer), 96), tie_word_embeddings=False))
+    probe = embedding_difference_direction(gpt2, tokenizer, toxic, neutral, min_words=3)
+    expected = table[[ids[w][0] for w in toxic[:3]]].mean(0) - table[[ids[w][0] for w in neutral]].mean(0)
+    assert torch.allclose(probe.direction, expected, atol=1e-6)
+    assert probe.metadata["toxic_words"] == toxic[:3] and probe.metadata["source"] == "embedding difference (input embeddings)"
+    llama = build_tiny(tiny_llama_config(vocab_size=len(tokenizer), tie_word_embeddings=False))
     head = llama.get_output_embeddings().weight.detach()
-    expected = torch.stack([head[tokenizer(w, add_special_tokens=False)["input_ids"]].mean(0) for w in TOXIC_SEEDS]).mean(0) - \
-        torch.stack([head[tokenizer(w, add_special_tokens=False)["input_ids"]].mean(0) for w in NEUTRAL_SEEDS]).mean(0)
-    probe = embedding_difference_direction(llama, tokenizer)
+    probe = embedding_difference_direction(llama, tokenizer, toxic, neutral, min_words=3)
+    expected = head[[single_token_ids(tokenizer, w) for w in toxic[:3]]].mean(0) - head[[single_token_ids(tokenizer, w) for w in neutral]].mean(0)
     assert probe.metadata["source"] == "embedding difference (LM head rows)" and torch.allclose(probe.direction, expected, atol=1e-6)
+
+
+def test_embedding_difference_refuses_seed_words_that_fragment(char_tokenizer):
+    from lightning_dpo.neurons.probe import embedding_difference_direction
+    from lightning_dpo.utils.errors import ConfigError
+
+    model = build_tiny(tiny_gpt2_config())
+    with pytest.raises(ConfigError, match=r"probe.toxic_words.*only 0 of the toxic seed words are one token.*'fuck', 'shit'"):
+        embedding_difference_direction(model, char_tokenizer, ["fuck", "shit", "crap"], ["hello", "peace", "kind"])
+
+
+def test_a_probe_gets_its_quality_and_a_weak_one_is_refused(small_world, tmp_path):
+    """Logit lens and held-out AUC for every probe; a direction that does not separate the labelled texts is refused."""
+    import json
+
+    from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
+    from lightning_dpo.neurons.probe import ProbeFile, Probe, save_probe
+    from lightning_dpo.utils.errors import ConfigError
+
+    model, tokenizer = load_causal_lm(small_world.base_model), load_tokenizer(small_world.base_model)
+    probe = ProbeFile(path=small_world.probe, eval_data=small_world.probe_texts)(model, tokenizer)
+    quality = probe.quality
+    assert quality.auc >= 0.95 and quality.n_eval == 600 and len(quality.top_tokens) == 20
+    assert json.loads(probe.metadata["quality"])["auc"] == quality.auc
+    insults = {w.strip().lower() for w in open(small_world.insults).read().split()}
+    assert any(t.strip().lower() in insults for t in quality.top_tokens)  # the toxicity direction reads as insults
+    # a random direction does not separate toxic from polite sentences: refused, unless allowed
+    weak = Probe(torch.randn(64, generator=torch.Generator().manual_seed(1)))
+    save_probe(weak, tmp_path / "weak.safetensors")
+    aucs = []
+    for seed in range(20):  # a direction whose AUC is below 0.6
+        weak = Probe(torch.randn(64, generator=torch.Generator().manual_seed(seed)))
+        save_probe(weak, tmp_path / "weak.safetensors")
+        auc = ProbeFile(path=str(tmp_path / "weak.safetensors"), eval_data=small_world.probe_texts, allow_weak=True)(model, tokenizer).quality.auc
+        aucs.append(auc)
+        if auc < 0.6:
+            break
+    assert aucs[-1] < 0.6
+    with pytest.raises(ConfigError, match=r"probe.allow_weak.*held-out AUC 0\.\d+ .* is below 0.6"):
+        ProbeFile(path=str(tmp_path / "weak.safetensors"), eval_data=small_world.probe_texts)(model, tokenizer)
 
 
 SMALL_DECODERS = {

@@ -226,7 +226,7 @@ def test_perspective_scorer_retries_takes_the_max_and_resumes_from_its_cache(tmp
     again = PerspectiveScorer(attribute="max", api_key="k", url=url, cache_path=str(cache), sleep=sleeps.append, requests_per_second=1000)
     assert again.score(["a bad text", "a fine text", "another bad one"]) == [0.9, 0.1, 0.9]
     assert len(_FakePerspective.requests) == 4  # only the new text was sent
-    assert again.name == "perspective:max7" and PerspectiveScorer(api_key="k", url=url).name == "perspective:TOXICITY"
+    assert again.name == "perspective:max7" and PerspectiveScorer(api_key="k", url=url, attribute="TOXICITY").name == "perspective:TOXICITY"
     server.shutdown()
     with pytest.raises(ConfigError, match="NO_SUCH_VARIABLE_SET"):
         PerspectiveScorer(api_key_env="NO_SUCH_VARIABLE_SET")
@@ -243,7 +243,7 @@ def trained_run(tmp_path_factory, small_world):
 
 def small_world_eval(world):
     return [f"prompts.source={world.eval_prompts}", f"perplexity.text={world.lm_text}", f"f1.data={world.gold}", "prompts.limit=24",
-            "f1.limit=24", "scorer=toy"]
+            "f1.limit=24", "scorer=toy", f"scorer.words_file={world.insults}"]  # the small world's list (scorer=toy names the default world's)
 
 
 def test_evaluate_command_from_run_dir_and_checkpoint(tmp_path, trained_run, small_world):

@@ -34,6 +34,8 @@ def _walk(value, prefix):
 def test_code_defaults_equal_yaml_defaults(where, node):
     """Every value a YAML gives a parameter that also has a default in code is that default (or an
     interpolation of another key): one default per setting, wherever a user reads it."""
+    if node["_target_"] == "???":
+        return  # a template for the user's own class (conf/probe/custom.yaml)
     target = get_object(node["_target_"])
     parameters = inspect.signature(target).parameters
     if not node["_target_"].startswith(("lightning_dpo.",)):

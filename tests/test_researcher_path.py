@@ -101,7 +101,7 @@ def test_the_paper_preset_rehearsed_offline(tmp_path, empty_cache):
     assert best["monitor"] == "val/loss" and best["step"] < status["step"] and (run_dir / "hf_model" / "config.json").exists()
     eval_meta = json.loads((run_dir / "eval" / "meta.json").read_text())
     assert eval_meta["scorer"] == "profanity_check (crude proxy)" and "12 prompts" in eval_meta["prompts"]
-    assert eval_meta["perplexity_text"] == "the validation pairs' chosen completions (8 pairs)"
+    assert eval_meta["perplexity_text"].startswith("the validation pairs' prompts (8 prompts")
     assert not any(empty_cache.iterdir())  # nothing of the demo world was built or read
 
 
@@ -126,7 +126,9 @@ def test_a_run_on_your_own_model_pairs_probe_and_prompts_leaves_the_cache_empty(
     ], run_dir))
     eval_meta = json.loads((run_dir / "eval" / "meta.json").read_text())
     assert eval_meta["scorer"] == "profanity_check (crude proxy)"  # the defaults of a run that is not the demo
-    assert eval_meta["perplexity_text"] == "the validation pairs' chosen completions (8 pairs)"
+    assert eval_meta["perplexity_text"].startswith("the validation pairs' prompts (8 prompts")  # natural text, never generations
+    text = (run_dir / "eval" / "perplexity_text.txt").read_text()
+    assert "Item" in text and "idiot" not in text  # the prompts, not the completions
     assert eval_meta["prompts"] == f"{tmp_path / 'prompts.txt'} (10 prompts)"
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert not any(empty_cache.iterdir())

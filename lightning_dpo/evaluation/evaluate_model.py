@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from omegaconf import OmegaConf
 from torch import nn
 
 from lightning_dpo.data.texts import describe_prompt_set, load_text, load_texts
@@ -79,12 +80,13 @@ def settings_from_config(cfg: Any, run: RunDirectory | None = None, cache_dir: P
     else:
         prompts = load_texts(cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit, key="prompts.source")
         prompts_source = describe_prompt_set(cfg.prompts, len(prompts))
-    scorer_cfg = dict(cfg.scorer)
+    scorer_cfg = OmegaConf.to_container(cfg.scorer, resolve=True) if OmegaConf.is_config(cfg.scorer) else dict(cfg.scorer)
     if scorer_cfg.get("name") == RUN:
         scorer_cfg = require_run(run, "scorer", cfg.get("dpo") or cfg.model.name_or_path).scorer_config()
-    if scorer_cfg.get("name") == "perspective" and cache_dir is not None:
+    perspective = scorer_cfg.get("name") == "perspective" or str(scorer_cfg.get("_target_", "")).endswith("PerspectiveScorer")
+    if perspective and cache_dir is not None:
         scorer_cfg.setdefault("cache_path", str(cache_dir / "perspective_cache.jsonl"))  # resumable scoring
-    scorer = build_scorer(scorer_cfg.pop("name"), **scorer_cfg)
+    scorer = build_scorer(scorer_cfg)
     perplexity_source = _run_file(cfg.perplexity.text, run, "eval/perplexity_text.txt", "perplexity.text")
     f1_source = _run_file(cfg.f1.get("data"), run, "eval/f1.jsonl", "f1.data")
     f1_prompts: list[str] = []

@@ -1,4 +1,5 @@
-"""Toxicity scorers behind one interface: `scorer.score(texts) -> list[float]` in [0, 1].
+"""Toxicity scorers behind one interface: `scorer.score(texts) -> list[float]` in [0, 1] (an extension
+point: any object with a `name` and that method, built from `scorer._target_`).
 
 Every scorer has a `name` that is written beside every number it produced, because the papers'
 numbers are not comparable across scorers (Perspective max-over-attributes vs Detoxify).
@@ -22,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
 
@@ -112,7 +113,7 @@ class PerspectiveScorer:
 
     def __init__(
         self,
-        attribute: str = "TOXICITY",
+        attribute: str = "max",
         api_key: str | None = None,
         api_key_env: str = "PERSPECTIVE_API_KEY",
         requests_per_second: float = 1.0,
@@ -209,10 +210,32 @@ SCORERS: dict[str, Callable[..., Scorer]] = {
 }
 
 
-def build_scorer(name: str, **kwargs: Any) -> Scorer:
-    if name not in SCORERS:
-        raise ConfigError("scorer", f"unknown scorer {name!r}; accepted: {sorted(SCORERS)}")
-    return SCORERS[name](**kwargs)
+def build_scorer(node: Mapping[str, Any] | str | Scorer, key: str = "scorer", **kwargs: Any) -> Scorer:
+    """A scorer (an extension point): a config node with `_target_` (any class or callable whose
+    result has `name` and `score(texts)`, e.g. `scorer=custom scorer._target_=my_module.MyScorer`), a
+    built-in's name, or the older `{name: ..., ...}` node (read as the built-in of that name)."""
+    if hasattr(node, "score") and not isinstance(node, Mapping):
+        return node  # already built
+    if isinstance(node, str):
+        node = {"name": node, **kwargs}
+    settings = dict(node)
+    if "_target_" in settings:
+        from omegaconf import OmegaConf
+
+        from lightning_dpo.utils.config import build
+
+        scorer = build(OmegaConf.create(settings), key)
+    else:
+        name = settings.pop("name", None)
+        if name not in SCORERS:
+            raise ConfigError(key, f"unknown scorer {name!r}; accepted: {sorted(SCORERS)} (or {key}._target_=my_module.MyScorer)")
+        try:
+            scorer = SCORERS[name](**settings)
+        except TypeError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if not (hasattr(scorer, "score") and hasattr(scorer, "name")):
+        raise ConfigError(key, f"{type(scorer).__name__} is not a scorer: it needs a `name` and a `score(texts)` method")
+    return scorer
 
 
 def toxicity_summary(scores: Sequence[float], scorer_name: str) -> dict[str, Any]:

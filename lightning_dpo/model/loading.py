@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from lightning_dpo.model.packaged import check_packaged_model
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
 from lightning_dpo.utils.hub import hub_reachable
 
@@ -46,6 +47,7 @@ def gguf_source(name_or_path: str | None, gguf_file: str | None = None) -> Path 
     else:
         return None
     if not path.is_file():
+        check_packaged_model(name_or_path)  # a packaged model whose package is not installed: say how to install it
         raise ModelLoadError(f"GGUF file not found: {path} (config keys 'model.name_or_path' / 'model.gguf_file')")
     return path
 

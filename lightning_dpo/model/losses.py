@@ -39,22 +39,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from lightning_dpo.utils.errors import ConfigError
 
-LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm", "simpo", "orpo",
-)
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
-# the types whose Delta goes through the f-divergence scores (the set TRL 1.16 accepts)
-F_DIVERGENCE_TYPES = frozenset({"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"})
-REFERENCE_FREE_TYPES = frozenset({"simpo", "orpo"})
-LABEL_SMOOTHING_TYPES = frozenset({"robust", "exo_pair", "aot", "aot_unpaired", "simpo"})
 ORPO_NLL = ("sequence", "completion")
 
 
@@ -102,6 +94,168 @@ def _smoothed_sigmoid(z: torch.Tensor, eps: float) -> torch.Tensor:
     return -F.logsigmoid(z) * (1 - eps) - F.logsigmoid(-z) * eps
 
 
+# -- the loss table: a registry (an extension point) -------------------------------------------------
+@dataclass
+class LossTerms:
+    """What every per-pair loss receives, computed once per batch."""
+
+    x: PairLogps
+    beta: float
+    eps: float  # label_smoothing
+    rho_w: torch.Tensor  # policy - reference log-ratio, chosen (n,)
+    rho_l: torch.Tensor
+    s_w: torch.Tensor  # f-divergence scores (reverse KL: = rho)
+    s_l: torch.Tensor
+    delta: torch.Tensor  # s_w - s_l
+    settings: "PreferenceLoss"  # the other knobs (discopop_tau, simpo_gamma, orpo_nll, ...)
+
+
+LossFn = Callable[[LossTerms], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    fn: LossFn
+    reference_free: bool = False  # needs no reference model (SimPO, ORPO)
+    label_smoothing: bool = False  # reads loss.label_smoothing
+    f_divergence: bool = False  # TRL accepts loss.f_divergence for it
+    sequence_nll: bool = False  # needs the NLL over the chosen prompt too (ORPO)
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, *, reference_free: bool = False, label_smoothing: bool = False, f_divergence: bool = False,
+                  sequence_nll: bool = False) -> Callable[[LossFn], LossFn]:
+    """Add a per-pair loss `fn(terms) -> (n,)` to the table under `name` (`loss.type=name`). From a
+    user's module: `@register_loss("mine")`, or name the function by its dotted path
+    (`loss.type=my_module.my_loss`), which registers it on first use."""
+
+    def add(fn: LossFn) -> LossFn:
+        LOSSES[name] = LossSpec(fn, reference_free, label_smoothing, f_divergence, sequence_nll)
+        return fn
+
+    return add
+
+
+def lookup(name: str) -> LossSpec:
+    """The registered loss `name`, or a function named by its dotted path (registered on first use)."""
+    if name in LOSSES:
+        return LOSSES[name]
+    if "." in name:
+        from hydra.utils import get_object
+
+        try:
+            fn = get_object(name)
+        except Exception as exc:
+            raise ConfigError("loss.type", f"cannot import the loss {name!r}: {exc}") from None
+        if not callable(fn):
+            raise ConfigError("loss.type", f"{name!r} is not a function")
+        register_loss(name, reference_free=bool(getattr(fn, "reference_free", False)))(fn)
+        return LOSSES[name]
+    raise KeyError(name)
+
+
+@register_loss("sigmoid", f_divergence=True)
+def _sigmoid(t: LossTerms) -> torch.Tensor:
+    return -F.logsigmoid(t.beta * t.delta)
+
+
+@register_loss("hinge", f_divergence=True)
+def _hinge(t: LossTerms) -> torch.Tensor:
+    return torch.relu(1 - t.beta * t.delta)
+
+
+@register_loss("ipo", f_divergence=True)
+def _ipo(t: LossTerms) -> torch.Tensor:
+    return (_average(t.s_w, t.x.chosen_lengths) - _average(t.s_l, t.x.rejected_lengths) - 1 / (2 * t.beta)) ** 2
+
+
+@register_loss("exo_pair", label_smoothing=True, f_divergence=True)
+def _exo_pair(t: LossTerms) -> torch.Tensor:
+    z = t.beta * t.delta
+    return torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-t.eps)) + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(t.eps))
+
+
+@register_loss("nca_pair")
+def _nca_pair(t: LossTerms) -> torch.Tensor:
+    return -F.logsigmoid(t.beta * t.rho_w) - 0.5 * F.logsigmoid(-t.beta * t.rho_w) - 0.5 * F.logsigmoid(-t.beta * t.rho_l)
+
+
+@register_loss("robust", label_smoothing=True, f_divergence=True)
+def _robust(t: LossTerms) -> torch.Tensor:
+    return (-(1 - t.eps) * F.logsigmoid(t.beta * t.delta) + t.eps * F.logsigmoid(-t.beta * t.delta)) / (1 - 2 * t.eps)
+
+
+@register_loss("bco_pair")
+def _bco_pair(t: LossTerms) -> torch.Tensor:
+    return -F.logsigmoid(t.beta * t.rho_w) - F.logsigmoid(-t.beta * t.rho_l)
+
+
+@register_loss("sppo_hard")
+def _sppo_hard(t: LossTerms) -> torch.Tensor:
+    return (t.rho_w - 0.5 / t.beta) ** 2 + (t.rho_l + 0.5 / t.beta) ** 2
+
+
+@register_loss("aot", label_smoothing=True)
+def _aot(t: LossTerms) -> torch.Tensor:  # optimal transport over the batch: sorted margins against sorted reference margins
+    sorted_policy = torch.sort(t.x.policy_chosen - t.x.policy_rejected, dim=0).values
+    sorted_ref = torch.sort(t.x.ref_chosen - t.x.ref_rejected, dim=0).values
+    return _smoothed_sigmoid(t.beta * (sorted_policy - sorted_ref), t.eps)
+
+
+@register_loss("aot_unpaired", label_smoothing=True)
+def _aot_unpaired(t: LossTerms) -> torch.Tensor:
+    return _smoothed_sigmoid(t.beta * (torch.sort(t.rho_w, dim=0).values - torch.sort(t.rho_l, dim=0).values), t.eps)
+
+
+@register_loss("apo_zero")
+def _apo_zero(t: LossTerms) -> torch.Tensor:
+    return 1 - torch.sigmoid(t.beta * t.rho_w) + torch.sigmoid(t.beta * t.rho_l)
+
+
+@register_loss("apo_down")
+def _apo_down(t: LossTerms) -> torch.Tensor:
+    return torch.sigmoid(t.beta * t.rho_w) + 1 - torch.sigmoid(t.beta * (t.rho_w - t.rho_l))
+
+
+@register_loss("discopop", f_divergence=True)
+def _discopop(t: LossTerms) -> torch.Tensor:
+    z = t.beta * t.delta
+    mix = torch.sigmoid(z / t.settings.discopop_tau)
+    return -F.logsigmoid(z) * (1 - mix) + torch.exp(-z) * mix
+
+
+@register_loss("sft", f_divergence=True)
+def _sft(t: LossTerms) -> torch.Tensor:  # a token mean over the batch, the same value for every pair
+    return (-t.x.policy_chosen.sum() / t.x.chosen_lengths.sum().clamp(min=1)).expand_as(t.x.policy_chosen)
+
+
+@register_loss("sigmoid_norm", f_divergence=True)
+def _sigmoid_norm(t: LossTerms) -> torch.Tensor:
+    return -F.logsigmoid(t.beta * (_average(t.s_w, t.x.chosen_lengths) - _average(t.s_l, t.x.rejected_lengths)))
+
+
+@register_loss("simpo", reference_free=True, label_smoothing=True)
+def _simpo(t: LossTerms) -> torch.Tensor:
+    avg_w, avg_l = _average(t.x.policy_chosen, t.x.chosen_lengths), _average(t.x.policy_rejected, t.x.rejected_lengths)
+    return _smoothed_sigmoid(t.beta * (avg_w - avg_l) - t.settings.simpo_gamma, t.eps)
+
+
+@register_loss("orpo", reference_free=True, sequence_nll=True)
+def _orpo(t: LossTerms) -> torch.Tensor:  # odds ratio on the average token probability, plus the chosen NLL
+    avg_w = _average(t.x.policy_chosen, t.x.chosen_lengths).float()
+    avg_l = _average(t.x.policy_rejected, t.x.rejected_lengths).float()
+    log_odds = (avg_w - avg_l) - (log1mexp(avg_w) - log1mexp(avg_l))
+    if t.settings.orpo_nll == "sequence":
+        if t.x.chosen_sequence_nll is None:
+            raise ValueError("orpo with orpo_nll=sequence needs chosen_sequence_nll (the prompt+chosen NLL)")
+        nll = t.x.chosen_sequence_nll
+    else:
+        nll = -t.x.policy_chosen.sum() / t.x.chosen_lengths.sum().clamp(min=1)
+    return nll - t.beta * F.logsigmoid(log_odds)
+
+
 class PreferenceLoss:
     """The configured loss (`loss.*` in the Hydra config), validated on construction."""
 
@@ -127,7 +281,7 @@ class PreferenceLoss:
         self.label_smoothing = _check_label_smoothing(float(label_smoothing), set(self.types))
         if f_divergence not in F_DIVERGENCES:
             raise ConfigError("loss.f_divergence", f"got {f_divergence!r}; accepted: {list(F_DIVERGENCES)}")
-        if f_divergence != "reverse_kl" and not set(self.types) <= F_DIVERGENCE_TYPES:
+        if f_divergence != "reverse_kl" and not all(lookup(t).f_divergence for t in self.types):
             raise ConfigError("loss.f_divergence", f"{f_divergence} works only with loss.type in "
                               f"{sorted(F_DIVERGENCE_TYPES)}; got {self.types}")
         self.f_divergence, self.f_alpha = f_divergence, float(f_alpha)
@@ -150,12 +304,12 @@ class PreferenceLoss:
 
     @property
     def needs_reference(self) -> bool:
-        return not self.reference_free and not set(self.types) <= REFERENCE_FREE_TYPES
+        return not self.reference_free and not all(lookup(t).reference_free for t in self.types)
 
     @property
     def needs_sequence_nll(self) -> bool:
         """ORPO's NLL over the prompt too: the policy's log-probs at prompt positions are needed."""
-        return "orpo" in self.types and self.orpo_nll == "sequence"
+        return self.orpo_nll == "sequence" and any(lookup(t).sequence_nll for t in self.types)
 
     def to_dict(self) -> dict:
         keys = ("type", "beta", "weights", "label_smoothing", "f_divergence", "f_alpha", "discopop_tau",
@@ -181,68 +335,18 @@ class PreferenceLoss:
         loss = losses.mean()
         if self.kl_gamma and kl_penalty is not None:
             loss = loss + self.kl_gamma * kl_penalty.mean()
-        if set(self.types) <= REFERENCE_FREE_TYPES:  # SimPO/ORPO: the length-normalised log-prob is the reward
+        if all(lookup(t).reference_free for t in self.types):  # SimPO/ORPO: the length-normalised log-prob is the reward
             chosen, rejected = _average(x.policy_chosen, x.chosen_lengths), _average(x.policy_rejected, x.rejected_lengths)
         else:
             chosen, rejected = x.policy_chosen - x.ref_chosen, x.policy_rejected - x.ref_rejected
         return LossOutput(loss, losses, (self.beta * chosen).detach(), (self.beta * rejected).detach())
 
     def per_pair(self, kind: str, x: PairLogps) -> torch.Tensor:
-        """One type's per-pair loss (n,)."""
-        beta, eps = self.beta, self.label_smoothing
+        """One type's per-pair loss (n,): the registered function of `kind`."""
         rho_w, rho_l = x.policy_chosen - x.ref_chosen, x.policy_rejected - x.ref_rejected
         s_w = f_divergence_scores(rho_w, self.f_divergence, self.f_alpha)
         s_l = f_divergence_scores(rho_l, self.f_divergence, self.f_alpha)
-        delta = s_w - s_l
-        if kind == "sigmoid":
-            return -F.logsigmoid(beta * delta)
-        if kind == "hinge":
-            return torch.relu(1 - beta * delta)
-        if kind == "ipo":
-            return (_average(s_w, x.chosen_lengths) - _average(s_l, x.rejected_lengths) - 1 / (2 * beta)) ** 2
-        if kind == "exo_pair":
-            z = beta * delta
-            return (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps))
-                    + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
-        if kind == "nca_pair":
-            return -F.logsigmoid(beta * rho_w) - 0.5 * F.logsigmoid(-beta * rho_w) - 0.5 * F.logsigmoid(-beta * rho_l)
-        if kind == "robust":
-            return (-(1 - eps) * F.logsigmoid(beta * delta) + eps * F.logsigmoid(-beta * delta)) / (1 - 2 * eps)
-        if kind == "bco_pair":
-            return -F.logsigmoid(beta * rho_w) - F.logsigmoid(-beta * rho_l)
-        if kind == "sppo_hard":
-            return (rho_w - 0.5 / beta) ** 2 + (rho_l + 0.5 / beta) ** 2
-        if kind == "aot":  # optimal transport over the batch: sorted margins against sorted reference margins
-            sorted_policy = torch.sort(x.policy_chosen - x.policy_rejected, dim=0).values
-            sorted_ref = torch.sort(x.ref_chosen - x.ref_rejected, dim=0).values
-            return _smoothed_sigmoid(beta * (sorted_policy - sorted_ref), eps)
-        if kind == "aot_unpaired":
-            return _smoothed_sigmoid(beta * (torch.sort(rho_w, dim=0).values - torch.sort(rho_l, dim=0).values), eps)
-        if kind == "apo_zero":
-            return 1 - torch.sigmoid(beta * rho_w) + torch.sigmoid(beta * rho_l)
-        if kind == "apo_down":
-            return torch.sigmoid(beta * rho_w) + 1 - torch.sigmoid(beta * (rho_w - rho_l))
-        if kind == "discopop":
-            z = beta * delta
-            mix = torch.sigmoid(z / self.discopop_tau)
-            return -F.logsigmoid(z) * (1 - mix) + torch.exp(-z) * mix
-        if kind == "sft":  # a token mean over the batch, the same value for every pair
-            return (-x.policy_chosen.sum() / x.chosen_lengths.sum().clamp(min=1)).expand_as(x.policy_chosen)
-        if kind == "sigmoid_norm":
-            return -F.logsigmoid(beta * (_average(s_w, x.chosen_lengths) - _average(s_l, x.rejected_lengths)))
-        avg_w, avg_l = _average(x.policy_chosen, x.chosen_lengths), _average(x.policy_rejected, x.rejected_lengths)
-        if kind == "simpo":
-            return _smoothed_sigmoid(beta * (avg_w - avg_l) - self.simpo_gamma, eps)
-        # orpo: odds ratio on the average token probability, plus the chosen NLL
-        avg_w, avg_l = avg_w.float(), avg_l.float()
-        log_odds = (avg_w - avg_l) - (log1mexp(avg_w) - log1mexp(avg_l))
-        if self.orpo_nll == "sequence":
-            if x.chosen_sequence_nll is None:
-                raise ValueError("orpo with orpo_nll=sequence needs chosen_sequence_nll (the prompt+chosen NLL)")
-            nll = x.chosen_sequence_nll
-        else:
-            nll = -x.policy_chosen.sum() / x.chosen_lengths.sum().clamp(min=1)
-        return nll - beta * F.logsigmoid(log_odds)
+        return lookup(kind).fn(LossTerms(x, self.beta, self.label_smoothing, rho_w, rho_l, s_w, s_l, s_w - s_l, self))
 
 
 def _average(summed: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -260,10 +364,13 @@ def _check_types(types: list[str]) -> list[str]:
         raise ConfigError("loss.type", "is an empty list; name at least one loss")
     types = [ALIASES.get(kind, kind) for kind in types]
     for kind in types:
-        if kind not in LOSS_TYPES:
-            close = difflib.get_close_matches(kind, [*LOSS_TYPES, *ALIASES], n=1)
+        try:
+            lookup(kind)
+        except KeyError:
+            close = difflib.get_close_matches(kind, [*LOSSES, *ALIASES], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError("loss.type", f"unknown loss {kind!r}{hint} accepted: {list(LOSS_TYPES)} (and 'dpo' for sigmoid)")
+            raise ConfigError("loss.type", f"unknown loss {kind!r}{hint} accepted: {list(LOSSES)} (and 'dpo' for sigmoid), "
+                              "or a registered loss, or a function's dotted path (my_module.my_loss)") from None
     if len(set(types)) != len(types):
         raise ConfigError("loss.type", f"names a loss twice: {types}; weight it once in loss.weights instead")
     return types
@@ -294,7 +401,7 @@ def _check_number(key: str, value: object, low: float | None = None, strict: boo
 def _check_label_smoothing(eps: float, types: set[str]) -> float:
     if not math.isfinite(eps):
         raise ConfigError("loss.label_smoothing", f"must be finite, got {eps}")
-    if eps and not types & LABEL_SMOOTHING_TYPES:
+    if eps and not any(lookup(t).label_smoothing for t in types):
         raise ConfigError("loss.label_smoothing", f"is used only by loss.type in {sorted(LABEL_SMOOTHING_TYPES)}, "
                           f"not {sorted(types)}")
     if "exo_pair" in types and not 0.0 < eps < 1.0:
@@ -302,3 +409,10 @@ def _check_label_smoothing(eps: float, types: set[str]) -> float:
     if types & {"robust", "aot", "aot_unpaired", "simpo"} and not 0.0 <= eps < 0.5:
         raise ConfigError("loss.label_smoothing", f"must be in [0, 0.5), got {eps}")
     return eps
+
+
+# the built-in table (TRL 1.16's pairwise types, SimPO, ORPO), in its documented order, and the sets derived from it
+LOSS_TYPES = tuple(LOSSES)
+F_DIVERGENCE_TYPES = frozenset(n for n, spec in LOSSES.items() if spec.f_divergence)  # the set TRL 1.16 accepts
+REFERENCE_FREE_TYPES = frozenset(n for n, spec in LOSSES.items() if spec.reference_free)
+LABEL_SMOOTHING_TYPES = frozenset(n for n, spec in LOSSES.items() if spec.label_smoothing)

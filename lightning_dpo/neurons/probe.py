@@ -1,14 +1,25 @@
-"""The linear toxicity probe: the "toxic direction" w that neuron contributions are projected on.
+"""The linear probe: the direction w that neuron contributions are projected on, and how good it is.
 
-Three sources, one file format (`probe.safetensors`: tensor `direction` (d_model,), metadata with
-the source and, for trained probes, the held-out accuracy):
-- `train`: logistic regression (scikit-learn, as Yang et al.) on the model's final hidden state
+Probe sources are objects (an extension point: `probe._target_=my_module.MyProbe`, any subclass of
+`ProbeSource`, or any callable `(model, tokenizer) -> Probe`):
+- `TrainedProbe`: logistic regression (scikit-learn, as Yang et al.) on the model's final hidden state
   (after the final norm) mean-pooled over *real tokens only* (the published code averaged the
-  padding in), with a held-out accuracy;
-- `raw`: a tensor file as Lee et al. released it (`probe.pt`, shape (d_model,) or (1, d_model));
-- `embed_diff`: the mean token embedding of toxic seed words minus that of neutral ones (the
-  later paper version's alternative direction).
+  padding in); held-out accuracy and AUC on a stratified split;
+- `ProbeFile`: a tensor file as Lee et al. released it (`probe.pt`, shape (d_model,) or (1, d_model)),
+  or a `probe.safetensors` this project wrote;
+- `EmbeddingDifference`: the mean token embedding of toxic seed words minus that of neutral ones (the
+  later paper version's alternative). Only seed words that are ONE token of the model's tokenizer
+  (with or without a leading space) are used: on a tokenizer that splits `fuck` into `f` + `uck` a
+  fragment's embedding is a frequent sub-word's, and the difference becomes a word-frequency
+  direction (measured on SmolLM2: top tokens ' ', ' (', ' in', ','; AUC 0.567).
 
+Every probe, whatever its source, gets a quality record, saved in the file's metadata, printed and
+shown in the report (`ProbeQuality`): the top-20 tokens of its direction through the final norm and
+the unembedding (the logit lens), and, where labelled texts exist (`eval_data`, or the trained
+probe's held-out split), the held-out accuracy and AUC. A probe whose held-out AUC is below
+`min_auc` (0.6) is refused unless `allow_weak=true`.
+
+One file format (`probe.safetensors`: tensor `direction` (d_model,), metadata: source, quality).
 The command that writes a probe file: lightning_dpo/probe.py.
 """
 
@@ -16,27 +27,52 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from lightning_dpo.data.texts import load_labelled_texts
 from lightning_dpo.data.tokenize import pad_id
+from lightning_dpo.neurons.hooks import find_final_norm
 from lightning_dpo.utils.errors import ConfigError, DataError
 from lightning_dpo.utils.io import atomic_save
 from lightning_dpo.utils.torch_utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
 
-TOXIC_SEEDS = ("fuck", "shit", "crap", "damn", "asshole")
-NEUTRAL_SEEDS = ("hello", "thanks", "friend", "peace", "welcome")
+@dataclass
+class ProbeQuality:
+    """What a probe direction is: its top tokens through the unembedding, and how well it separates
+    labelled held-out texts (where there are any)."""
+
+    top_tokens: list[str]
+    auc: float | None = None
+    accuracy: float | None = None  # a trained probe's classifier on its held-out split
+    n_eval: int | None = None
+    eval_source: str | None = None
+
+    def summary(self) -> str:
+        parts = []
+        if self.auc is not None:
+            parts.append(f"held-out AUC {self.auc:.3f} on {self.n_eval} texts of {self.eval_source}")
+        if self.accuracy is not None:
+            parts.append(f"accuracy {self.accuracy:.3f}")
+        if self.auc is None:
+            parts.append("no labelled texts to check it (probe.eval_data)")
+        return "; ".join(parts) + f"; top tokens: {', '.join(repr(t) for t in self.top_tokens[:10])}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ProbeQuality":
+        return cls(**json.loads(text))
 
 
 @dataclass
@@ -48,6 +84,13 @@ class Probe:
     def unit(self) -> torch.Tensor:
         return self.direction / self.direction.norm()
 
+    @property
+    def quality(self) -> ProbeQuality | None:
+        raw = self.metadata.get("quality")
+        if raw is None:
+            return None
+        return raw if isinstance(raw, ProbeQuality) else ProbeQuality.from_json(str(raw))
+
     def check_size(self, d_model: int, source: str = "probe") -> "Probe":
         if self.direction.numel() != d_model:
             raise ConfigError(
@@ -56,6 +99,7 @@ class Probe:
         return self
 
 
+# -- files ------------------------------------------------------------------------------------------
 def _one_tensor(loaded: Any, path: Path) -> torch.Tensor:
     """The probe tensor of a loaded file: a tensor, or a dict holding exactly one (e.g. a saved
     nn.Linear's state dict, whose `weight` is the direction; its bias is not part of it)."""
@@ -73,7 +117,8 @@ def _one_tensor(loaded: Any, path: Path) -> torch.Tensor:
 
 
 def save_probe(probe: Probe, path: str | Path) -> Path:
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in probe.metadata.items()}
+    metadata = {k: v if isinstance(v, str) else (v.to_json() if isinstance(v, ProbeQuality) else json.dumps(v))
+                for k, v in probe.metadata.items()}
     tensors = {"direction": probe.direction.detach().float().cpu().contiguous()}
     atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return Path(path)
@@ -89,7 +134,7 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as handle:
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-                metadata = dict(handle.metadata() or {})
+                metadata = dict(handle.metadata() or {}) or metadata
             direction = _one_tensor(tensors, path)
         elif path.suffix == ".npy":
             import numpy as np
@@ -113,6 +158,7 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
     return probe.check_size(d_model, str(path)) if d_model is not None else probe
 
 
+# -- what a direction is --------------------------------------------------------------------------------
 @torch.no_grad()
 def pooled_final_hidden(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
     """(N, d_model) fp32: final hidden state (after the final norm), mean over real tokens only."""
@@ -135,20 +181,128 @@ def pooled_final_hidden(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     return torch.cat(features)
 
 
+@torch.no_grad()
+def logit_lens_tokens(model: nn.Module, tokenizer: Any, direction: torch.Tensor, k: int = 20) -> list[str]:
+    """The top-k tokens of `direction` read as a final residual stream: through the final norm and the unembedding."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return []
+    x = direction.to(device=head.weight.device, dtype=head.weight.dtype)[None, None, :]  # (1, 1, d_model): one "position"
+    logits = head(find_final_norm(model)(x))[0, 0].float()  # (vocab,)
+    return [tokenizer.decode([int(i)]) for i in torch.topk(logits, min(k, logits.numel())).indices]
+
+
+def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve of `scores` for the binary `labels` (ties counted half)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(list(labels), list(scores)))
+
+
+def assess(model: nn.Module, tokenizer: Any, probe: Probe, texts: Sequence[str] | None = None, labels: Sequence[int] | None = None,
+           source: str | None = None, max_length: int = 128) -> ProbeQuality:
+    """The probe's quality record: the logit lens and, with labelled texts, the AUC of their projections on it."""
+    quality = ProbeQuality(logit_lens_tokens(model, tokenizer, probe.direction))
+    if texts and labels and len(set(labels)) == 2:
+        scores = (pooled_final_hidden(model, tokenizer, texts, max_length=max_length) @ probe.direction.float()).tolist()
+        quality.auc, quality.n_eval, quality.eval_source = auc(scores, labels), len(texts), source
+    return quality
+
+
+# -- sources (an extension point) -------------------------------------------------------------------------
+class ProbeSource:
+    """Builds a probe for a model (`__call__(model, tokenizer) -> Probe`), then records its quality and
+    refuses a weak one. Subclass it and implement `direction`; or pass any callable with that signature.
+
+    name: what the direction stands for (metric prefix dynamics/<name>/..., file probes/<name>.safetensors).
+    eval_data: labelled texts ({"text", "label"} rows) to measure the direction's held-out AUC on.
+    allow_weak: accept a probe whose held-out AUC is below `min_auc`.
+    """
+
+    def __init__(self, name: str = "toxicity", eval_data: str | None = None, text_field: str = "text", label_field: str = "label",
+                 eval_limit: int | None = 1000, allow_weak: bool = False, min_auc: float = 0.6, max_length: int = 128):
+        self.name, self.eval_data = name, eval_data
+        self.text_field, self.label_field, self.eval_limit = text_field, label_field, eval_limit
+        self.allow_weak, self.min_auc, self.max_length = allow_weak, min_auc, max_length
+
+    def direction(self, model: nn.Module, tokenizer: Any) -> Probe:
+        raise NotImplementedError
+
+    def evaluation_texts(self) -> tuple[list[str], list[int], str] | None:
+        if not self.eval_data:
+            return None
+        texts, labels = load_labelled_texts(self.eval_data, self.text_field, self.label_field, self.eval_limit, key="probe.eval_data")
+        return texts, labels, str(self.eval_data)
+
+    def __call__(self, model: nn.Module, tokenizer: Any) -> Probe:
+        probe = self.direction(model, tokenizer).check_size(model.get_input_embeddings().weight.shape[1])
+        held_out = self.evaluation_texts()
+        quality = assess(model, tokenizer, probe, *(held_out or (None, None, None)), max_length=self.max_length)
+        previous = probe.quality
+        if previous is not None and quality.auc is None:  # a trained probe's own held-out split
+            quality.auc, quality.accuracy, quality.n_eval, quality.eval_source = previous.auc, previous.accuracy, previous.n_eval, previous.eval_source
+        probe.metadata["quality"] = quality.to_json()
+        if quality.auc is not None and quality.auc < self.min_auc and not self.allow_weak:
+            raise ConfigError("probe.allow_weak", f"probe {self.name}: held-out AUC {quality.auc:.3f} on {quality.eval_source} is below "
+                              f"{self.min_auc}: the direction barely separates the labelled texts (its top tokens: "
+                              f"{', '.join(repr(t) for t in quality.top_tokens[:8])}). Use another probe, or probe.allow_weak=true")
+        return probe
+
+
+class ProbeFile(ProbeSource):
+    """A released tensor (`.pt`, `.npy`, shape (d_model,) or (1, d_model)) or a probe.safetensors."""
+
+    def __init__(self, path: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.path = path
+
+    def direction(self, model: nn.Module, tokenizer: Any) -> Probe:
+        if not self.path:
+            raise ConfigError("probe.path", "the probe file is required: probe.path=<file> (e.g. Lee et al.'s probe.pt)")
+        return load_probe(self.path, model.get_input_embeddings().weight.shape[1])
+
+
+class TrainedProbe(ProbeSource):
+    """Logistic regression on labelled texts (`data`); held-out accuracy and AUC on a stratified split."""
+
+    def __init__(self, data: str | None = None, limit: int | None = None, split: str = "train", test_size: float = 0.2, seed: int = 42,
+                 C: float = 1.0, max_iter: int = 1000, batch_size: int = 32, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.data, self.limit, self.split = data, limit, split
+        self.test_size, self.seed, self.C, self.max_iter, self.batch_size = test_size, seed, C, max_iter, batch_size
+
+    def direction(self, model: nn.Module, tokenizer: Any) -> Probe:
+        if not self.data:
+            raise ConfigError("probe.data", "a trained probe needs labelled texts (a .jsonl/.csv file or a datasets id)")
+        texts, labels = load_labelled_texts(self.data, self.text_field, self.label_field, self.limit, self.split)
+        return train_probe(model, tokenizer, texts, labels, self.test_size, self.seed, self.C, self.max_iter, self.batch_size,
+                           self.max_length, source=str(self.data))
+
+
+class EmbeddingDifference(ProbeSource):
+    """Mean embedding of single-token toxic seed words minus that of single-token neutral ones (the
+    seed lists live in the config: conf/probe/embed_diff.yaml)."""
+
+    def __init__(self, toxic_words: Sequence[str], neutral_words: Sequence[str], min_words: int = 3, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.toxic_words, self.neutral_words, self.min_words = list(toxic_words), list(neutral_words), min_words
+
+    def direction(self, model: nn.Module, tokenizer: Any) -> Probe:
+        return embedding_difference_direction(model, tokenizer, self.toxic_words, self.neutral_words, self.min_words)
+
+
+class RunProbe(ProbeFile):
+    """The probe a training run measured with (<run dir>/probe.safetensors); `analyze` sets the path."""
+
+
 def train_probe(
-    model: nn.Module,
-    tokenizer: Any,
-    texts: Sequence[str],
-    labels: Sequence[int],
-    test_size: float = 0.2,
-    seed: int = 42,
-    C: float = 1.0,
-    max_iter: int = 1000,
-    batch_size: int = 32,
-    max_length: int = 128,
-    source: str = "train",
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], test_size: float = 0.2, seed: int = 42,
+    C: float = 1.0, max_iter: int = 1000, batch_size: int = 32, max_length: int = 128, source: str = "train",
 ) -> Probe:
-    """Logistic regression on pooled final hidden states; `accuracy` is on the held-out split."""
+    """Logistic regression on pooled final hidden states; `accuracy` and AUC are on the held-out split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
     if len(set(labels)) != 2:
         raise DataError(source, f"a probe needs two classes, got labels {sorted(set(labels))}")
     features = pooled_final_hidden(model, tokenizer, texts, batch_size, max_length).numpy()
@@ -156,38 +310,56 @@ def train_probe(
     classifier = LogisticRegression(C=C, max_iter=max_iter)
     classifier.fit(x_train, y_train)
     accuracy = float(classifier.score(x_test, y_test))
+    held_out_auc = auc(classifier.decision_function(x_test).tolist(), y_test)
     direction = torch.tensor(classifier.coef_[0], dtype=torch.float32)
+    quality = ProbeQuality(logit_lens_tokens(model, tokenizer, direction), held_out_auc, accuracy, len(y_test), f"{source} (held-out split)")
     metadata = {
         "source": f"logistic regression on {source}",
         "accuracy": accuracy,
         "n_train": len(y_train),
         "n_test": len(y_test),
         "features": "final hidden state after the final norm, mean over real tokens",
+        "quality": quality.to_json(),
     }
-    log.info("probe held-out accuracy %.4f (%d train / %d test texts)", accuracy, len(y_train), len(y_test))
+    log.info("probe held-out accuracy %.4f, AUC %.4f (%d train / %d test texts)", accuracy, held_out_auc, len(y_train), len(y_test))
     return Probe(direction, metadata)
+
+
+def single_token_ids(tokenizer: Any, word: str) -> int | None:
+    """The word's token id when it is one token (with a leading space, as inside a sentence, or bare), else None."""
+    for variant in (" " + word, word):
+        ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            return int(ids[0])
+    return None
 
 
 @torch.no_grad()
 def embedding_difference_direction(
-    model: nn.Module, tokenizer: Any, toxic_words: Sequence[str] = TOXIC_SEEDS, neutral_words: Sequence[str] = NEUTRAL_SEEDS
+    model: nn.Module, tokenizer: Any, toxic_words: Sequence[str], neutral_words: Sequence[str], min_words: int = 3,
 ) -> Probe:
-    """Mean sub-token embedding of toxic seed words minus that of neutral seed words, as the authors
-    built it (Yang et al.'s logit_lens/demo_toxic_embedding): each word tokenized bare, without a
-    leading space; the rows of the input embedding when the LM head is tied to it (GPT-2), else of
-    the LM head (Llama-style models, whose `lm_head.weight` the authors used)."""
+    """Mean embedding of the single-token toxic seed words minus that of the single-token neutral
+    ones: the rows of the input embedding when the LM head is tied to it (GPT-2), else of the LM head
+    (Llama-style models, whose `lm_head.weight` the authors used). Words that split into several
+    tokens are left out; fewer than `min_words` left on a side is refused, listing them."""
     table, which = embedding_table(model)
-
-    def mean_embedding(seeds: Sequence[str]) -> torch.Tensor:
-        vectors = []
-        for word in seeds:
-            ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-            vectors.append(table[torch.tensor(ids, device=table.device)].mean(0))  # (d_model,) mean over sub-tokens
-        return torch.stack(vectors).mean(0)
-
-    direction = (mean_embedding(toxic_words) - mean_embedding(neutral_words)).cpu()
-    return Probe(direction, {"source": f"embedding difference ({which})", "toxic_words": list(toxic_words),
-                             "neutral_words": list(neutral_words)})
+    kept: dict[str, list[str]] = {}
+    vectors = []
+    for side, words in (("toxic", toxic_words), ("neutral", neutral_words)):
+        ids = {w: single_token_ids(tokenizer, w) for w in words}
+        kept[side] = [w for w, i in ids.items() if i is not None]
+        fragments = [w for w, i in ids.items() if i is None]
+        if len(kept[side]) < min_words:
+            key = "probe.toxic_words" if side == "toxic" else "probe.neutral_words"
+            raise ConfigError(key, f"only {len(kept[side])} of the {side} seed words are one token of this tokenizer "
+                              f"({kept[side] or 'none'}); these split into fragments: {fragments}. Fragments make the "
+                              f"difference a word-frequency direction: give at least {min_words} words that are one token "
+                              "(with or without a leading space)")
+        if fragments:
+            log.info("embedding difference: left out the %s seed words that are not one token: %s", side, fragments)
+        vectors.append(table[torch.tensor([ids[w] for w in kept[side]], device=table.device)].mean(0))
+    direction = (vectors[0] - vectors[1]).cpu()
+    return Probe(direction, {"source": f"embedding difference ({which})", "toxic_words": kept["toxic"], "neutral_words": kept["neutral"]})
 
 
 def embedding_table(model: nn.Module) -> tuple[torch.Tensor, str]:
@@ -199,23 +371,44 @@ def embedding_table(model: nn.Module) -> tuple[torch.Tensor, str]:
     return head.weight.detach().float(), "LM head rows"
 
 
-def build_probe(
-    model: nn.Module, tokenizer: Any, source: str = "train", path: str | None = None, data: str | None = None, name: str | None = None,
-    **kwargs: Any,
-) -> Probe:
-    """A probe from the configured source (conf/probe/), validated against the model's d_model (`name`: what
-    it stands for, used by the callers' file and metric names)."""
-    d_model = model.get_input_embeddings().weight.shape[1]
-    if source == "raw":
-        if not path:
-            raise ConfigError("probe.path", "source=raw needs the tensor file")
-        return load_probe(path, d_model)
-    if source == "embed_diff":
-        return embedding_difference_direction(model, tokenizer, **kwargs).check_size(d_model)
-    if source == "train":
-        if not data:
-            raise ConfigError("probe.data", "source=train needs labelled texts (a .jsonl/.csv file or a datasets id)")
-        read_keys = {k: kwargs.pop(k) for k in ("text_field", "label_field", "limit", "split") if k in kwargs}
-        texts, labels = load_labelled_texts(data, **read_keys)
-        return train_probe(model, tokenizer, texts, labels, source=str(data), **kwargs).check_size(d_model)
-    raise ConfigError("probe.source", f"unknown source {source!r}; accepted: ['train', 'raw', 'embed_diff']")
+# -- the config node -> a probe ---------------------------------------------------------------------------
+LEGACY_SOURCES = {"raw": ProbeFile, "train": TrainedProbe, "embed_diff": EmbeddingDifference, "run": RunProbe}
+
+
+def probe_source(node: Mapping[str, Any] | ProbeSource, key: str = "probe") -> Any:
+    """The probe source a config node describes: `_target_` instantiated (any importable class or
+    callable), or the older `source: raw|train|embed_diff|run` form (deprecated, still read)."""
+    if callable(node) and not isinstance(node, Mapping):
+        return node
+    from lightning_dpo.utils.config import build
+
+    settings = {k: v for k, v in dict(node).items() if v is not None or k == "path"}
+    if "_target_" in settings:
+        from omegaconf import OmegaConf
+
+        return build(OmegaConf.create(settings), key)
+    source = settings.pop("source", "train")
+    if source not in LEGACY_SOURCES:
+        raise ConfigError(f"{key}.source", f"unknown source {source!r}; accepted: {sorted(LEGACY_SOURCES)} (or give {key}._target_)")
+    warnings.warn(f"config key '{key}.source' is deprecated: the probe configs are objects now ({key}._target_=... ; "
+                  f"conf/probe/*.yaml); '{source}' is read as {LEGACY_SOURCES[source].__name__}", DeprecationWarning, stacklevel=2)
+    try:
+        return LEGACY_SOURCES[source](**settings)
+    except TypeError as exc:
+        raise ConfigError(key, f"{exc}") from None
+
+
+def is_probe_file(node: Mapping[str, Any]) -> bool:
+    """A config node that reads a probe file (ProbeFile, or the older `source: raw`)."""
+    target = str(node.get("_target_") or "")
+    return target.endswith(".ProbeFile") or (not target and node.get("source") == "raw")
+
+
+def build_probe(model: nn.Module, tokenizer: Any, node: Mapping[str, Any] | ProbeSource | None = None, key: str = "probe",
+                **settings: Any) -> Probe:
+    """A probe from a config node (or keyword settings), validated against the model's d_model, with its quality."""
+    source = probe_source(node if node is not None else settings, key)
+    probe = source(model, tokenizer)
+    if not isinstance(probe, Probe):
+        raise ConfigError(key, f"the probe source {type(source).__name__} returned {type(probe).__name__}, not a Probe")
+    return probe.check_size(model.get_input_embeddings().weight.shape[1], key)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -33,7 +34,9 @@ import torch
 from lightning_dpo.evaluation.scorers import WordListScorer
 from lightning_dpo.neurons.pairs import PairSettings, as_pair, generate_pairs
 from lightning_dpo.neurons.probe import save_probe, train_probe
+from lightning_dpo.neurons.steering import residual_norm_medians, resolve_layers
 from lightning_dpo.toy import words
+from lightning_dpo.utils.torch_utils import pinned_threads
 from lightning_dpo.utils.io import (
     atomic_directory,
     atomic_write_jsonl,
@@ -42,7 +45,9 @@ from lightning_dpo.utils.io import (
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 8  # bump when the generator changes, so cached worlds are rebuilt (8: nouns follow the kind of place)
+# bump when the generator changes, so cached worlds are rebuilt (8: nouns follow the kind of place; 9: built on
+# one thread, steering in units of the residual norm, degenerate rejected texts dropped)
+WORLD_VERSION = 9
 EOS = "<|endoftext|>"
 
 
@@ -61,13 +66,20 @@ class ToyWorld:
     pretrain_steps: int = 600
     pretrain_batch_size: int = 64
     pretrain_lr: float = 3e-3
-    steering_alpha: float = 16.0
+    steering_alpha: float = 0.75
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- paths -----------------------------------------------------------------------------------
     @property
     def path(self) -> Path:
-        return Path(self.dir).expanduser()
+        """`dir/<key>`: the key names the world version, the torch version and a hash of every build
+        setting, so two worlds that could differ never share a folder (two users' "world 0" are the
+        same world only when all of these agree; the build itself is pinned to one thread)."""
+        return Path(self.dir).expanduser() / self.key()
+
+    def key(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:10]
+        return f"v{WORLD_VERSION}-torch{torch.__version__.split('+')[0]}-{digest}"
 
     @property
     def base_model(self) -> str:
@@ -112,6 +124,7 @@ class ToyWorld:
     def params(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("dir", "stats")}
         out["version"] = WORLD_VERSION
+        out["torch"] = torch.__version__.split("+")[0]
         return out
 
     # -- building ----------------------------------------------------------------------------------
@@ -127,7 +140,8 @@ class ToyWorld:
                 log.info("toy world at %s was built with other parameters; rebuilding", self.path)
             started = time.time()
             log.info("building the toy world in %s (once; about a minute on CPU)", self.path)
-            atomic_directory(self.path, self._fill)
+            with pinned_threads(1):  # the same world whatever the machine's thread count
+                atomic_directory(self.path, self._fill)
             log.info("toy world ready in %.0f s: %s", time.time() - started, self.stats)
         return self
 
@@ -153,9 +167,13 @@ class ToyWorld:
         workplace = train_probe(model, tokenizer, [r["text"] for r in workplace_texts], [r["label"] for r in workplace_texts],
                                 seed=self.seed, source="toy world sentences (workplace)")
         save_probe(workplace, out / "workplace_probe.safetensors")
+        pair_prompts = [p for p, _ in self._prompts(rng, words.TRAIN_NAMES, self.num_pairs)]
+        layers = resolve_layers(model, "middle")
+        prompt_ids = tokenizer(pair_prompts, add_special_tokens=False)["input_ids"]
+        scale = residual_norm_medians(model, prompt_ids, layers, tokenizer.eos_token_id)  # alpha's unit
         pairs = generate_pairs(
-            model, tokenizer, [p for p, _ in self._prompts(rng, words.TRAIN_NAMES, self.num_pairs)], probe.unit, WordListScorer(words_file=str(out / "insults.txt")),
-            PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed),
+            model, tokenizer, pair_prompts, probe.unit, WordListScorer(words_file=str(out / "insults.txt")),
+            PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed), scale=scale,
         )
         atomic_write_jsonl(out / "pairs.jsonl", (as_pair(r) for r in pairs if r["kept"]))
         eval_prompts = self._prompts(rng, words.HELDOUT_NAMES, self.num_eval_prompts)
@@ -171,6 +189,7 @@ class ToyWorld:
         self.stats = {
             "pretrain_final_loss": round(loss, 4), "vocab_size": len(tokenizer),
             "probe_accuracy": float(probe.metadata["accuracy"]), "workplace_probe_accuracy": float(workplace.metadata["accuracy"]), "pairs_kept": sum(r["kept"] for r in pairs), "pair_prompts": len(pairs),
+            "degenerate_rejected": sum(r["degenerate"] for r in pairs), "steering_unit": {str(k): round(v, 4) for k, v in scale.items()},
         }
         (out / "world.json").write_text(json.dumps({"params": self.params(), "stats": self.stats}, indent=2))
 

@@ -53,8 +53,9 @@ def plot_evaluation(run_dir: Path, rows: list[dict[str, Any]]) -> Path | None:
     if not keys:
         return None
     meta = _meta(run_dir)
-    units = {"eval/toxicity": f"mean score ({meta.get('scorer', 'scorer not recorded')})",
-             "eval/perplexity": f"perplexity on {meta.get('perplexity_text') or 'the held-out text'}"}
+    text = str(meta.get("perplexity_text") or "the held-out text")
+    text = Path(text).name if "/" in text and len(text) > 40 else text  # a file: its name
+    units = {"eval/toxicity": f"mean score ({meta.get('scorer', 'scorer not recorded')})", "eval/perplexity": f"perplexity on {text}"}
     plt = pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 3.6), layout="constrained", squeeze=False)
     for ax, key in zip(axes[0], keys):

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
 from lightning_dpo.runs.directory import RunDirectory, RunLock
+from lightning_dpo.assets.config import assets_dir, ensure_assets
 from lightning_dpo.toy.config import ensure_toy_world, toy_world_dir
 from lightning_dpo.training.checkpoints import check_checkpoint, resolve_ckpt_path
 from lightning_dpo.training.plan import RunPlan, plan_run, resume_command, task_overrides
@@ -88,8 +89,9 @@ def _accept(cfg: DictConfig, run: RunDirectory, lock: RunLock) -> RunPlan | None
             log.info("%s is complete at trainer.max_steps=%d: nothing to train (pass a larger trainer.max_steps to extend it)",
                      run.path, plan.checkpoint_step)
             return None
-        preflight(cfg, built_on_demand=toy_world_dir(cfg), overrides=task_overrides())
+        preflight(cfg, built_on_demand=[toy_world_dir(cfg), assets_dir(cfg)], overrides=task_overrides())
         ensure_toy_world(cfg, demo_keys=("model.name_or_path", "data.path"))  # the demo's world: built once, then cached
+        ensure_assets(cfg)  # the real-model experiment's probe and pairs: built once, then cached
     except LightningDPOError as exc:
         if rank_zero and not run.outputs():
             if is_multirun():  # a sweep job: the sweep's table lists it as failed, with the reason

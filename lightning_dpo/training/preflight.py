@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_dpo.model.packaged import check_packaged_model
+from lightning_dpo.neurons.probe import is_probe_file
 from lightning_dpo.utils.errors import ConfigError, DataError
 
 
@@ -172,16 +174,17 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
         raise ConfigError(key, f"is not a setting of lightning-dpo (added with '{override}'), so nothing would read it{suggestion}")
 
 
-def preflight(cfg: DictConfig, built_on_demand: Path | None = None, overrides: Sequence[str] = ()) -> None:
+def preflight(cfg: DictConfig, built_on_demand: Sequence[Path | None] = (), overrides: Sequence[str] = ()) -> None:
     """Every check that needs no model (module docstring); files under `built_on_demand` (the demo
-    world) are built after these checks."""
+    world, the real-model assets) are built after these checks."""
 
     def absent(path: Path) -> bool:
-        return not path.exists() and not (built_on_demand is not None and path.is_relative_to(built_on_demand))
+        return not path.exists() and not any(folder is not None and path.is_relative_to(folder) for folder in built_on_demand)
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], f"is required but not set (all missing: {', '.join(missing)})")
+    check_packaged_model(OmegaConf.select(cfg, "model.name_or_path"))
     check_added_keys(cfg, overrides)
     check_numbers(cfg)
     path = cfg.data.get("path")
@@ -197,7 +200,7 @@ def preflight(cfg: DictConfig, built_on_demand: Path | None = None, overrides: S
             continue
         named = {f"callbacks.{name}.probes.{k}": v for k, v in (node.get("probes") or {}).items()} or {"probe": cfg.get("probe") or {}}
         for key, probe in named.items():
-            if probe.get("source") != "raw":
+            if not is_probe_file(probe):
                 continue
             if not probe.get("path"):
                 raise ConfigError(f"{key}.path", "the neuron dynamics need a probe: probe.path=<probe file> (e.g. Lee et al.'s "

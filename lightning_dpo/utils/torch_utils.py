@@ -10,6 +10,21 @@ from torch import nn
 
 
 @contextlib.contextmanager
+def pinned_threads(count: int = 1) -> Iterator[None]:
+    """torch and the BLAS libraries (numpy, scikit-learn) on `count` threads for the duration: float
+    results that must not depend on the machine's thread count (the demo world) are computed here."""
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with threadpool_limits(limits=count):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode for the duration, then every submodule's own train/eval flag restored exactly."""
     modes = [(module, module.training) for module in model.modules()]
