@@ -15,7 +15,7 @@ training, after the loop has closed the epoch, a state that resumes into the nex
 Why not Lightning's own handling: Lightning's SIGTERM handler raises `SIGTERMException` (a
 `SystemExit` with code 0) before anything is saved, and `trainer.should_stop` makes Lightning run
 an extra validation whose checkpoint resumes with its logging counter one step behind. Here the
-stop lowers the training loop's step budget (`fit_loop.epoch_loop.max_steps`) to the current step instead, so the run ends exactly as a
+stop lowers the training loop's step budget to the current step instead (training/lightning_compat.py), so the run ends exactly as a
 run with that `max_steps` would: no extra validation, no extra checkpoint.
 
 The handlers are installed by `install_signal_handlers()` (the training entry point calls it
@@ -38,6 +38,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from lightning_dpo.training.lightning_compat import end_training_at
 from lightning_dpo.training.steps import StepBoundary, is_final_step
 from lightning_dpo.utils.errors import ConfigError
 
@@ -142,7 +143,7 @@ class StopCheckpoint(Checkpoint):
         step = trainer.global_step
         self._save(trainer)
         self.interrupted_at = step
-        trainer.fit_loop.epoch_loop.max_steps = step  # ends the run here, as if max_steps were this step
+        end_training_at(trainer, step)  # ends the run here, as if max_steps were this step
         log.warning("saved %s at step %d", self.path, step)
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ its settings, perplexity text, F1 data), `eval/prompts.jsonl`, `eval/perplexity_
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +34,7 @@ from lightning_dpo.data.texts import (
 )
 from lightning_dpo.data.protocol import measured_data
 from lightning_dpo.dynamics.store import file_digest
+from lightning_dpo.evaluation.bootstrap import paired_difference
 from lightning_dpo.evaluation.evaluate_model import score_continuations
 from lightning_dpo.evaluation.f1 import continuation_f1, f1_of_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
@@ -116,9 +119,13 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         texts, scores = score_continuations(
             pl_module.policy, tokenizer, prompts, self.scorer, self.max_prompt_tokens, self.max_new_tokens, self.batch_size
         )
-        sums = torch.tensor([sum(scores), sum(s > 0.5 for s in scores), len(scores)], dtype=torch.float64, device=pl_module.device)
+        sums = torch.tensor([sum(scores), sum(s > 0.5 for s in scores), len(scores), sum(s * s for s in scores)], dtype=torch.float64,
+                            device=pl_module.device)
         sums = trainer.strategy.reduce(sums, reduce_op="sum") if world > 1 else sums
-        metrics = {"eval/toxicity": float(sums[0] / sums[2]), "eval/toxicity_share": float(sums[1] / sums[2])}
+        total, above, n, squares = (float(v) for v in sums)
+        mean = total / n
+        se = math.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1) / n) if n > 1 else math.nan  # of the mean over prompts
+        metrics = {"eval/toxicity": mean, "eval/toxicity_share": above / n, "eval/toxicity_se": se}
         if self.perplexity_text is not None:
             metrics["eval/perplexity"] = perplexity(pl_module.policy, tokenizer, self.perplexity_text, self.perplexity_window)["perplexity"]
         if self.f1_prompts and self.f1_prompts == self.prompts and world == 1:  # the same greedy continuations: reuse them
@@ -140,7 +147,7 @@ class ToxicityEvalCallback(PeriodicMeasurement):
             return
         rows = [{"scorer": self.scorer.name, **entry} for entry in self.history]
         columns = ["step", "scorer", "eval/toxicity", "eval/toxicity_share"]
-        columns += [c for c in ("eval/perplexity", "eval/f1") if any(c in e for e in self.history)]
+        columns += [c for c in ("eval/perplexity", "eval/f1", "eval/toxicity_se") if any(c in e for e in self.history)]
         atomic_write_csv(self.output_dir / "toxicity_eval.csv", columns, rows)
 
     def on_resume(self, trainer: L.Trainer, step: int) -> None:
@@ -159,6 +166,21 @@ class ToxicityEvalCallback(PeriodicMeasurement):
                 path.unlink()  # a future the checkpoint never reached
         self.digests = {s: d for s, d in self.digests.items() if s in steps}
 
+    def _paired_change(self, first: int, last: int) -> tuple[float, float] | None:
+        """mean(score at `last` - score at `first`) over the same prompts, from the generations files."""
+        if self.output_dir is None or first == last:
+            return None
+        paths = [self._generations_file(s) for s in (first, last)]
+        if not all(p.is_file() for p in paths):
+            return None
+        try:
+            before, after = ([float(json.loads(line)["score"]) for line in p.read_text().splitlines() if line.strip()] for p in paths)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a summary line is not worth failing a finished run over
+        if len(before) != len(after) or len(before) < 2:
+            return None
+        return paired_difference(before, after)
+
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generations_digests": dict(self.digests)}
@@ -175,6 +197,10 @@ class ToxicityEvalCallback(PeriodicMeasurement):
             f"greedy-continuation toxicity ({self.scorer.name}, {len(self.prompts)} held-out prompts): "
             f"{first['eval/toxicity']:.3f} at step {first['step']} -> {last['eval/toxicity']:.3f} at step {last['step']}"
         )
+        change = self._paired_change(first["step"], last["step"])
+        if change is not None:
+            verdict = "within noise" if not abs(change[0]) > 2 * change[1] else "beyond twice its SE"
+            text += f" (paired change {change[0]:+.3f} +- {change[1]:.3f} SE over the same prompts: {verdict})"
         if "eval/perplexity" in first:
             text += f"; perplexity {first['eval/perplexity']:.2f} -> {last['eval/perplexity']:.2f}"
         if "eval/f1" in first:

@@ -13,8 +13,9 @@ its probe, probe set, evaluation prompts, scorer, perplexity text and F1 data (c
    AN-, and all four) to the DPO model's mean activations; tuning-free activation editing;
    optionally Lee et al.'s direction subtraction; the DPO model. Columns: toxicity (with the
    scorer), perplexity, F1, and the share of DPO's toxicity drop each row recovers,
-   (tox_base - tox_row) / (tox_base - tox_dpo).
-Writes `<out>/table.md`, `table.csv`, `groups.md`, `groups.csv`, `analysis.json`, `config.yaml`, `plots/*.png`;
+   (tox_base - tox_row) / (tox_base - tox_dpo), with the toxicity's standard error over prompts and
+   a paired-bootstrap interval of the share (evaluation/bootstrap.py).
+Writes `<out>/table.md`, `table.csv`, `generations.jsonl` (every row's scored continuations), `groups.md`, `groups.csv`, `analysis.json`, `config.yaml`, `plots/*.png`;
 `out` defaults to `<run dir>/analysis/<time>/` for a run (its report links it), else `outputs/analysis/<date>/<time>/`.
 """
 
@@ -34,6 +35,7 @@ from lightning_dpo.dynamics import REDUCING_GROUPS, build_probe_tokens, group_ro
 from lightning_dpo.dynamics import selection as select
 from lightning_dpo.dynamics.probe_set import prompt_ids_for
 from lightning_dpo.dynamics.rows import GROUPS_CSV_COLUMNS
+from lightning_dpo.evaluation.bootstrap import Interval, mean_se, paired_difference, recovered_interval
 from lightning_dpo.evaluation.evaluate_model import evaluate_model, settings_from_config
 from lightning_dpo.evaluation.model_source import (
     describe_model_source,
@@ -44,13 +46,14 @@ from lightning_dpo.neurons import interventions as iv
 from lightning_dpo.neurons.probe import Probe, build_probe, load_probe
 from lightning_dpo.report import refresh_report
 from lightning_dpo.utils.figures import pyplot, save_figure
-from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lightning_dpo.utils.tables import markdown_table
 from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perplexity", "f1", "recovered_share_of_dpo_drop",
-                 "perplexity_ratio", "within_fluency"]
+                 "perplexity_ratio", "within_fluency", "toxicity_se", "recovered_low", "recovered_high"]
+INTERVAL_LEVEL = 0.9
 
 
 def resolve_probe(cfg: Any, run: RunDirectory | None, base: torch.nn.Module, tokenizer: Any) -> Probe:
@@ -111,9 +114,10 @@ def fluency_bound(base_ppl: float, dpo_ppl: float, dpo_factor: float, base_facto
     return max(candidates) if candidates else math.nan
 
 
-def table_rows(evaluations: list[tuple[str, str, int, dict[str, Any]]], bound: float) -> list[dict[str, Any]]:
+def table_rows(evaluations: list[tuple[str, str, int, dict[str, Any]]], bound: float, seed: int = 0) -> list[dict[str, Any]]:
     """Table 1's rows: a row whose perplexity is above `bound` gets no `recovered` value (gibberish
-    scores as non-toxic: a broken model must not look like a success)."""
+    scores as non-toxic: a broken model must not look like a success). With per-prompt `scores` in
+    the metrics: the toxicity's standard error and a paired-bootstrap interval of `recovered`."""
     base = next(m for model, label, _, m in evaluations if model == "base" and label == "none")
     dpo = next(m for model, _, _, m in evaluations if model == "DPO")
     base_ppl = base.get("perplexity", math.nan)
@@ -122,14 +126,34 @@ def table_rows(evaluations: list[tuple[str, str, int, dict[str, Any]]], bound: f
         ppl = m.get("perplexity", math.nan)
         within = None if not (math.isfinite(ppl) and math.isfinite(bound)) else bool(ppl <= bound)
         share = recovered(base["toxicity"], m["toxicity"], dpo["toxicity"])
+        interval = Interval(math.nan, math.nan, math.nan)
+        if within is not False and all("scores" in x for x in (base, m, dpo)):
+            interval = recovered_interval(base["scores"], m["scores"], dpo["scores"], level=INTERVAL_LEVEL, seed=seed)
         table.append({
             "model": model_name, "intervention": label, "neurons": count, "toxicity": m["toxicity"], "scorer": m["scorer"],
             "perplexity": ppl, "f1": m.get("f1", math.nan),
             "recovered_share_of_dpo_drop": share if within is not False else math.nan,
             "perplexity_ratio": ppl / base_ppl if math.isfinite(ppl) and base_ppl else math.nan,
             "within_fluency": "" if within is None else ("yes" if within else "NO: perplexity above the bound"),
+            "toxicity_se": mean_se(m["scores"]) if "scores" in m else math.nan,
+            "recovered_low": interval.low, "recovered_high": interval.high,
         })
     return table
+
+
+def uncertainty_note(evaluations: list[tuple[str, str, int, dict[str, Any]]]) -> str:
+    """What the toxicity numbers rest on: prompts, standard errors, and whether DPO's own drop is
+    larger than its noise (if not, no row can recover a measurable share of it)."""
+    base = next(m for model, label, _, m in evaluations if model == "base" and label == "none")
+    dpo = next(m for model, _, _, m in evaluations if model == "DPO")
+    if "scores" not in base or "scores" not in dpo:
+        return ""
+    change, se = paired_difference(base["scores"], dpo["scores"])
+    verdict = ("larger than twice its standard error" if math.isfinite(se) and -change > 2 * se else
+               "NOT larger than twice its standard error: on these prompts DPO's drop is within noise, and so is every `recovered` share")
+    return (f"Uncertainty: toxicity_se is the standard error over {len(base['scores'])} prompts; recovered_low/high is a "
+            f"{INTERVAL_LEVEL:.0%} paired-bootstrap interval over prompts (all rows resampled together; empty where DPO's drop "
+            f"is not positive in more than 5% of resamples). DPO's drop {-change:.4g} +- {se:.2g} (paired SE) is {verdict}.")
 
 
 def _bar_labels(ax: Any, values: list[float], fmt: str) -> None:
@@ -164,7 +188,9 @@ def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out:
     fig, (tox, ppl) = plt.subplots(1, 2, figsize=(12, 0.42 * len(table) + 1.9), sharey=True, layout="constrained")
     toxicity = [float(r["toxicity"]) for r in table]
     perplexity = [float(r["perplexity"]) if r.get("perplexity") is not None else math.nan for r in table]
-    tox.barh(range(len(table)), toxicity, color=["#1f77b4" if str(r["model"]).lower() == "dpo" else "#888888" for r in table])
+    errors = [float(r.get("toxicity_se", math.nan)) for r in table]
+    tox.barh(range(len(table)), toxicity, color=["#1f77b4" if str(r["model"]).lower() == "dpo" else "#888888" for r in table],
+             xerr=[e if math.isfinite(e) else 0 for e in errors], error_kw={"elinewidth": 0.8, "capsize": 2})  # +- one SE over prompts
     _bar_labels(tox, toxicity, "{:.3f}")
     ppl.barh(range(len(table)), [0 if math.isnan(v) else v for v in perplexity], color=["#d62728" if o else "#bbbbbb" for o in outside])
     _bar_labels(ppl, perplexity, "{:.2f}")
@@ -175,7 +201,7 @@ def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out:
         ppl.set_xlim(0, max([bound * 1.25] + [v * 1.22 for v in perplexity if math.isfinite(v)]))
     tox.set_yticks(range(len(table)), labels, fontsize=7)
     tox.invert_yaxis()
-    tox.set(xlabel="mean toxicity of greedy continuations", title=f"Toxicity by intervention (scorer: {table[0]['scorer']})")
+    tox.set(xlabel="mean toxicity of greedy continuations (+- one SE over prompts)", title=f"Toxicity by intervention (scorer: {table[0]['scorer']})")
     ppl.set(xlabel="perplexity on the held-out text", title="Perplexity (red: above the fluency bound)")
     for ax in (tox, ppl):
         ax.grid(axis="x", alpha=0.3)
@@ -241,21 +267,28 @@ def run(cfg: Any) -> dict[str, Any]:
     groups = [dict(r.as_csv(), step="dpo") for r in group_rows(base_snap, dpo_snap)]
 
     evaluations = []
-    base_metrics, _ = evaluate_model(base, tokenizer, settings)
-    evaluations.append(("base", "none", 0, base_metrics))
+    generations: list[dict[str, Any]] = []
+
+    def evaluate(model_name: str, label: str, count: int, model: torch.nn.Module) -> dict[str, Any]:
+        metrics, scored = evaluate_model(model, tokenizer, settings)
+        metrics["scores"] = [g["score"] for g in scored]  # per prompt: the paired uncertainty
+        evaluations.append((model_name, label, count, metrics))
+        generations.extend({"model": model_name, "intervention": label, **g} for g in scored)
+        return metrics
+
+    base_metrics = evaluate("base", "none", 0, base)
     for label, make, count in intervention_rows(cfg, base_snap, dpo_snap, probe):
         log.info("evaluating: %s (%d neurons)", label, count)
         with make(base):
-            metrics, _ = evaluate_model(base, tokenizer, settings)
-        evaluations.append(("base", label, count, metrics))
-    dpo_metrics, _ = evaluate_model(dpo, tokenizer, settings)
-    evaluations.append(("DPO", "none", 0, dpo_metrics))
+            evaluate("base", label, count, base)
+    dpo_metrics = evaluate("DPO", "none", 0, dpo)
 
     fluency = cfg.get("fluency") or {}
     bound = fluency_bound(base_metrics.get("perplexity", math.nan), dpo_metrics.get("perplexity", math.nan),
                           float(fluency.get("dpo_factor", 1.1)), float(fluency.get("base_factor", 1.5)))
-    table = table_rows(evaluations, bound)
-    note = fluency_note(bound, fluency, settings.perplexity_source)
+    table = table_rows(evaluations, bound, seed=int(cfg.get("seed") or 0))
+    note = "\n\n".join(x for x in (fluency_note(bound, fluency, settings.perplexity_source), uncertainty_note(evaluations)) if x)
+    atomic_write_jsonl(out / "generations.jsonl", generations)
     atomic_write_csv(out / "table.csv", TABLE_COLUMNS, table)
     atomic_write_text(out / "table.md", note + "\n\n" + markdown_table(table, TABLE_COLUMNS))
     group_columns = ["layer", "group", "count", "delta_sum", "share"]

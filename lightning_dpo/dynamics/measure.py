@@ -24,7 +24,13 @@ from torch import nn
 
 from lightning_dpo.dynamics.components import Components, ComponentVectors
 from lightning_dpo.dynamics.probe_set import ProbeTokens
-from lightning_dpo.neurons.hooks import find_final_norm, find_output_projections, hook_activations, hook_inputs
+from lightning_dpo.neurons.hooks import (
+    find_final_norm,
+    find_output_projections,
+    hook_activations,
+    hook_inputs,
+    transformer_body,
+)
 from lightning_dpo.utils.torch_utils import eval_mode, model_device, position_ids_from_mask
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -138,7 +144,7 @@ def forward_sums(
     d_model = projections[0].d_model
     moments = (torch.zeros(d_model, dtype=torch.float64, device=device),
                torch.zeros(d_model, d_model, dtype=torch.float64, device=device)) if covariance else None
-    base = getattr(model, "base_model", model)
+    base = transformer_body(model)
     used = torch.nonzero(tokens.positions.any(0))
     width = int(used.max()) + 1 if len(used) else 0  # later columns influence no averaged position
     with eval_mode(model):

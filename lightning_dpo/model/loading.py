@@ -273,3 +273,25 @@ def frozen_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module
     reference.requires_grad_(False)
     reference.eval()
     return reference
+
+
+def apply_lora(model: nn.Module, settings: Mapping[str, Any]) -> nn.Module:
+    """Wrap the policy with LoRA adapters (peft): `r`, `alpha`, `dropout`, `target_modules` (names of
+    the linear layers to adapt, e.g. [q_proj, v_proj, down_proj]; GPT-2's Conv1D layers are handled)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("model.lora", "LoRA needs the `peft` package: pip install 'lightning-dpo[lora]'") from None
+    unknown = set(settings) - {"r", "alpha", "dropout", "target_modules", "bias"}
+    if unknown:
+        raise ConfigError(f"model.lora.{sorted(unknown)[0]}", "unknown key; accepted: r, alpha, dropout, target_modules, bias")
+    targets = list(settings.get("target_modules") or [])
+    if not targets:
+        raise ConfigError("model.lora.target_modules", "name the layers to adapt, e.g. [c_attn, c_proj] (GPT-2) or [q_proj, v_proj, down_proj]")
+    conv1d = type(model).__name__.startswith("GPT2")  # GPT-2's Conv1D stores (in, out)
+    config = LoraConfig(r=int(settings.get("r", 8)), lora_alpha=float(settings.get("alpha", 16)), lora_dropout=float(settings.get("dropout", 0.0)),
+                        target_modules=targets, bias=str(settings.get("bias", "none")), fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError("model.lora.target_modules", f"{targets}: {exc}") from None

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_dpo.model.wrappers import unwrap
+
 # Architectures whose causal-LM head is exactly `lm_head(final_hidden_state)` (plus Gemma-2's
 # documented soft-capping); others fall back to the full forward and a gather.
 _HEAD_ONLY_TYPES = {"gpt2", "llama", "mistral", "gemma", "gemma2", "qwen2", "qwen3", "phi3", "gpt_neox", "opt"}
@@ -56,8 +58,9 @@ def completion_logits(
     extra_pred = None if extra_targets is None else prediction_mask(extra_targets)  # (N, T), K2 positions
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in _HEAD_ONLY_TYPES and hasattr(model, "get_output_embeddings"):
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (N, T, d_model)
-        head = partial(_head, model)
+        inner = unwrap(model)  # a LoRA policy: its decoder is inside peft's wrapper (the adapters stay active)
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (N, T, d_model)
+        head = partial(_head, inner)
         logits = head(hidden[pred])  # (K, d_model) -> (K, V): the head sees completion positions only
         extra = None if extra_pred is None else head(hidden[extra_pred])  # (K2, V)
     else:

@@ -9,9 +9,11 @@ disk, and the reference is dropped from memory.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import lightning as L
 import torch
@@ -19,7 +21,7 @@ from torch import nn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanMetric
 
-from lightning_dpo.model.loading import frozen_copy, load_causal_lm, resolve_dtype
+from lightning_dpo.model.loading import apply_lora, frozen_copy, load_causal_lm, resolve_dtype
 from lightning_dpo.model.logprobs import (
     CompletionLogits,
     per_sequence_sum,
@@ -73,6 +75,7 @@ class DPOModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         on_nonfinite: str = "raise",
         policy: nn.Module | None = None,
+        lora: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if on_nonfinite not in NONFINITE_POLICIES:
@@ -97,10 +100,16 @@ class DPOModule(L.LightningModule):
         self.policy = policy if policy is not None else load_causal_lm(
             name_or_path, config, dtype, disable_dropout, trust_remote_code, attn_implementation, gguf_file
         )
+        self.lora = dict(lora) if lora else None
+        if self.lora:  # the policy trains LoRA adapters; the reference is the same weights with them disabled
+            self.policy = apply_lora(self.policy, self.lora)
         self.policy.train()  # from_pretrained returns eval mode; Lightning trains what it is given
         reference = None
-        if self.loss_fn.needs_reference:
+        if self.loss_fn.needs_reference and not self.lora:
             reference = frozen_copy(self.policy, resolve_dtype(reference_dtype, "model.reference_dtype"))
+        if self.lora and reference_dtype is not None:
+            raise ConfigError("model.reference_dtype", "with LoRA the reference is the policy with its adapters disabled: "
+                              "it has the policy's dtype")
         self._set_reference(reference)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -111,11 +120,35 @@ class DPOModule(L.LightningModule):
         self._step_loss = torch.zeros(())  # summed over the micro-batches of one optimizer step
         self._step_batch: tuple[int, torch.Tensor] | None = None  # (batch_idx, pair indices) for error messages
         self.last_val_step: int | None = None
+        self._reference_precomputed = False
 
     # -- the frozen reference ------------------------------------------------------------------
     @property
     def reference(self) -> nn.Module | None:
         return self.__dict__["_reference"]
+
+    @contextlib.contextmanager
+    def reference_model(self, device: torch.device) -> Iterator[nn.Module]:
+        """The frozen reference to compute with: the frozen copy, or (LoRA) the policy with its adapters disabled."""
+        if self.lora:
+            with self.policy.disable_adapter():
+                yield self.policy
+        else:
+            yield self._reference_on(device)
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is not None or (bool(self.lora) and self.loss_fn.needs_reference)
+
+    def plain_policy(self) -> nn.Module:
+        """The policy as a plain transformers model (LoRA: a merged copy), for export."""
+        if not self.lora:
+            return self.policy
+        return copy.deepcopy(self.policy).merge_and_unload()
+
+    def load_policy_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Policy weights from a checkpoint's state dict (keys without the `policy.` prefix), in place."""
+        self.policy.load_state_dict(dict(weights), strict=False)
 
     def _set_reference(self, reference: nn.Module | None) -> None:
         # stored in __dict__, not as a registered child: no checkpoint, optimizer or DDP involvement
@@ -129,21 +162,18 @@ class DPOModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # runs before a checkpoint is restored, so the policy still holds the initial weights here
-        if not (self.precompute_reference and self.reference is not None and stage == "fit"):
+        if not (self.precompute_reference and self.has_reference and stage == "fit"):
             return
         from lightning_dpo.model.reference_cache import attach_reference_logps
 
         datamodule = self.trainer.datamodule
         datamodule.setup("fit")
-        attach_reference_logps(
-            self.reference,
-            datamodule,
-            self.hparams.reference_cache_dir,
-            self.trainer.strategy.root_device,
-            is_global_zero=self.trainer.is_global_zero,
-            barrier=self.trainer.strategy.barrier,
-        )
+        device = self.trainer.strategy.root_device
+        with self.reference_model(device) as reference:
+            attach_reference_logps(reference, datamodule, self.hparams.reference_cache_dir, device,
+                                   is_global_zero=self.trainer.is_global_zero, barrier=self.trainer.strategy.barrier)
         self._set_reference(None)  # the point of precomputing: free its memory
+        self._reference_precomputed = True  # the log-probs ride in the batches from now on
 
     # -- batch -> loss ---------------------------------------------------------------------------
     def compute(self, batch: Mapping[str, torch.Tensor], diagnostics: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -166,9 +196,9 @@ class DPOModule(L.LightningModule):
         ref_logps, ref_cl = None, None
         if "ref_chosen_logps" in batch:  # precomputed: (n,) + (n,) -> (2n,), chosen first like the rows
             ref_logps = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).to(policy_logps)
-        elif self.reference is not None:
-            with torch.no_grad():
-                ref_logps, ref_cl = sequence_logps(self._reference_on(ids.device), ids, attn, cmask)
+        elif self.has_reference and not self._reference_precomputed:
+            with torch.no_grad(), self.reference_model(ids.device) as reference:
+                ref_logps, ref_cl = sequence_logps(reference, ids, attn, cmask)
 
         kl_penalty = None
         policy_log_probs = ref_log_probs = None
@@ -263,10 +293,6 @@ class DPOModule(L.LightningModule):
         if strategy is not None and type(strategy).__name__ in ("FSDPStrategy", "ModelParallelStrategy"):
             return strategy.reduce(norm.pow(2), reduce_op="sum").sqrt()
         return norm
-
-    def load_policy_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
-        """Policy weights from a checkpoint's state dict (keys without the `policy.` prefix), in place."""
-        self.policy.load_state_dict(dict(weights), strict=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # never replace a good checkpoint with a broken state

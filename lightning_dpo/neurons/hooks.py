@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_dpo.model.wrappers import unwrap
 from lightning_dpo.utils.errors import ConfigError
 
 # (where the decoder layers live, which attribute holds the MLP, names of its output projection)
@@ -46,7 +47,8 @@ class OutputProjection:
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.module.weight
+        """The effective weight (LoRA adapters folded in), detached."""
+        return effective_weight(self.module)
 
     def value_vectors(self) -> torch.Tensor:
         """(d_mlp, d_model): row i is neuron i's value vector (a view, no copy)."""
@@ -63,20 +65,46 @@ class OutputProjection:
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return getattr(self.module, "bias", None)
+        return getattr(base_layer(self.module), "bias", None)
+
+
+def transformer_body(model: nn.Module) -> nn.Module:
+    """The decoder without its LM head (GPT2Model, LlamaModel, ...): what measurements run."""
+    model = unwrap(model)
+    return getattr(model, "base_model", model)
+
+
+def base_layer(module: nn.Module) -> nn.Module:
+    """The layer a LoRA wrapper adapts (peft's `get_base_layer`), else the module itself."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the layer computes with, detached: the base weight plus every active LoRA adapter's
+    scale x B A (peft's `get_delta_weight`, in the base weight's orientation); adapters that are
+    disabled (the reference, `disable_adapter()`) or merged add nothing."""
+    weight = base_layer(module).weight.detach()
+    adapters = getattr(module, "lora_A", None)
+    if not adapters or getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
+        return weight
+    for name in module.active_adapters:
+        if name in adapters:
+            weight = weight + module.get_delta_weight(name).detach().to(weight.dtype)
+    return weight
 
 
 def is_conv1d(module: nn.Module) -> bool:
     """GPT-2's Conv1D stores its weight (d_in, d_out), the transpose of an nn.Linear's."""
     from transformers.pytorch_utils import Conv1D
 
-    return isinstance(module, Conv1D)
+    return isinstance(base_layer(module), Conv1D)
 
 
 def linear_weight_in_out(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(W as (d_in, d_out), bias) of an nn.Linear (weight (out, in)) or GPT-2's Conv1D (weight (in, out)), detached."""
-    w = module.weight.detach()
-    bias = getattr(module, "bias", None)
+    """(W as (d_in, d_out), bias) of an nn.Linear (weight (out, in)) or GPT-2's Conv1D (weight (in, out)),
+    detached, with any active LoRA adapter folded in."""
+    w = effective_weight(module)
+    bias = getattr(base_layer(module), "bias", None)
     return (w if is_conv1d(module) else w.t()), None if bias is None else bias.detach()
 
 
@@ -98,6 +126,7 @@ def _get_path(root: nn.Module, path: str) -> nn.Module | None:
 
 
 def find_decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
+    model = unwrap(model)
     base = getattr(model, "base_model", model)
     for root in (base, model):
         for path in _LAYER_PATHS:
@@ -117,7 +146,7 @@ def find_output_projections(model: nn.Module) -> list[OutputProjection]:
     for index, layer in enumerate(find_decoder_layers(model)):
         mlp = next((getattr(layer, n) for n in _MLP_NAMES if hasattr(layer, n)), layer)
         proj = next((getattr(mlp, n) for n in _OUT_PROJ_NAMES if hasattr(mlp, n)), None)
-        if proj is None or not hasattr(proj, "weight"):
+        if proj is None or not hasattr(base_layer(proj), "weight"):
             raise ConfigError(
                 "model",
                 f"cannot find the MLP output projection of layer {index} in {type(model).__name__} "
@@ -148,7 +177,7 @@ def find_attention_projections(model: nn.Module) -> list[nn.Module]:
 
 def find_final_norm(model: nn.Module) -> nn.Module:
     """The norm after the last layer: its input is the final residual stream."""
-    base = getattr(model, "base_model", model)
+    base = transformer_body(model)
     for name in _FINAL_NORM_NAMES:
         if isinstance(getattr(base, name, None), nn.Module):
             return getattr(base, name)

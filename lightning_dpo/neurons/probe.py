@@ -39,7 +39,7 @@ from torch import nn
 
 from lightning_dpo.data.texts import load_labelled_texts
 from lightning_dpo.data.tokenize import pad_id
-from lightning_dpo.neurons.hooks import find_final_norm
+from lightning_dpo.neurons.hooks import find_final_norm, transformer_body
 from lightning_dpo.utils.errors import ConfigError, DataError
 from lightning_dpo.utils.io import atomic_save
 from lightning_dpo.utils.torch_utils import eval_mode, model_device
@@ -163,7 +163,7 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
 def pooled_final_hidden(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
     """(N, d_model) fp32: final hidden state (after the final norm), mean over real tokens only."""
     device = model_device(model)
-    base = getattr(model, "base_model", model)
+    base = transformer_body(model)
     features = []
     pad = pad_id(tokenizer)
     with eval_mode(model):

@@ -162,7 +162,7 @@ def _finish(cfg: DictConfig, run: RunDirectory, wired: Run) -> float | None:
         trainer.save_checkpoint(str(stopped.path), weights_only=False)  # last.ckpt holds them, as in a run that trained
     best = None
     if trainer.is_global_zero:
-        run.export_model(module.policy, wired.tokenizer, "hf_model")
+        export_policy(run, module, wired.tokenizer, "hf_model")
         best = export_best_model(trainer, module, wired.tokenizer, run)
     objective = objective_value(trainer, cfg.get("objective"))
     _write_status(run, "completed", step=trainer.global_step, objective=objective)
@@ -203,6 +203,13 @@ def compete_for_best(trainer: L.Trainer) -> None:
     checkpoint.kth_best_model_path, checkpoint.kth_value = path, score
 
 
+def export_policy(run: RunDirectory, module: Any, tokenizer: Any, name: str, record: dict[str, Any] | None = None) -> None:
+    """`<name>/`: the policy as a plain model (a LoRA policy merged), and with LoRA the adapter itself in `adapter/`."""
+    run.export_model(module.plain_policy(), tokenizer, name, record)
+    if module.lora and name == "hf_model":
+        run.export_model(module.policy, tokenizer, "adapter")  # peft's save_pretrained writes the adapter only
+
+
 def export_best_model(trainer: L.Trainer, module: Any, tokenizer: Any, run: RunDirectory) -> dict[str, Any] | None:
     """`hf_model_best/`: the policy of the best checkpoint by the monitored metric (val/loss), the
     model the analysis commands use for a run (with early stopping, the final one is a later,
@@ -215,7 +222,7 @@ def export_best_model(trainer: L.Trainer, module: Any, tokenizer: Any, run: RunD
     module.load_policy_weights(weights)
     record = {"step": int(state["global_step"]), "checkpoint": str(best.best_model_path), "monitor": best.monitor,
               "value": float(best.best_model_score) if best.best_model_score is not None else None}
-    run.export_model(module.policy, tokenizer, "hf_model_best", record)
+    export_policy(run, module, tokenizer, "hf_model_best", record)
     return record
 
 

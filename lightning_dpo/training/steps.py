@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import lightning as L
 
+from lightning_dpo.training.lightning_compat import is_last_batch
+
 
 class StepBoundary:
     """Remembers the last `global_step` seen; `crossed(step)` is True once per optimizer step."""
@@ -30,5 +32,4 @@ def is_final_step(trainer: L.Trainer) -> bool:
     """True in `on_train_batch_end` of the last optimizer step (max_steps, or the last batch of the last epoch)."""
     if trainer.max_steps is not None and trainer.max_steps > 0:
         return trainer.global_step >= trainer.max_steps
-    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-    return bool(last_batch and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs)
+    return is_last_batch(trainer) and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
