@@ -50,6 +50,7 @@ from lightning_dpo.dynamics.nulls import (
 from lightning_dpo.dynamics.probe_set import POSITION_MODES, ProbeTokens, assign_buckets, build_probe_tokens, prompt_ids_for
 from lightning_dpo.dynamics.rows import NullRow, snapshot_tables
 from lightning_dpo.dynamics.store import DynamicsStore
+from lightning_dpo.model.wrappers import is_sharded
 from lightning_dpo.neurons.hooks import find_output_projections
 from lightning_dpo.neurons.probe import Probe, ProbeFile, RunProbe, build_probe, is_probe_file, save_probe
 from lightning_dpo.training.wandb_logger import is_wandb_logger
@@ -157,10 +158,12 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if trainer.global_step > 0:
             raise RuntimeError("resuming without the dynamics state in the checkpoint: the probes of step 0 are unknown")
         probes = None
-        if trainer.is_global_zero:
+        sharded = is_sharded(pl_module.policy)  # trainer=fsdp: the probe's forwards and weights are collectives, every process builds
+        if trainer.is_global_zero or sharded:
             tokenizer = measured_data(trainer, self.key).tokenizer
             probes = {probe_name: build_probe(pl_module.policy, tokenizer, node=cfg, key=self._probe_key(probe_name))
                       for probe_name, cfg in self.probe_cfgs.items()}
+        if trainer.is_global_zero:
             for probe_name, probe in probes.items():
                 if probe.quality is not None:
                     log.info("probe %s: %s", probe_name, probe.quality.summary())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,6 +40,7 @@ from lightning_dpo.evaluation.evaluate_model import score_continuations
 from lightning_dpo.evaluation.f1 import continuation_f1, f1_of_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
 from lightning_dpo.evaluation.scorers import build_scorer
+from lightning_dpo.model.wrappers import is_sharded
 from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import (
     atomic_write_csv,
@@ -116,9 +118,22 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         tokenizer = measured_data(trainer, self.key).tokenizer
         rank, world = trainer.global_rank, trainer.world_size
         prompts = self.prompts[rank::world]
+        sync = None
+        if is_sharded(pl_module.policy) and world > 1:
+            # trainer=fsdp: every forward is a collective. Every process decodes as many prompts (a
+            # short shard repeats its first prompt, scored on no process) and stops when all are done
+            shard_size = -(-len(self.prompts) // world)
+            padding = shard_size - len(prompts)
+            prompts = prompts + [self.prompts[0]] * padding
+            sync = partial(_all_finished, trainer.strategy, pl_module.device)
+        else:
+            padding = 0
         texts, scores = score_continuations(
-            pl_module.policy, tokenizer, prompts, self.scorer, self.max_prompt_tokens, self.max_new_tokens, self.batch_size
+            pl_module.policy, tokenizer, prompts, self.scorer, self.max_prompt_tokens, self.max_new_tokens, self.batch_size,
+            all_finished=sync,
         )
+        if padding:
+            prompts, texts, scores = prompts[:-padding], texts[:-padding], scores[:-padding]
         sums = torch.tensor([sum(scores), sum(s > 0.5 for s in scores), len(scores), sum(s * s for s in scores)], dtype=torch.float64,
                             device=pl_module.device)
         sums = trainer.strategy.reduce(sums, reduce_op="sum") if world > 1 else sums
@@ -132,10 +147,15 @@ class ToxicityEvalCallback(PeriodicMeasurement):
             metrics["eval/f1"] = f1_of_continuations(tokenizer, texts, self.f1_golds)["f1"]
         elif self.f1_prompts:
             metrics["eval/f1"] = continuation_f1(pl_module.policy, tokenizer, self.f1_prompts, self.f1_golds, self.max_prompt_tokens,
-                                                 self.max_new_tokens, batch_size=self.batch_size)["f1"]
+                                                 self.max_new_tokens, batch_size=self.batch_size, all_finished=sync)["f1"]
+        rows = [{"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)]
+        if world > 1:  # every prompt's row, in the order of the prompt set, whichever process decoded it
+            shards = [None] * world
+            torch.distributed.all_gather_object(shards, rows)
+            rows = [shards[i % world][i // world] for i in range(len(self.prompts))]
         if self.output_dir is not None and trainer.is_global_zero:
             path = self._generations_file(step)
-            atomic_write_jsonl(path, ({"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)))
+            atomic_write_jsonl(path, rows)
             self.digests[step] = file_digest(path)  # kept in the checkpoint, checked on resume
         return metrics
 
@@ -206,3 +226,9 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         if "eval/f1" in first:
             text += f"; F1 {first['eval/f1']:.3f} -> {last['eval/f1']:.3f}"
         return text
+
+
+def _all_finished(strategy: Any, device: torch.device, done_here: bool) -> bool:
+    """True on every process once every process's rows are finished (the early stop of decoding)."""
+    pending = torch.tensor([0.0 if done_here else 1.0], device=device)
+    return float(strategy.reduce(pending, reduce_op="sum")) == 0.0

@@ -29,7 +29,7 @@ from lightning_dpo.neurons.hooks import (
     find_output_projections,
     hook_activations,
     hook_inputs,
-    transformer_body,
+    decoder_forward,
 )
 from lightning_dpo.utils.torch_utils import eval_mode, model_device, position_ids_from_mask
 
@@ -144,7 +144,6 @@ def forward_sums(
     d_model = projections[0].d_model
     moments = (torch.zeros(d_model, dtype=torch.float64, device=device),
                torch.zeros(d_model, d_model, dtype=torch.float64, device=device)) if covariance else None
-    base = transformer_body(model)
     used = torch.nonzero(tokens.positions.any(0))
     width = int(used.max()) + 1 if len(used) else 0  # later columns influence no averaged position
     with eval_mode(model):
@@ -173,7 +172,7 @@ def forward_sums(
                     stack.enter_context(vectors.hooks(weights))
                 if moments is not None:
                     stack.enter_context(hook_inputs([find_final_norm(model)], second_moment))
-                base(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+                decoder_forward(model, ids, mask, position_ids_from_mask(mask))
     if vectors is not None:
         vectors.finish(sums, reduce)  # this rank's activation sums, before they are reduced
     if reduce is not None:

@@ -47,8 +47,16 @@ class ProbeTokens:
         return self.bucket if self.bucket is not None else torch.zeros(self.input_ids.shape[0], dtype=torch.long)
 
     def shard(self, rank: int, world: int) -> "ProbeTokens":
-        return ProbeTokens(self.input_ids[rank::world], self.attention_mask[rank::world], self.positions[rank::world],
-                           self.buckets()[rank::world])
+        """Rows rank, rank + world, ...; every process gets the same number of rows (a short shard is
+        padded with copies of row 0 whose positions are all off, so they add nothing): under
+        trainer=fsdp each forward is a collective, and every process must run as many."""
+        total = self.input_ids.shape[0]
+        rows = torch.arange(rank, total, world)
+        missing = -(-total // world) - len(rows)
+        padded = torch.cat([rows, torch.zeros(missing, dtype=torch.long)])  # (ceil(N / world),)
+        positions = self.positions[padded].clone()
+        positions[len(rows):] = False
+        return ProbeTokens(self.input_ids[padded], self.attention_mask[padded], positions, self.buckets()[padded])
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "positions": self.positions}

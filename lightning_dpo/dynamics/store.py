@@ -18,7 +18,7 @@
 <run_dir>/dynamics/components.csv           step,probe,layer,component,value,delta,value_se,delta_se
 <run_dir>/dynamics/null.csv                 step,probe,quantity,value,null_mean,null_std,null_q05,null_q95,
                                             percentile,null,null_size,value_se
-<run_dir>/dynamics/null_directions.safetensors  every null's directions (tensor `<null>`, (K, d_model)); metadata: seeds
+<run_dir>/dynamics/null_directions.safetensors  every null's directions (tensor `<null>`, (K, d_model)); metadata `seeds`: {null: [seed, ...]}
 <run_dir>/dynamics/meta.json                probe set, position mode, top_n, probes, nulls, buckets, and the
                                             size and sha256 of every snapshot file
 
@@ -40,7 +40,6 @@ from typing import Any, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from lightning_dpo.dynamics.components import FIELDS, Components
 from lightning_dpo.dynamics.measure import Measurement, Snapshot
@@ -56,7 +55,7 @@ from lightning_dpo.dynamics.rows import (
     snapshot_tables,
 )
 from lightning_dpo.utils.errors import DataError
-from lightning_dpo.utils.io import atomic_save, atomic_write_json, atomic_write_text, csv_text
+from lightning_dpo.utils.io import atomic_save_safetensors, atomic_write_json, atomic_write_text, csv_text
 
 GROUPS_FILE_COLUMNS = GROUPS_CSV_COLUMNS  # kept name: the columns of dynamics/groups.csv
 TABLES = {"groups": ("groups.csv", GROUPS_CSV_COLUMNS), "components": ("components.csv", COMPONENTS_CSV_COLUMNS),
@@ -129,21 +128,20 @@ class DynamicsStore:
 
     def write_tokens(self, tokens: ProbeTokens) -> None:
         tensors = {k: v.contiguous() for k, v in tokens.to_dict().items()}
-        atomic_save(self.dir / "tokens.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+        atomic_save_safetensors(self.dir / "tokens.safetensors", tensors)
 
     def write_null_directions(self, nulls: Sequence[NullDirections]) -> None:
         if not nulls:
             return
         tensors = {n.kind: n.units.float().contiguous() for n in nulls}
-        metadata = {f"{n.kind}.seeds": json.dumps(n.seeds) for n in nulls}
-        atomic_save(self.dir / "null_directions.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        metadata = {"seeds": json.dumps({n.kind: list(n.seeds) for n in nulls}, sort_keys=True)}
+        atomic_save_safetensors(self.dir / "null_directions.safetensors", tensors, metadata)
 
     def write_measurement(self, measurement: Measurement) -> str:
         tensors = measurement_tensors(measurement, self.target)
-        # one metadata key: safetensors keeps metadata in a hash map, whose order (and so the file's bytes) varies between processes
         metadata = {"step": str(measurement.step)}
         path = step_file(self.dir, measurement.step)
-        atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        atomic_save_safetensors(path, tensors, metadata)
         self.digests[measurement.step] = file_digest(path)
         self.write_meta()
         return self.digests[measurement.step]

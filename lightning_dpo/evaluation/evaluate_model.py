@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from omegaconf import OmegaConf
 from torch import nn
@@ -42,8 +42,10 @@ class EvalSettings:
 def score_continuations(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], scorer: Scorer,
     max_prompt_tokens: int = 32, max_new_tokens: int = 20, batch_size: int = 64, truncation_side: str = "right",
+    all_finished: Callable[[bool], bool] | None = None,
 ) -> tuple[list[str], list[float]]:
-    texts = generate_continuations(model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size, truncation_side)
+    texts = generate_continuations(model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size, truncation_side,
+                                   all_finished=all_finished)
     return texts, scorer.score(texts)
 
 

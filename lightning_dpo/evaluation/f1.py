@@ -8,7 +8,7 @@ published code left in the prediction).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -32,8 +32,10 @@ def continuation_f1(
     max_new_tokens: int = 20,
     max_gold_tokens: int = 52,
     batch_size: int = 64,
+    all_finished: Callable[[bool], bool] | None = None,
 ) -> dict[str, float]:
-    continuations = generate_continuations(model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size)
+    continuations = generate_continuations(model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size,
+                                           all_finished=all_finished)
     return f1_of_continuations(tokenizer, continuations, golds, max_gold_tokens)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -82,11 +82,13 @@ def greedy_continue(
     stop_at_eos: bool = True,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    all_finished: Callable[[bool], bool] | None = None,
 ) -> Generation:
     """Decode `max_new_tokens` tokens from left-padded prompts: argmax, or sampling at `temperature`.
 
     With `stop_at_eos=False` every row gets exactly `max_new_tokens` tokens (the published
-    neuron analysis ran 20 argmax steps regardless of EOS).
+    neuron analysis ran 20 argmax steps regardless of EOS). `all_finished(done_here)` decides the
+    early stop across processes (trainer=fsdp: every process must run as many forwards).
     """
     batch = input_ids.shape[0]
     device = input_ids.device
@@ -104,7 +106,8 @@ def greedy_continue(
         new_mask.append(~finished)
         if stop_at_eos and eos_token_id is not None:
             finished = finished | (next_token == eos_token_id)
-        if t == max_new_tokens - 1 or bool(finished.all()):
+        done = bool(finished.all())
+        if t == max_new_tokens - 1 or (all_finished(done) if all_finished is not None else done):
             break
         mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
         last_pos = last_pos + 1
@@ -144,8 +147,10 @@ def generate_continuations(
     truncation_side: str = "right",
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    all_finished: Callable[[bool], bool] | None = None,
 ) -> list[str]:
-    """Continuations (text after the prompt, up to EOS) of each prompt; greedy unless temperature > 0."""
+    """Continuations (text after the prompt, up to EOS) of each prompt; greedy unless temperature > 0.
+    `all_finished`: the early stop across processes (see `greedy_continue`)."""
     prompt_ids = tokenize_prompts(tokenizer, prompts, max_prompt_tokens, truncation_side)
     pad = pad_id(tokenizer)
     texts: list[str] = []
@@ -154,7 +159,7 @@ def generate_continuations(
         for start in range(0, len(prompt_ids), batch_size):
             ids, mask = left_pad(prompt_ids[start : start + batch_size], pad)
             gen = greedy_continue(model, ids.to(device), mask.to(device), max_new_tokens, tokenizer.eos_token_id, pad,
-                                  temperature=temperature, generator=generator)
+                                  temperature=temperature, generator=generator, all_finished=all_finished)
             for row in range(ids.shape[0]):
                 cont = [t for t in gen.continuation_ids(row) if t != tokenizer.eos_token_id]
                 texts.append(tokenizer.decode(cont, skip_special_tokens=True))

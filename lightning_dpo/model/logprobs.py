@@ -8,6 +8,7 @@ for completion tokens (prompt and padding never reach the head). Log-softmax run
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import partial
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_dpo.model.wrappers import unwrap
+from lightning_dpo.model.wrappers import is_sharded, unwrap
 
 # Architectures whose causal-LM head is exactly `lm_head(final_hidden_state)` (plus Gemma-2's
 # documented soft-capping); others fall back to the full forward and a gather.
@@ -57,20 +58,27 @@ def completion_logits(
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(pred)[pred]  # (K,) row of each
     extra_pred = None if extra_targets is None else prediction_mask(extra_targets)  # (N, T), K2 positions
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in _HEAD_ONLY_TYPES and hasattr(model, "get_output_embeddings"):
+    if model_type in _HEAD_ONLY_TYPES and hasattr(model, "get_output_embeddings") and not is_sharded(model):
         inner = unwrap(model)  # a LoRA policy: its decoder is inside peft's wrapper (the adapters stay active)
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (N, T, d_model)
         head = partial(_head, inner)
         logits = head(hidden[pred])  # (K, d_model) -> (K, V): the head sees completion positions only
         extra = None if extra_pred is None else head(hidden[extra_pred])  # (K2, V)
-    else:
-        all_logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        logits = all_logits[pred]
-        extra = None if extra_pred is None else all_logits[extra_pred]
+    else:  # the model's own forward (FSDP2 gathers the root's weights only there): logits from the first predicted position on
+        used = (pred | extra_pred) if extra_pred is not None else pred
+        first = int(used.any(0).nonzero()[0]) if used.any() and _takes_logits_to_keep(model) else 0
+        keep = {"logits_to_keep": input_ids.shape[1] - first} if first else {}
+        all_logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **keep).logits  # (N, T - first, V)
+        logits = all_logits[pred[:, first:]]
+        extra = None if extra_pred is None else all_logits[extra_pred[:, first:]]
     extra_logps = None
     if extra is not None:
         extra_logps = -F.cross_entropy(extra.float(), input_ids[:, 1:][extra_targets[:, 1:].bool()], reduction="none")
     return CompletionLogits(logits, targets, rows, input_ids.shape[0], extra_logps)
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
 
 
 def _head(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanMetric
 
 from lightning_dpo.model.loading import apply_lora, frozen_copy, load_causal_lm, resolve_dtype
+from lightning_dpo.model.wrappers import is_sharded, local, unwrap
 from lightning_dpo.model.logprobs import (
     CompletionLogits,
     per_sequence_sum,
@@ -140,11 +141,38 @@ class DPOModule(L.LightningModule):
     def has_reference(self) -> bool:
         return self.reference is not None or (bool(self.lora) and self.loss_fn.needs_reference)
 
-    def plain_policy(self) -> nn.Module:
-        """The policy as a plain transformers model (LoRA: a merged copy), for export."""
-        if not self.lora:
-            return self.policy
-        return copy.deepcopy(self.policy).merge_and_unload()
+    def plain_policy(self, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+        """The policy as a plain transformers model (LoRA: a merged copy), for export; with `state`
+        (a full policy state dict: a sharded policy's, or a checkpoint's), a new unsharded copy holding it."""
+        if state is not None:
+            model = self.unsharded_policy(state)
+            return model.merge_and_unload() if self.lora else model
+        if is_sharded(self.policy):
+            raise ValueError("a sharded policy is exported from its full state dict (full_policy_state)")
+        return copy.deepcopy(self.policy).merge_and_unload() if self.lora else self.policy
+
+    def unsharded_policy(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        """A new policy on the CPU, unsharded (LoRA: with its adapters, unmerged), holding `state`."""
+        from transformers import AutoModelForCausalLM
+
+        dtype = next(iter(state.values())).dtype if state else torch.float32
+        model = AutoModelForCausalLM.from_config(unwrap(self.policy).config, dtype=dtype)
+        if self.lora:
+            model = apply_lora(model, self.lora)
+        missing, unexpected = model.load_state_dict(dict(state), strict=False)
+        missing = [k for k in missing if k not in _tied_keys(model)]
+        if missing or unexpected:
+            raise ValueError(f"the policy state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model
+
+    def full_policy_state(self) -> dict[str, torch.Tensor]:
+        """The policy's full state dict on the CPU. Sharded (trainer=fsdp): gathered, a collective
+        every process enters; rank 0 gets the tensors, the others an empty dict."""
+        if not is_sharded(self.policy):
+            return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_policy_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         """Policy weights from a checkpoint's state dict (keys without the `policy.` prefix), in place."""
@@ -159,6 +187,16 @@ class DPOModule(L.LightningModule):
         if next(reference.parameters()).device != device:
             reference.to(device)
         return reference
+
+    def configure_model(self) -> None:
+        """trainer=fsdp: shard the policy and the frozen reference the same way (training/sharding.py).
+        Lightning calls this before every fit, validate or test: sharding twice is a no-op."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is None:
+            return
+        shard(self.policy)
+        if self.reference is not None:
+            shard(self.reference)
 
     def setup(self, stage: str) -> None:
         # runs before a checkpoint is restored, so the policy still holds the initial weights here
@@ -251,7 +289,7 @@ class DPOModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Check the step's loss and gradient norm; a non-finite one stops or skips the step."""
-        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        grads = [local(p.grad) for p in self.policy.parameters() if p.grad is not None]  # trainer=fsdp: this process's shard
         norm = _total_norm(grads) if grads else torch.zeros(())
         norm = self._reduce_if_sharded(norm)
         loss, self._step_loss = self._step_loss, torch.zeros(())
@@ -289,16 +327,18 @@ class DPOModule(L.LightningModule):
                 self.log(f"train/{name}", metrics[f"train/{name}"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def _reduce_if_sharded(self, norm: torch.Tensor) -> torch.Tensor:
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        if strategy is not None and type(strategy).__name__ in ("FSDPStrategy", "ModelParallelStrategy"):
-            return strategy.reduce(norm.pow(2), reduce_op="sum").sqrt()
+        if self._trainer is not None and is_sharded(self.policy):  # each process summed the squares of its shard
+            return self.trainer.strategy.reduce(norm.pow(2), reduce_op="sum").sqrt()
         return norm
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # never replace a good checkpoint with a broken state
-        for name, param in self.policy.named_parameters():
-            if not torch.isfinite(param).all():
-                raise NonFiniteError(f"refusing to save a checkpoint at step {self.global_step}: parameter {name} is not finite")
+        # never replace a good checkpoint with a broken state (trainer=fsdp: every process checks its shard, all decide)
+        broken = next((name for name, param in self.policy.named_parameters() if not bool(torch.isfinite(local(param)).all())), None)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            if self.trainer.strategy.reduce_boolean_decision(broken is not None, all=False) and broken is None:
+                broken = "(on another process)"
+        if broken is not None:
+            raise NonFiniteError(f"refusing to save a checkpoint at step {self.global_step}: parameter {broken} is not finite")
 
     # -- validation --------------------------------------------------------------------------------
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
@@ -348,3 +388,14 @@ def _sequence_mean(per_token: torch.Tensor, cl: CompletionLogits, lengths: torch
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     norms = torch._foreach_norm(tensors)
     return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that share their tensor with an earlier key (the LM head tied to the embeddings)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied.add(key)
+        seen.setdefault(id(tensor), key)
+    return tied

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_dpo.data.datamodule import PreferenceDataset
 from lightning_dpo.model.logprobs import sequence_logps
-from lightning_dpo.utils.io import atomic_save
+from lightning_dpo.utils.io import atomic_save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def attach_reference_logps(
             for name, ds in datasets.items()
         }
         reference.to(was_device)
-        atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata={"key": key}))
+        atomic_save_safetensors(path, tensors, metadata={"key": key})
     barrier()
     tensors = load_file(str(path))
     for name, dataset in datasets.items():

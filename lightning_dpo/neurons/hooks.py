@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_dpo.model.wrappers import unwrap
+from lightning_dpo.model.wrappers import full, is_sharded, unwrap
 from lightning_dpo.utils.errors import ConfigError
 
 # (where the decoder layers live, which attribute holds the MLP, names of its output projection)
@@ -56,22 +56,42 @@ class OutputProjection:
         return w if self.is_conv1d else w.t()
 
     @property
+    def _shape(self) -> tuple[int, int]:
+        """(d_mlp, d_model), from the weight's global shape (a sharded weight is not gathered for it)."""
+        rows, cols = base_layer(self.module).weight.shape
+        return (rows, cols) if self.is_conv1d else (cols, rows)
+
+    @property
     def d_mlp(self) -> int:
-        return self.value_vectors().shape[0]
+        return self._shape[0]
 
     @property
     def d_model(self) -> int:
-        return self.value_vectors().shape[1]
+        return self._shape[1]
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return getattr(base_layer(self.module), "bias", None)
+        bias = getattr(base_layer(self.module), "bias", None)
+        return None if bias is None else full(bias)
 
 
 def transformer_body(model: nn.Module) -> nn.Module:
     """The decoder without its LM head (GPT2Model, LlamaModel, ...): what measurements run."""
     model = unwrap(model)
     return getattr(model, "base_model", model)
+
+
+def decoder_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the decoder (hooks fire); returns the final hidden states after the final norm (N, T, d_model).
+    A plain model runs its body only (no LM head); a sharded one (trainer=fsdp) runs its own forward,
+    the only place FSDP2 gathers the root's weights, with logits at one position."""
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if not is_sharded(model):
+        return transformer_body(model)(**kwargs)[0]
+    return model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
 
 def base_layer(module: nn.Module) -> nn.Module:
@@ -83,13 +103,13 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     """The weight the layer computes with, detached: the base weight plus every active LoRA adapter's
     scale x B A (peft's `get_delta_weight`, in the base weight's orientation); adapters that are
     disabled (the reference, `disable_adapter()`) or merged add nothing."""
-    weight = base_layer(module).weight.detach()
+    weight = full(base_layer(module).weight.detach())  # trainer=fsdp: gathered, on every process
     adapters = getattr(module, "lora_A", None)
     if not adapters or getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
         return weight
     for name in module.active_adapters:
         if name in adapters:
-            weight = weight + module.get_delta_weight(name).detach().to(weight.dtype)
+            weight = weight + full(module.get_delta_weight(name).detach()).to(weight.dtype)
     return weight
 
 
@@ -105,7 +125,7 @@ def linear_weight_in_out(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor 
     detached, with any active LoRA adapter folded in."""
     w = effective_weight(module)
     bias = getattr(base_layer(module), "bias", None)
-    return (w if is_conv1d(module) else w.t()), None if bias is None else bias.detach()
+    return (w if is_conv1d(module) else w.t()), None if bias is None else full(bias.detach())
 
 
 def num_attention_heads(model: nn.Module) -> int:

@@ -34,14 +34,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from lightning_dpo.data.texts import load_labelled_texts
 from lightning_dpo.data.tokenize import pad_id
-from lightning_dpo.neurons.hooks import find_final_norm, transformer_body
+from lightning_dpo.model.wrappers import full, gathered
+from lightning_dpo.neurons.hooks import decoder_forward, find_final_norm
 from lightning_dpo.utils.errors import ConfigError, DataError
-from lightning_dpo.utils.io import atomic_save
+from lightning_dpo.utils.io import atomic_save_safetensors
 from lightning_dpo.utils.torch_utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def save_probe(probe: Probe, path: str | Path) -> Path:
     metadata = {k: v if isinstance(v, str) else (v.to_json() if isinstance(v, ProbeQuality) else json.dumps(v))
                 for k, v in probe.metadata.items()}
     tensors = {"direction": probe.direction.detach().float().cpu().contiguous()}
-    atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_save_safetensors(path, tensors, metadata)
     return Path(path)
 
 
@@ -163,7 +163,6 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
 def pooled_final_hidden(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
     """(N, d_model) fp32: final hidden state (after the final norm), mean over real tokens only."""
     device = model_device(model)
-    base = transformer_body(model)
     features = []
     pad = pad_id(tokenizer)
     with eval_mode(model):
@@ -175,7 +174,7 @@ def pooled_final_hidden(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
             for i, r in enumerate(rows):  # right padding: positions start at 0 on every row
                 ids[i, : len(r)] = torch.tensor(r)
                 mask[i, : len(r)] = 1
-            hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)[0].float()
+            hidden = decoder_forward(model, ids.to(device), mask.to(device)).float()
             m = mask.to(device).unsqueeze(-1).float()
             features.append(((hidden * m).sum(1) / m.sum(1)).cpu())
     return torch.cat(features)
@@ -187,8 +186,9 @@ def logit_lens_tokens(model: nn.Module, tokenizer: Any, direction: torch.Tensor,
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         return []
-    x = direction.to(device=head.weight.device, dtype=head.weight.dtype)[None, None, :]  # (1, 1, d_model): one "position"
-    logits = head(find_final_norm(model)(x))[0, 0].float()  # (vocab,)
+    with gathered(model):  # trainer=fsdp: the final norm and the head are called directly, outside a forward
+        x = direction.to(device=head.weight.device, dtype=head.weight.dtype)[None, None, :]  # (1, 1, d_model): one "position"
+        logits = head(find_final_norm(model)(x))[0, 0].float()  # (vocab,)
     return [tokenizer.decode([int(i)]) for i in torch.topk(logits, min(k, logits.numel())).indices]
 
 
@@ -364,11 +364,11 @@ def embedding_difference_direction(
 
 def embedding_table(model: nn.Module) -> tuple[torch.Tensor, str]:
     """(vocab, d_model) fp32 token vectors: the LM head's rows when it is not tied to the input embedding."""
-    inputs = model.get_input_embeddings().weight
+    inputs = full(model.get_input_embeddings().weight)  # trainer=fsdp: gathered
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None or head.weight.data_ptr() == inputs.data_ptr():
+    if head is None or head.weight is model.get_input_embeddings().weight or full(head.weight).data_ptr() == inputs.data_ptr():
         return inputs.detach().float(), "input embeddings"
-    return head.weight.detach().float(), "LM head rows"
+    return full(head.weight).detach().float(), "LM head rows"
 
 
 # -- the config node -> a probe ---------------------------------------------------------------------------

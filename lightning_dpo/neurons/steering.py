@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from lightning_dpo.neurons.hooks import find_decoder_layers, hook_residual, transformer_body
+from lightning_dpo.neurons.hooks import decoder_forward, find_decoder_layers, hook_residual
 from lightning_dpo.utils.torch_utils import eval_mode, left_pad, model_device, position_ids_from_mask
 
 
@@ -38,7 +38,6 @@ def residual_norm_medians(model: nn.Module, prompt_ids: Sequence[Sequence[int]],
     layers = [layer % n for layer in layers]
     norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     device = model_device(model)
-    base = transformer_body(model)
     with eval_mode(model):
         for start in range(0, len(prompt_ids), batch_size):
             ids, mask = left_pad([list(p) for p in prompt_ids[start : start + batch_size]], pad_token_id)
@@ -50,7 +49,7 @@ def residual_norm_medians(model: nn.Module, prompt_ids: Sequence[Sequence[int]],
                 return hidden
 
             with hook_residual(model, list(layers), record):
-                base(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+                decoder_forward(model, ids, mask, position_ids_from_mask(mask))
     return {layer: float(torch.cat(values).median()) for layer, values in norms.items()}
 
 

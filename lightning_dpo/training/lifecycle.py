@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
+from lightning_dpo.model.wrappers import is_sharded
 from lightning_dpo.runs.directory import RunDirectory, RunLock
 from lightning_dpo.assets.config import assets_dir, ensure_assets
 from lightning_dpo.toy.config import ensure_toy_world, toy_world_dir
@@ -161,8 +162,9 @@ def _finish(cfg: DictConfig, run: RunDirectory, wired: Run) -> float | None:
     if take_final_measurements(trainer, module) and stopped is not None:
         trainer.save_checkpoint(str(stopped.path), weights_only=False)  # last.ckpt holds them, as in a run that trained
     best = None
+    state = module.full_policy_state() if is_sharded(module.policy) else None  # trainer=fsdp: gathered on every process
     if trainer.is_global_zero:
-        export_policy(run, module, wired.tokenizer, "hf_model")
+        export_policy(run, module, wired.tokenizer, "hf_model", state=state)
         best = export_best_model(trainer, module, wired.tokenizer, run)
     objective = objective_value(trainer, cfg.get("objective"))
     _write_status(run, "completed", step=trainer.global_step, objective=objective)
@@ -203,11 +205,18 @@ def compete_for_best(trainer: L.Trainer) -> None:
     checkpoint.kth_best_model_path, checkpoint.kth_value = path, score
 
 
-def export_policy(run: RunDirectory, module: Any, tokenizer: Any, name: str, record: dict[str, Any] | None = None) -> None:
-    """`<name>/`: the policy as a plain model (a LoRA policy merged), and with LoRA the adapter itself in `adapter/`."""
-    run.export_model(module.plain_policy(), tokenizer, name, record)
+def export_policy(run: RunDirectory, module: Any, tokenizer: Any, name: str, record: dict[str, Any] | None = None,
+                  state: dict[str, Any] | None = None) -> None:
+    """`<name>/`: the policy as a plain model (a LoRA policy merged), and with LoRA the adapter itself
+    in `adapter/`. `state`: the policy's weights as a full state dict (a sharded policy, a checkpoint)."""
+    if state is None:
+        run.export_model(module.plain_policy(), tokenizer, name, record)
+        adapted = module.policy
+    else:
+        run.export_model(module.plain_policy(state), tokenizer, name, record)
+        adapted = module.unsharded_policy(state) if module.lora else None
     if module.lora and name == "hf_model":
-        run.export_model(module.policy, tokenizer, "adapter")  # peft's save_pretrained writes the adapter only
+        run.export_model(adapted, tokenizer, "adapter")  # peft's save_pretrained writes the adapter only
 
 
 def export_best_model(trainer: L.Trainer, module: Any, tokenizer: Any, run: RunDirectory) -> dict[str, Any] | None:
@@ -219,10 +228,13 @@ def export_best_model(trainer: L.Trainer, module: Any, tokenizer: Any, run: RunD
         return None
     state = check_checkpoint(best.best_model_path)
     weights = {k[len("policy."):]: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
-    module.load_policy_weights(weights)
     record = {"step": int(state["global_step"]), "checkpoint": str(best.best_model_path), "monitor": best.monitor,
               "value": float(best.best_model_score) if best.best_model_score is not None else None}
-    export_policy(run, module, tokenizer, "hf_model_best", record)
+    if is_sharded(module.policy):  # a new, unsharded copy from the checkpoint's full weights
+        export_policy(run, module, tokenizer, "hf_model_best", record, state=weights)
+    else:
+        module.load_policy_weights(weights)
+        export_policy(run, module, tokenizer, "hf_model_best", record)
     return record
 
 

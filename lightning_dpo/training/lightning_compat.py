@@ -1,4 +1,4 @@
-"""The two places the project reaches into Lightning's loop state (not public API), kept here with a
+"""The three places the project reaches into Lightning's loop state (not public API), kept here with a
 test (tests/test_unit_compat.py) against the pinned range of Lightning (`lightning>=2.5,<2.7` in
 pyproject.toml). Everything else uses Lightning's public API only.
 
@@ -8,6 +8,9 @@ pyproject.toml). Everything else uses Lightning's public API only.
   resumes one logging step behind.
 - `is_last_batch(trainer)`: whether the batch being finished is the epoch's last (the end of a run
   trained by epochs).
+- `set_parallel_sizes(strategy, data_parallel, tensor_parallel)`: the device-mesh sizes of a
+  `ModelParallelStrategy` once the process count is known (trainer=fsdp: data parallel over every
+  process; the public arguments must be numbers fixed before the devices are).
 """
 
 from __future__ import annotations
@@ -21,3 +24,8 @@ def end_training_at(trainer: L.Trainer, step: int) -> None:
 
 def is_last_batch(trainer: L.Trainer) -> bool:
     return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def set_parallel_sizes(strategy: object, data_parallel: int, tensor_parallel: int) -> None:
+    strategy._data_parallel_size = data_parallel  # type: ignore[attr-defined]
+    strategy._tensor_parallel_size = tensor_parallel  # type: ignore[attr-defined]

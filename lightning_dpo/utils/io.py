@@ -214,3 +214,25 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
     except OSError as exc:
         raise OutputError(f"{what} {path} is not usable: {_describe_os_error(path, exc)}") from exc
     return path
+
+
+def stable_safetensors(data: bytes) -> bytes:
+    """A safetensors file whose header lists metadata and tensors in sorted order. The library keeps
+    metadata in a hash map, so the same contents written by two processes differ in bytes; a run
+    resumed after a signal must write the same files as one that was never stopped."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    ordered: dict[str, Any] = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))  # each tensor's offsets into the data are unchanged
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
+
+
+def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """`tensors` (torch) as a safetensors file, its bytes a function of its contents only, atomically."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, stable_safetensors(save(tensors, metadata=metadata)))

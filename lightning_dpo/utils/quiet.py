@@ -6,6 +6,7 @@ targeted warning filter). Every other warning still shows.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 # logger -> the starts of the messages it need not print (all informational, none a warning)
@@ -50,3 +51,16 @@ def quiet_libraries() -> None:
     # ModelCheckpoint's note on a non-empty checkpoints/ folder: a resume finds its own checkpoints there
     # (the run-directory protocol refuses a fresh run in a folder that holds one)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # validation metrics are torchmetrics MeanMetrics: compute() already reduces them across processes
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)` when logging on epoch level")
+    if _rank() > 0:  # several processes (ddp, fsdp): one copy of the project's messages, errors from every process
+        logging.getLogger("lightning_dpo").setLevel(logging.ERROR)
+
+
+def _rank() -> int:
+    """This process's global rank as the launcher set it (torchrun/SLURM: RANK; Lightning's own launcher: LOCAL_RANK)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0

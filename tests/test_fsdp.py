@@ -1,0 +1,163 @@
+"""trainer=fsdp (FSDP2 through Lightning's ModelParallelStrategy) on 2 CPU processes (gloo): the same
+run as one process with the same global batch, exact resume after SIGTERM, LoRA on top, and the
+sharded pieces (padded shards, gathered weights, early stop across processes) one by one."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
+from safetensors.torch import load_file
+
+TESTS = Path(__file__).parent
+RUN = SMALL_WORLD + SHORT_RUN + ["trainer.max_steps=6", "trainer.val_check_interval=3", "callbacks.toxicity_eval.every_n_steps=3",
+                                 "callbacks.toxicity_eval.max_prompts=15"]  # 15 prompts: shards of 8 and 7, the padding is exercised
+FSDP = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"]
+SINGLE = ["data.batch_size=8"]
+LORA = ["+model.lora={r: 4, alpha: 8, target_modules: [c_attn, c_proj, c_fc]}", "optim.lr=1e-3"]
+# fp32 sums in another order across 2 processes (gradient reduce-scatter, all-reduced snapshot sums)
+ATOL = 5e-5
+
+
+def _train(run_dir: Path, extra: list[str], expect: int = 0) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "lightning_dpo.train", *RUN, f"hydra.run.dir={run_dir}", *extra]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def _column(path: Path, name: str) -> list[float]:
+    with open(path) as handle:
+        return [float(r[name]) for r in csv.DictReader(handle) if r.get(name)]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_same_run(single: Path, sharded: Path) -> None:
+    a, b = _checkpoint(single), _checkpoint(sharded)
+    assert a["global_step"] == b["global_step"] == 6
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, atol=ATOL, rtol=0, msg=key)
+    assert _column(sharded / "metrics.csv", "train/loss") == pytest.approx(_column(single / "metrics.csv", "train/loss"), abs=1e-5)
+    assert _column(sharded / "metrics.csv", "val/loss") == pytest.approx(_column(single / "metrics.csv", "val/loss"), abs=1e-5)
+    steps = sorted(p.name for p in (single / "dynamics").glob("step_*.safetensors"))
+    assert steps == sorted(p.name for p in (sharded / "dynamics").glob("step_*.safetensors")) and len(steps) == 4
+    for name in steps + ["null_directions.safetensors"]:  # every snapshot tensor: sharded forwards, all-reduced sums
+        x, y = load_file(single / "dynamics" / name), load_file(sharded / "dynamics" / name)
+        assert x.keys() == y.keys()
+        for key in x:
+            torch.testing.assert_close(y[key].double(), x[key].double(), atol=ATOL, rtol=1e-4, msg=f"{name}:{key}")
+    for name in ("groups.csv", "components.csv", "null.csv"):
+        with open(single / "dynamics" / name) as f, open(sharded / "dynamics" / name) as g:
+            assert next(csv.reader(f)) == next(csv.reader(g))
+            assert sum(1 for _ in f) == sum(1 for _ in g)
+    for name in ("tokens.safetensors", "prompts.jsonl"):  # the probe set: the same tokens
+        assert _digest(single / "dynamics" / name) == _digest(sharded / "dynamics" / name)
+    for step in ("0000000", "0000003", "0000006"):  # every prompt's continuation, gathered from both processes, in order
+        name = f"generations_step_{step}.jsonl"
+        assert (single / "eval" / name).read_text() == (sharded / "eval" / name).read_text()
+    for name in ("hf_model", "hf_model_best"):  # a plain model, written by rank 0 from the gathered weights
+        x, y = load_file(single / name / "model.safetensors"), load_file(sharded / name / "model.safetensors")
+        assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=ATOL) for k in x)
+    assert json.loads((sharded / "status.json").read_text())["status"] == "completed"
+
+
+def test_two_process_fsdp_equals_one_process_with_the_same_global_batch(tmp_path, small_world):
+    _train(tmp_path / "single", SINGLE)
+    result = _train(tmp_path / "fsdp", FSDP)
+    _assert_same_run(tmp_path / "single", tmp_path / "fsdp")
+    assert "lightning-dpo summary" in result.stdout and result.stdout.count("== lightning-dpo summary ==") == 1  # rank 0 only
+
+
+@pytest.mark.slow
+def test_fsdp_sigterm_then_resume_is_byte_identical_to_an_uninterrupted_fsdp_run(tmp_path, small_world):
+    _train(tmp_path / "whole", FSDP)
+    signal = ["+callbacks.signal_at._target_=helpers.signals.SignalAt", "+callbacks.signal_at.step=3"]
+    interrupted = _train(tmp_path / "cut", FSDP + signal, expect=143)
+    assert "stopped at step 3 on a signal" in interrupted.stdout + interrupted.stderr
+    _train(tmp_path / "cut", FSDP + signal + ["ckpt_path=last"])
+    a, b = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "cut")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    for name in ["metrics.csv", "toxicity_eval.csv", "hf_model/model.safetensors", "probe.safetensors"] + \
+            [f"dynamics/{p.name}" for p in (tmp_path / "whole" / "dynamics").iterdir()] + \
+            [f"eval/{p.name}" for p in (tmp_path / "whole" / "eval").iterdir()]:
+        assert _digest(tmp_path / "whole" / name) == _digest(tmp_path / "cut" / name), name
+
+
+@pytest.mark.slow
+def test_lora_and_fsdp_compose(tmp_path, small_world):
+    _train(tmp_path / "single", SINGLE + LORA)
+    _train(tmp_path / "fsdp", FSDP + LORA)
+    _assert_same_run(tmp_path / "single", tmp_path / "fsdp")
+    x = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
+    y = load_file(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors")
+    assert x.keys() == y.keys() and any("lora_B" in k and x[k].abs().max() > 0 for k in x)
+    assert all(torch.allclose(x[k], y[k], atol=ATOL) for k in x)
+
+
+def test_fsdp_preset_composes_and_refuses_what_it_sets():
+    from hydra.utils import instantiate
+
+    from lightning_dpo.training.sharding import FSDP2Strategy
+    from lightning_dpo.utils.errors import ConfigError
+
+    cfg = compose_train(["trainer=fsdp"])
+    assert cfg.trainer.strategy._target_.endswith("FSDP2Strategy") and cfg.trainer.precision == "32-true"
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDP2Strategy) and strategy.mixed_precision == "auto"
+    with pytest.raises(ConfigError, match="trainer.strategy.data_parallel_size"):
+        FSDP2Strategy(data_parallel_size=2)
+    with pytest.raises(ConfigError, match="trainer.strategy.mixed_precision"):
+        FSDP2Strategy(mixed_precision="fp8")
+
+
+def test_probe_token_shards_are_equal_and_the_padding_adds_nothing():
+    from lightning_dpo.dynamics.probe_set import ProbeTokens
+
+    n, width = 5, 6
+    tokens = ProbeTokens(torch.arange(n * width).view(n, width), torch.ones(n, width, dtype=torch.long),
+                         torch.ones(n, width, dtype=torch.bool), torch.tensor([0, 1, 0, 1, 0]))
+    shards = [tokens.shard(rank, 2) for rank in range(2)]
+    assert [s.input_ids.shape[0] for s in shards] == [3, 3]
+    assert torch.equal(shards[0].input_ids, tokens.input_ids[[0, 2, 4]])
+    assert torch.equal(shards[1].input_ids[:2], tokens.input_ids[[1, 3]])
+    assert not shards[1].positions[2].any()  # the padded row averages no position
+    assert int(sum(s.positions.sum() for s in shards)) == n * width
+
+
+def test_decoding_stops_only_when_every_process_is_done():
+    """`all_finished` decides the early stop: a process whose rows all ended keeps decoding (pads)
+    while another has not, so both run as many forwards."""
+    from helpers.models import build_tiny, tiny_gpt2_config
+
+    from lightning_dpo.evaluation.generation import greedy_continue
+
+    model = build_tiny(tiny_gpt2_config()).eval()
+    ids = torch.tensor([[5, 6, 7]])
+    mask = torch.ones_like(ids)
+    first = greedy_continue(model, ids, mask, 6, eos_token_id=None, pad_token_id=0).new_tokens
+    eos = int(first[0, 0])  # the first token ends the row at once
+    alone = greedy_continue(model, ids, mask, 6, eos_token_id=eos, pad_token_id=0)
+    calls = []
+    synced = greedy_continue(model, ids, mask, 6, eos_token_id=eos, pad_token_id=0,
+                             all_finished=lambda done: calls.append(done) or len(calls) >= 4)
+    assert alone.new_tokens.shape[1] == 1 and synced.new_tokens.shape[1] == 4  # ran on, as another process asked
+    assert torch.equal(synced.new_tokens[0, 1:], torch.zeros(3, dtype=torch.long))  # the finished row only pads
+    assert synced.continuation_ids(0)[:1] == alone.continuation_ids(0)[:1]
