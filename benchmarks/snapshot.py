@@ -66,10 +66,9 @@ def time_snapshot(model, vocab: int, prompts: int, batch_size: int, dtype: str, 
 
 
 def bench_demo(args) -> None:
-    from lightning_dpo.utils.cache import default_cache_dir
-
     from lightning_dpo.model.loading import load_causal_lm
     from lightning_dpo.toy import ToyWorld
+    from lightning_dpo.utils.cache import default_cache_dir
 
     world = ToyWorld(dir=str(Path(default_cache_dir()) / "toy_world" / "seed0")).build()
     model = load_causal_lm(world.base_model)
@@ -89,8 +88,8 @@ def bench_callback_share(args) -> None:
     (probe training, probe tokens, every snapshot, files) and the rest."""
     import lightning as L
     from hydra import compose, initialize_config_dir
-    from lightning_dpo.callbacks.neuron_dynamics import NeuronDynamicsCallback
 
+    from lightning_dpo.callbacks.neuron_dynamics import NeuronDynamicsCallback
     from lightning_dpo.toy.config import register_toy_resolver
     from lightning_dpo.train import train
     from lightning_dpo.utils.config import register_resolvers
@@ -137,8 +136,8 @@ def bench_hooks(args) -> None:
     the bare transformer body's forward against `measure` without and with the component split,
     called in turn `--calls` times each (medians, in ms); the difference is what the hooks add."""
     from lightning_dpo.dynamics import build_probe_tokens
-    from lightning_dpo.model.loading import load_causal_lm
     from lightning_dpo.dynamics.measure import measure
+    from lightning_dpo.model.loading import load_causal_lm
     from lightning_dpo.toy import ToyWorld
     from lightning_dpo.utils.cache import default_cache_dir
     from lightning_dpo.utils.torch_utils import position_ids_from_mask

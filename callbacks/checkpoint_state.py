@@ -4,7 +4,8 @@ of metrics.csv (`MetricsInCheckpoint`: the checkpoint, not the file, is the sour
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
 
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
-from lightning_dpo.data.protocol import measured_data
+from lightning_dpo.data.protocol import measured_data, measured_policy
 from lightning_dpo.data.texts import VALIDATION, describe_prompt_set, load_prompt_set
 from lightning_dpo.data.tokenize import pad_id
 from lightning_dpo.dynamics import metrics as keys
@@ -107,7 +108,8 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         self.named_probes = bool(probes)
         self.prompt_spec, self.max_prompts = dict(prompts), max_prompts
         # a file is read now (a bad one fails before training); the validation prompts at fit start
-        self.prompts = None if self.prompt_spec.get("source") == VALIDATION else load_prompt_set(self.prompt_spec, f"{self.key}.prompts", max_prompts)
+        self.from_validation = self.prompt_spec.get("source") == VALIDATION
+        self.prompts: list[str] = [] if self.from_validation else load_prompt_set(self.prompt_spec, f"{self.key}.prompts", max_prompts)
         self.positions = positions
         self.max_prompt_tokens, self.prepend_bos, self.num_positions = max_prompt_tokens, prepend_bos, num_positions
         self.center_writing_weights, self.components = center_writing_weights, components
@@ -130,12 +132,12 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
 
     # -- set-up at step 0 (or restored from the checkpoint) -----------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.prompts is None:
+        if self.from_validation and not self.prompts:
             records = measured_data(trainer, self.key).val_records
             self.prompts = load_prompt_set(self.prompt_spec, f"{self.key}.prompts", self.max_prompts, [r.prompt for r in records])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        projections = find_output_projections(pl_module.policy)
+        projections = find_output_projections(measured_policy(pl_module, self.key))
         neurons = len(projections) * projections[0].d_mlp
         if self.top_n > neurons:
             raise ConfigError(f"{self.key}.top_n", f"{self.top_n} is more than the model's {neurons} MLP neurons")
@@ -158,10 +160,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if trainer.global_step > 0:
             raise RuntimeError("resuming without the dynamics state in the checkpoint: the probes of step 0 are unknown")
         probes = None
-        sharded = is_sharded(pl_module.policy)  # trainer=fsdp: the probe's forwards and weights are collectives, every process builds
+        policy = measured_policy(pl_module, self.key)
+        sharded = is_sharded(policy)  # trainer=fsdp: the probe's forwards and weights are collectives, every process builds
         if trainer.is_global_zero or sharded:
             tokenizer = measured_data(trainer, self.key).tokenizer
-            probes = {probe_name: build_probe(pl_module.policy, tokenizer, node=cfg, key=self._probe_key(probe_name))
+            probes = {probe_name: build_probe(policy, tokenizer, node=cfg, key=self._probe_key(probe_name))
                       for probe_name, cfg in self.probe_cfgs.items()}
         if trainer.is_global_zero:
             for probe_name, probe in probes.items():
@@ -169,6 +172,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
                     log.info("probe %s: %s", probe_name, probe.quality.summary())
         if trainer.world_size > 1:
             probes = trainer.strategy.broadcast(probes, src=0)
+        assert probes is not None  # built on rank 0 (every rank when sharded), broadcast to the others
         return probes
 
     def _probe_key(self, name: str) -> str:
@@ -181,7 +185,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         tokenizer = measured_data(trainer, self.key).tokenizer
         ids = prompt_ids_for(tokenizer, self.prompts, self.max_prompt_tokens, self.prepend_bos)
         with trainer.precision_plugin.forward_context():
-            return build_probe_tokens(pl_module.policy, ids, pad_id(tokenizer), self.num_positions, self.batch_size,
+            return build_probe_tokens(measured_policy(pl_module, self.key), ids, pad_id(tokenizer), self.num_positions, self.batch_size,
                                       buckets=self.buckets, seed=self.null_seed)
 
     def _meta(self) -> dict[str, Any]:
@@ -222,21 +226,23 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
     # -- one snapshot -----------------------------------------------------------------------------
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
         tokens = self.tokens if self.positions == "fixed" else self._probe_tokens(trainer, pl_module, fixed=False)
+        policy = measured_policy(pl_module, self.key)
         reduce = None
         if trainer.world_size > 1:
-            reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+            reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")
         first = self.baseline is None
         with trainer.precision_plugin.forward_context():
-            sums = forward_sums(pl_module.policy, tokens.shard(trainer.global_rank, trainer.world_size), self.batch_size,
+            sums = forward_sums(policy, tokens.shard(trainer.global_rank, trainer.world_size), self.batch_size,
                                 self.buckets, reduce, self.components, covariance=first and "covariance" in self.null_kinds)
         if first:  # the null's directions: seeded, and (covariance) drawn from this forward's residual stream
             self.nulls = self._make_nulls(next(iter(self.probes.values())).direction.numel(), sums.covariance())
             if trainer.is_global_zero:
                 self.store.write_null_directions(self.nulls)
                 self.store.write_meta(self._meta())
-        current = project(pl_module.policy, sums, step, self._directions(), self.center_writing_weights)
+        current = project(policy, sums, step, self._directions(), self.center_writing_weights)
         if first:
             self.baseline = current
+        assert self.baseline is not None  # the first snapshot is the baseline
         tables = snapshot_tables(self.baseline, current, list(self.probes), {n.kind: n.names() for n in self.nulls})
         self.null_history = [r for r in self.null_history if r.step != step] + tables.nulls
         if trainer.is_global_zero:
@@ -260,6 +266,8 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
     def on_resume(self, trainer: L.Trainer, step: int) -> None:
         steps = [entry["step"] for entry in self.history]
         self.null_history = [r for r in self.null_history if r.step in steps]
+        if self.baseline is None:
+            raise RuntimeError("resuming without the dynamics state in the checkpoint: the baseline of step 0 is unknown")
         self.store.restore(steps, self._restored_digests, self.baseline, list(self.probes), self.null_history)
         last = max(steps, default=None)  # the summary reads the last measurement's rows
         self.last = {table: [r for r in self.store.rows[table] if r.step == last] for table in ("groups", "components", "nulls")}
@@ -352,7 +360,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
                 continue
             outside = [r for r in rows if r.summary.outside]
             inside = [r for r in rows if not r.summary.outside and math.isfinite(r.summary.value)]
-            describe = lambda r: f"{r.quantity} {_fmt(r.quantity, r.summary.value)} (null {_fmt(r.quantity, r.summary.q05)} to {_fmt(r.quantity, r.summary.q95)})"  # noqa: E731
+            describe = lambda r: f"{r.quantity} {_fmt(r.quantity, r.summary.value)} (null {_fmt(r.quantity, r.summary.q05)} to {_fmt(r.quantity, r.summary.q95)})"
             out.append(f"against {len(null.seeds)} random directions ({null.kind} null), outside the null's 5-95% band: "
                        + ("; ".join(describe(r) for r in outside) or "none"))
             if inside:

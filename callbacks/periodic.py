@@ -16,8 +16,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
-from lightning_dpo.callbacks.stop_checkpoint import was_interrupted
 
+from lightning_dpo.callbacks.stop_checkpoint import was_interrupted
 from lightning_dpo.training.steps import StepBoundary, is_final_step
 from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.utils.torch_utils import eval_mode

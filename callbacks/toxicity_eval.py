@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
-
+from lightning_dpo.data.protocol import measured_data, measured_policy
 from lightning_dpo.data.texts import (
     VALIDATION,
     describe_prompt_set,
@@ -33,7 +33,6 @@ from lightning_dpo.data.texts import (
     load_text,
     load_texts,
 )
-from lightning_dpo.data.protocol import measured_data
 from lightning_dpo.dynamics.store import file_digest
 from lightning_dpo.evaluation.bootstrap import paired_difference
 from lightning_dpo.evaluation.evaluate_model import score_continuations
@@ -41,6 +40,7 @@ from lightning_dpo.evaluation.f1 import continuation_f1, f1_of_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
 from lightning_dpo.evaluation.scorers import build_scorer
 from lightning_dpo.model.wrappers import is_sharded
+from lightning_dpo.utils.config import plain
 from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import (
     atomic_write_csv,
@@ -70,8 +70,9 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         self.key = f"callbacks.{name or 'toxicity_eval'}"
         self.prompt_spec, self.max_prompts = dict(prompts), max_prompts
         # a file is read now (a bad one fails before training); the validation prompts at fit start
-        self.prompts = None if self.prompt_spec.get("source") == VALIDATION else load_prompt_set(self.prompt_spec, f"{self.key}.prompts", max_prompts)
-        self.scorer_config = OmegaConf.to_container(scorer, resolve=True) if OmegaConf.is_config(scorer) else dict(scorer)
+        self.from_validation = self.prompt_spec.get("source") == VALIDATION
+        self.prompts: list[str] = [] if self.from_validation else load_prompt_set(self.prompt_spec, f"{self.key}.prompts", max_prompts)
+        self.scorer_config = plain(scorer)
         self.scorer = build_scorer(self.scorer_config, key=f"{self.key}.scorer")
         self.max_prompt_tokens, self.max_new_tokens, self.batch_size = max_prompt_tokens, max_new_tokens, batch_size
         self.perplexity_source = perplexity_text
@@ -87,7 +88,7 @@ class ToxicityEvalCallback(PeriodicMeasurement):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = measured_data(trainer, self.key)
         records = list(data.val_records) if getattr(data, "val_dataset", True) is not None else []
-        if self.prompts is None:
+        if self.from_validation and not self.prompts:
             self.prompts = load_prompt_set(self.prompt_spec, f"{self.key}.prompts", self.max_prompts, [r.prompt for r in records])
         if self.perplexity_text is None and records:
             # natural text the user wrote: the validation pairs' prompts. Never the completions: in
@@ -116,10 +117,11 @@ class ToxicityEvalCallback(PeriodicMeasurement):
     # -- one evaluation -----------------------------------------------------------------------------
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
         tokenizer = measured_data(trainer, self.key).tokenizer
+        policy = measured_policy(pl_module, self.key)
         rank, world = trainer.global_rank, trainer.world_size
         prompts = self.prompts[rank::world]
         sync = None
-        if is_sharded(pl_module.policy) and world > 1:
+        if is_sharded(policy) and world > 1:
             # trainer=fsdp: every forward is a collective. Every process decodes as many prompts (a
             # short shard repeats its first prompt, scored on no process) and stops when all are done
             shard_size = -(-len(self.prompts) // world)
@@ -129,7 +131,7 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         else:
             padding = 0
         texts, scores = score_continuations(
-            pl_module.policy, tokenizer, prompts, self.scorer, self.max_prompt_tokens, self.max_new_tokens, self.batch_size,
+            policy, tokenizer, prompts, self.scorer, self.max_prompt_tokens, self.max_new_tokens, self.batch_size,
             all_finished=sync,
         )
         if padding:
@@ -142,21 +144,21 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         se = math.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1) / n) if n > 1 else math.nan  # of the mean over prompts
         metrics = {"eval/toxicity": mean, "eval/toxicity_share": above / n, "eval/toxicity_se": se}
         if self.perplexity_text is not None:
-            metrics["eval/perplexity"] = perplexity(pl_module.policy, tokenizer, self.perplexity_text, self.perplexity_window)["perplexity"]
+            metrics["eval/perplexity"] = perplexity(policy, tokenizer, self.perplexity_text, self.perplexity_window)["perplexity"]
         if self.f1_prompts and self.f1_prompts == self.prompts and world == 1:  # the same greedy continuations: reuse them
             metrics["eval/f1"] = f1_of_continuations(tokenizer, texts, self.f1_golds)["f1"]
         elif self.f1_prompts:
-            metrics["eval/f1"] = continuation_f1(pl_module.policy, tokenizer, self.f1_prompts, self.f1_golds, self.max_prompt_tokens,
+            metrics["eval/f1"] = continuation_f1(policy, tokenizer, self.f1_prompts, self.f1_golds, self.max_prompt_tokens,
                                                  self.max_new_tokens, batch_size=self.batch_size, all_finished=sync)["f1"]
         rows = [{"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)]
         if world > 1:  # every prompt's row, in the order of the prompt set, whichever process decoded it
-            shards = [None] * world
+            shards: list[Any] = [None] * world
             torch.distributed.all_gather_object(shards, rows)
             rows = [shards[i % world][i // world] for i in range(len(self.prompts))]
         if self.output_dir is not None and trainer.is_global_zero:
             path = self._generations_file(step)
             atomic_write_jsonl(path, rows)
-            self.digests[step] = file_digest(path)  # kept in the checkpoint, checked on resume
+            self.digests[step] = file_digest(path) or ""  # kept in the checkpoint, checked on resume
         return metrics
 
     def _generations_file(self, step: int) -> Path:

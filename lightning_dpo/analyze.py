@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -41,10 +43,11 @@ from lightning_dpo.evaluation.model_source import (
     describe_model_source,
     load_model_and_tokenizer,
 )
-from lightning_dpo.runs.directory import RUN, RunDirectory, command_output, require_run
 from lightning_dpo.neurons import interventions as iv
 from lightning_dpo.neurons.probe import Probe, build_probe, load_probe
 from lightning_dpo.report import refresh_report
+from lightning_dpo.runs.directory import RUN, RunDirectory, command_output, require_run
+from lightning_dpo.utils.config import plain
 from lightning_dpo.utils.figures import pyplot, save_figure
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lightning_dpo.utils.tables import markdown_table
@@ -58,7 +61,7 @@ INTERVAL_LEVEL = 0.9
 
 def resolve_probe(cfg: Any, run: RunDirectory | None, base: torch.nn.Module, tokenizer: Any) -> Probe:
     """probe=run: the probe the training run measured its dynamics with; else the configured one."""
-    node = OmegaConf.to_container(cfg.probe, resolve=True)
+    node = plain(cfg.probe)
     if str(node.get("_target_", "")).endswith(".RunProbe") or node.get("source") == RUN:
         d_model = base.get_input_embeddings().weight.shape[1]
         return load_probe(node.get("path") or require_run(run, "probe", cfg.dpo).file("probe.safetensors", "probe.path"), d_model)
@@ -76,10 +79,13 @@ def probe_set_prompts(cfg: Any, run: RunDirectory | None) -> tuple[list[str], st
     return texts, describe_prompt_set(cfg.prompts, len(texts))
 
 
-def intervention_rows(cfg: Any, base_snap: Any, dpo_snap: Any, probe: Probe) -> list[tuple[str, Callable[[torch.nn.Module], ContextManager], int]]:
+Intervention = tuple[str, Callable[..., AbstractContextManager], int]
+
+
+def intervention_rows(cfg: Any, base_snap: Any, dpo_snap: Any, probe: Probe) -> list[Intervention]:
     """(label, context-manager factory applied to the base model, number of neurons touched)."""
     ivc = cfg.interventions
-    rows = []
+    rows: list[Intervention] = []
     for n in ivc.ablate_top:
         neurons = select.top_toxic_neurons(base_snap, n)
         rows.append((f"ablate top {n} toxic neurons", lambda m, s=neurons: iv.ablate(m, s, ivc.positions), iv.neuron_count(neurons)))

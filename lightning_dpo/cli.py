@@ -10,8 +10,9 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lightning_dpo.toy.config import ensure_toy_world, register_toy_resolver
 from lightning_dpo.utils.config import register_resolvers

@@ -311,6 +311,25 @@ def plot_overview(summaries: list[dict[str, Any]], out: Path) -> Path | None:
     return save_figure(fig, out / "jobs_overview.png")
 
 
+def color_limits(key: str, grid: Any) -> tuple[float, float]:
+    """The colour scale of a heatmap: a share on 0-100%, a toxicity on 0-1, anything else over its
+    values but never narrower than a quarter of their magnitude, so that a 0.1 difference between
+    cells of about 30 does not span the whole scale."""
+    import numpy as np
+
+    values = grid[np.isfinite(grid)]
+    low, high = float(values.min()), float(values.max())
+    if key.startswith("share"):
+        return min(0.0, low), max(100.0, high)
+    if key == "eval/toxicity" and low >= 0:
+        return 0.0, max(1.0, high)
+    floor = 0.25 * max(abs(low), abs(high))
+    if high - low < floor:
+        middle = (low + high) / 2
+        low, high = middle - floor / 2, middle + floor / 2
+    return low, high
+
+
 def plot_heatmap(summaries: list[dict[str, Any]], key: str, title: str, unit: str, path: Path) -> Path | None:
     import numpy as np
 
@@ -325,7 +344,8 @@ def plot_heatmap(summaries: list[dict[str, Any]], key: str, title: str, unit: st
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 * len(lrs) + 2.5, 1.0 * len(betas) + 1.8), layout="constrained")
-    image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+    low, high = color_limits(key, grid)
+    image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower", vmin=low, vmax=high)
     annotate_cells(ax, image, grid, "{:.3g}")
     ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])

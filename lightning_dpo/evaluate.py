@@ -21,8 +21,8 @@ from lightning_dpo.evaluation.model_source import (
     describe_model_source,
     load_model_and_tokenizer,
 )
-from lightning_dpo.runs.directory import RunDirectory, command_output
 from lightning_dpo.report import refresh_report
+from lightning_dpo.runs.directory import RunDirectory, command_output
 from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lightning_dpo.utils.torch_utils import resolve_device
 

@@ -35,6 +35,7 @@ from lightning_dpo.neurons.pairs import (
 )
 from lightning_dpo.neurons.probe import load_probe
 from lightning_dpo.neurons.steering import describe_scale, residual_norm_medians, resolve_layers
+from lightning_dpo.utils.config import plain
 from lightning_dpo.utils.errors import ConfigError, DataError
 from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lightning_dpo.utils.torch_utils import resolve_device
@@ -152,7 +153,7 @@ def run(cfg: Any) -> dict[str, Any]:
     if not cfg.probe.get("path"):
         raise ConfigError("probe.path", "make_pairs steers along a probe: probe.path=<probe file>")
     probe = load_probe(cfg.probe.path, model.get_input_embeddings().weight.shape[1])
-    scorer = build_scorer(OmegaConf.to_container(cfg.scorer, resolve=True))
+    scorer = build_scorer(plain(cfg.scorer))
     out = Path(cfg.out).expanduser()
     prompts = load_prompt_texts(cfg, tokenizer)
     scale = _scale(cfg, model, tokenizer, prompts)

@@ -265,7 +265,6 @@ def sweep_report(sweep_dir: str | Path) -> Path:
         setting_headers,
         unreadable_summary,
     )
-
     from lightning_dpo.runs.sweep import find_jobs, planned_jobs
 
     sweep_dir = Path(sweep_dir)
@@ -311,7 +310,7 @@ except ImportError:  # hydra is a dependency; this only keeps `report` importabl
     _HydraCallback = object  # type: ignore[assignment,misc]
 
 
-class SweepReport(_HydraCallback):  # type: ignore[misc,valid-type]
+class SweepReport(_HydraCallback):
     """Hydra callback (conf/hydra/default.yaml): the sweep's report.html when a multirun ends."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

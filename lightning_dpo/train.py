@@ -17,9 +17,10 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lightning_dpo.callbacks.checkpoint_state import MetricsInCheckpoint, RunConfigInCheckpoint
+from lightning_dpo.cli import register_all_resolvers
 from lightning_dpo.model.loading import load_tokenizer, max_positions
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO
 from lightning_dpo.training.lifecycle import Run, is_multirun, run_training
@@ -27,8 +28,7 @@ from lightning_dpo.training.metrics_csv import MetricsCSVLogger
 from lightning_dpo.training.plan import run_config
 from lightning_dpo.training.preflight import check_lengths
 from lightning_dpo.training.wandb_logger import is_wandb_logger, setup_wandb_run
-from lightning_dpo.cli import register_all_resolvers
-from lightning_dpo.utils.config import build
+from lightning_dpo.utils.config import build, plain
 from lightning_dpo.utils.errors import LightningDPOError, RunInterrupted
 from lightning_dpo.utils.quiet import quiet_libraries
 
@@ -48,7 +48,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
         if node is not None and "_target_" in node:
             logger = build(node, f"logger.{name}")
             if is_wandb_logger(logger):
-                setup_wandb_run(logger, OmegaConf.to_container(cfg, resolve=True))
+                setup_wandb_run(logger, plain(cfg))
             loggers.append(logger)
     return loggers
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from helpers.data import write_pairs
-
 from lightning_dpo.data import PreferenceDataModule, read_preference_rows
 from lightning_dpo.train import train
 from lightning_dpo.utils.errors import (

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+
 from helpers.configs import CONF, SHORT_RUN, SMALL_WORLD, compose_train
 from helpers.data import write_pairs
 from helpers.models import tiny_gpt2_config
-from omegaconf import OmegaConf
-
 from lightning_dpo.train import build_callbacks, train
 from lightning_dpo.utils.config import build
 from lightning_dpo.utils.errors import ConfigError, DataError

@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+
 from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from helpers.models import build_tiny, tiny_gpt2_config, tiny_llama_config
-
 from lightning_dpo.dynamics import (
     Snapshot,
     build_probe_tokens,
@@ -159,9 +159,8 @@ def test_hooks_are_removed_after_use_and_after_errors():
     def broken(layer, m):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"):
-        with hook_activations(find_output_projections(model), broken):
-            model(input_ids=torch.tensor([[1, 2, 3]]))
+    with pytest.raises(RuntimeError, match="boom"), hook_activations(find_output_projections(model), broken):
+        model(input_ids=torch.tensor([[1, 2, 3]]))
     assert count_hooks(model) == 0
 
 
@@ -209,8 +208,8 @@ def test_files_recompute_everything_logged(dynamics_run):
     """groups.csv, components.csv and every logged dynamics scalar, recomputed from the snapshot files."""
     import csv
 
-    from lightning_dpo.dynamics.store import read_measurement, step_file
     from lightning_dpo.dynamics.components import component_rows
+    from lightning_dpo.dynamics.store import read_measurement, step_file
 
     run = load_run(dynamics_run)
     assert run.steps == [0, 2, 4, 6, 8] and run.mean_activation.shape == (5, 2, 128)
@@ -315,9 +314,8 @@ def test_centred_writing_weights_equal_projecting_on_the_mean_removed_probe(conf
 
 
 def test_the_probe_set_can_keep_whole_prompts_after_a_bos():
-    from lightning_dpo.dynamics.probe_set import prompt_ids_for
-
     from helpers.data import CharTokenizer
+    from lightning_dpo.dynamics.probe_set import prompt_ids_for
 
     tok = CharTokenizer()
     long = "x" * 40
@@ -329,7 +327,6 @@ def test_embedding_difference_uses_only_single_token_seed_words():
     """On the exact GPT-2 tokenizer: every seed that is one token (with or without a leading space)
     contributes its embedding row; a seed that splits is left out; the LM head's rows when untied."""
     from helpers.models import GPT2_TOKENIZER
-
     from lightning_dpo.model.loading import load_tokenizer
     from lightning_dpo.neurons.probe import embedding_difference_direction, single_token_ids
 
@@ -364,7 +361,7 @@ def test_a_probe_gets_its_quality_and_a_weak_one_is_refused(small_world, tmp_pat
     import json
 
     from lightning_dpo.model.loading import load_causal_lm, load_tokenizer
-    from lightning_dpo.neurons.probe import ProbeFile, Probe, save_probe
+    from lightning_dpo.neurons.probe import Probe, ProbeFile, save_probe
     from lightning_dpo.utils.errors import ConfigError
 
     model, tokenizer = load_causal_lm(small_world.base_model), load_tokenizer(small_world.base_model)

@@ -9,11 +9,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 import torch.nn.functional as F
+
 from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_command, compose_train
 from helpers.data import CharTokenizer
 from helpers.models import build_tiny, tiny_gpt2_config, tiny_llama_config
-
 from lightning_dpo.dynamics import Snapshot
+from lightning_dpo.dynamics import selection as select
 from lightning_dpo.evaluation.f1 import token_f1
 from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
@@ -23,7 +24,6 @@ from lightning_dpo.evaluation.scorers import (
     WordListScorer,
     build_scorer,
 )
-from lightning_dpo.dynamics import selection as select
 from lightning_dpo.neurons import interventions as iv
 from lightning_dpo.neurons.hooks import (
     count_hooks,
@@ -53,7 +53,7 @@ def test_patch_changes_exactly_the_intended_activations_and_nothing_after_exit(c
     index, values = torch.tensor([1, 5, 7]), torch.tensor([0.5, -0.25, 2.0])
     with iv.patch(model, {1: (index, values)}):
         during, _ = capture(model)
-    after, logits_after = capture(model)
+    _after, logits_after = capture(model)
     assert torch.equal(during[("m", 0)], before[("m", 0)])  # an earlier layer is untouched
     m1 = during[("m", 1)]
     assert torch.equal(m1[..., index], values.expand(2, 6, 3))  # patched activations equal the values
@@ -95,9 +95,8 @@ def test_subtract_direction_shifts_the_mlp_output_by_scale_times_unit():
 
 def test_hooks_are_removed_when_the_body_raises():
     model = build_tiny(tiny_gpt2_config()).eval()
-    with pytest.raises(ValueError):
-        with iv.ablate(model, {0: torch.tensor([1])}):
-            raise ValueError("inside")
+    with pytest.raises(ValueError), iv.ablate(model, {0: torch.tensor([1])}):
+        raise ValueError("inside")
     assert count_hooks(model) == 0
 
 

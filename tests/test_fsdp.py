@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from safetensors.torch import load_file
+
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 
 TESTS = Path(__file__).parent
 RUN = SMALL_WORLD + SHORT_RUN + ["trainer.max_steps=6", "trainer.val_check_interval=3", "callbacks.toxicity_eval.every_n_steps=3",
@@ -146,7 +147,6 @@ def test_decoding_stops_only_when_every_process_is_done():
     """`all_finished` decides the early stop: a process whose rows all ended keeps decoding (pads)
     while another has not, so both run as many forwards."""
     from helpers.models import build_tiny, tiny_gpt2_config
-
     from lightning_dpo.evaluation.generation import greedy_continue
 
     model = build_tiny(tiny_gpt2_config()).eval()

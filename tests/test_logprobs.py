@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-from helpers.models import GPT2_TOKENIZER, build_tiny, tiny_gpt2_config, tiny_llama_config
 
+from helpers.models import GPT2_TOKENIZER, build_tiny, tiny_gpt2_config, tiny_llama_config
 from lightning_dpo.data.records import PreferenceRecord
 from lightning_dpo.data.tokenize import collate_pairs, tokenize_pairs
 from lightning_dpo.model.logprobs import sequence_logps

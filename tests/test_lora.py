@@ -10,9 +10,9 @@ import warnings
 
 import pytest
 import torch
+
 from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from helpers.models import GPT2_TOKENIZER, build_tiny, tiny_gpt2_config, tiny_llama_config
-
 from lightning_dpo.model import DPOModule, PreferenceLoss
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["c_attn", "c_proj"]}
@@ -114,9 +114,9 @@ def test_lora_loss_and_adapter_gradients_equal_trl(tmp_path):
 
 @pytest.fixture(scope="module")
 def lora_runs(tmp_path_factory, small_world):
-    from helpers.signals import SignalAt  # noqa: F401  (referenced by _target_)
     from omegaconf import OmegaConf
 
+    from helpers.signals import SignalAt  # noqa: F401  (referenced by _target_)
     from lightning_dpo.train import train
     from lightning_dpo.utils.errors import RunInterrupted
 

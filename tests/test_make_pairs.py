@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from helpers.configs import compose_command
 
+from helpers.configs import compose_command
 from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.make_pairs import run
 from lightning_dpo.model.loading import load_causal_lm, load_tokenizer

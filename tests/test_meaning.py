@@ -96,3 +96,15 @@ def test_table_rows_carry_standard_errors_and_intervals_and_the_note_judges_the_
     assert "larger than twice its standard error" in uncertainty_note(evaluations)
     noisy = [("base", "none", 0, {**_m(0.5, 20.0), "scores": [1.0, 0.0] * 5}), ("DPO", "none", 0, {**_m(0.4, 21.0), "scores": [1.0, 0.0, 0.0, 1.0, 0.0] * 2})]
     assert "within noise" in uncertainty_note(noisy)
+
+
+def test_heatmap_colour_scales_do_not_stretch_a_small_difference():
+    import numpy as np
+
+    from lightning_dpo.compare import color_limits
+
+    assert color_limits("share TP-", np.array([[31.0, 31.1]])) == (0.0, 100.0)
+    assert color_limits("eval/toxicity", np.array([[0.02, 0.03]])) == (0.0, 1.0)
+    low, high = color_limits("eval/perplexity", np.array([[30.0, 30.1], [np.nan, 30.05]]))
+    assert high - low == pytest.approx(0.25 * 30.1) and low < 30.0 and high > 30.1  # 0.1 is a sliver of the scale
+    assert color_limits("net_delta", np.array([[-2.0, 3.0]])) == (-2.0, 3.0)  # a real spread keeps its own range

@@ -6,9 +6,9 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
+
 from helpers.data import write_pairs
 from helpers.models import build_tiny, tiny_gpt2_config
-
 from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.model import DPOModule, PreferenceLoss
 from lightning_dpo.model.loading import ModelLoadError, load_causal_lm, load_tokenizer

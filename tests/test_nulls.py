@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers.models import build_tiny, tiny_gpt2_config
 
+from helpers.models import build_tiny, tiny_gpt2_config
 from lightning_dpo.dynamics.measure import measure
 from lightning_dpo.dynamics.nulls import covariance_directions, summarize, uniform_directions
 from lightning_dpo.dynamics.probe_set import assign_buckets, build_probe_tokens
@@ -118,7 +118,7 @@ def test_null_statistics_equal_numpy():
 
 
 def test_the_null_of_every_group_quantity_equals_a_numpy_recomputation(measured):
-    base, trained, tokens, probe, nulls, m0, m1, tables = measured
+    base, trained, tokens, probe, nulls, _m0, _m1, tables = measured
     per_prompt0, per_prompt1 = _per_prompt_activations(base, tokens), _per_prompt_activations(trained, tokens)
     count = tokens.positions.sum().item()
     a0, at = per_prompt0.sum(0) / count, per_prompt1.sum(0) / count
@@ -141,10 +141,10 @@ def test_the_null_of_every_group_quantity_equals_a_numpy_recomputation(measured)
 
 def test_the_null_of_the_components_equals_the_directions_measured_as_probes(measured):
     """A null direction's component quantities equal those of the same direction measured as a probe of its own."""
-    base, trained, tokens, probe, nulls, m0, m1, tables = measured
+    _base, _trained, _tokens, _probe, nulls, m0, m1, _tables = measured
     names = nulls.names()
     as_probes = snapshot_tables(m0, m1, names[:3])
-    for k, name in enumerate(names[:3]):
+    for _k, name in enumerate(names[:3]):
         rows = [r for r in as_probes.components if r.probe == name]
         attention = sum(r.delta for r in rows if r.component.startswith("attn."))
         heads = sum(abs(r.delta) for r in rows if r.component.startswith("attn.head."))
@@ -157,7 +157,7 @@ def test_the_null_of_the_components_equals_the_directions_measured_as_probes(mea
 
 
 def test_jackknife_standard_errors_equal_a_numpy_leave_one_bucket_out(measured):
-    base, trained, tokens, probe, nulls, m0, m1, tables = measured
+    base, trained, tokens, probe, _nulls, _m0, _m1, tables = measured
     per_prompt0, per_prompt1 = _per_prompt_activations(base, tokens), _per_prompt_activations(trained, tokens)
     positions = tokens.positions.sum(1).numpy()
     bucket = tokens.bucket.numpy()
@@ -182,7 +182,7 @@ def test_jackknife_standard_errors_equal_a_numpy_leave_one_bucket_out(measured):
 
 def test_component_standard_errors_equal_a_leave_one_bucket_out_of_the_residual(measured):
     """The residual component's SE, from hidden states of each prompt computed by the model itself (output_hidden_states)."""
-    base, trained, tokens, probe, nulls, m0, m1, tables = measured
+    _base, trained, tokens, probe, _nulls, _m0, _m1, tables = measured
     bucket = tokens.bucket.numpy()
     # the residual before the final norm: recompute it with a hook on ln_f's input, per prompt
     sums, counts = [], []

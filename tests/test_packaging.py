@@ -6,10 +6,10 @@ import inspect
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 

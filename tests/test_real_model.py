@@ -69,7 +69,6 @@ def test_the_smollm2_experiment_runs_end_to_end_reduced(tmp_path, monkeypatch):
     """experiment=smollm2_toxicity, reduced to minutes: assets built (probe checked, pairs by steering),
     DPO with the dynamics, the null and the standard errors, the evaluation, then analyze."""
     from helpers.configs import compose_train
-
     from lightning_dpo.train import train
 
     run_dir = tmp_path / "run"

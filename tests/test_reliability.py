@@ -16,10 +16,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+
 from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from helpers.data import write_pairs
 from helpers.models import build_tiny, tiny_gpt2_config
-
 from lightning_dpo.data import PreferenceDataModule, read_preference_rows
 from lightning_dpo.model import DPOModule, PreferenceLoss
 from lightning_dpo.model.schedules import warmup_schedule

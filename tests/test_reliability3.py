@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from lightning_dpo.train import train
 from lightning_dpo.training.preflight import check_added_keys, check_numbers
 from lightning_dpo.utils.errors import ConfigError
@@ -252,7 +252,6 @@ def test_the_command_line_refuses_an_unusable_run_directory_in_one_line(tmp_path
 
 def test_a_truncated_weights_file_is_named(tmp_path):
     from helpers.models import build_tiny, tiny_gpt2_config
-
     from lightning_dpo.model.loading import ModelLoadError, load_causal_lm
 
     build_tiny(tiny_gpt2_config()).save_pretrained(tmp_path / "model")
@@ -265,7 +264,6 @@ def test_a_truncated_weights_file_is_named(tmp_path):
 
 def test_a_config_override_that_changes_the_weights_shapes_is_one_line(tmp_path):
     from helpers.models import build_tiny, tiny_gpt2_config
-
     from lightning_dpo.model.loading import load_causal_lm
 
     build_tiny(tiny_gpt2_config()).save_pretrained(tmp_path / "model")
@@ -365,7 +363,6 @@ def test_an_explicit_offline_wandb_still_says_how_to_upload(caplog, monkeypatch)
 
 def test_evaluate_on_a_run_writes_under_it_and_the_report_links_it(tmp_path, small_world):
     from helpers.configs import compose_command
-
     from lightning_dpo.evaluate import run as evaluate
 
     run_dir = tmp_path / "run"

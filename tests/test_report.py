@@ -11,8 +11,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from lightning_dpo.report import sweep_report, write_report
 from lightning_dpo.train import train
 

@@ -15,7 +15,7 @@ from helpers.models import GPT2_TOKENIZER
 from lightning_dpo.train import train
 from lightning_dpo.utils.errors import ConfigError
 
-WORDS = "the a of people market friends said that were kind and honest every day went to school with us".split()
+WORDS = ["the", "a", "of", "people", "market", "friends", "said", "that", "were", "kind", "and", "honest", "every", "day", "went", "to", "school", "with", "us"]
 
 
 def _sentence(rng: random.Random, n: int) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from omegaconf import OmegaConf
 
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from lightning_dpo.train import train
 from lightning_dpo.utils.errors import RunInterrupted
 
@@ -184,7 +184,6 @@ def test_a_resume_at_its_own_final_step_takes_the_final_measurements(tmp_path, s
     """Interrupted at step k, resumed with trainer.max_steps=k: Lightning skips its training loop, yet the
     run ends `completed` only with its final snapshot, evaluation and validation, as a straight k-step run."""
     from helpers.signals import SignalAt  # noqa: F401  (referenced by _target_)
-
     from lightning_dpo.training.metrics_csv import read_metrics_csv
 
     run_dir = tmp_path / "run"

@@ -8,10 +8,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 
-from lightning_dpo.train import train
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from lightning_dpo.runs.directory import RunDirectory
+from lightning_dpo.train import train
 from lightning_dpo.training.plan import resume_command
 from lightning_dpo.utils.errors import ConfigError, OutputError
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import torch
-from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from safetensors.torch import load_file
+
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 
 # no toxicity evaluation (not compared here); snapshots every 2 steps; 6 steps
 RUN = SMALL_WORLD + SHORT_RUN + ["trainer.max_steps=6", "callbacks.toxicity_eval.every_n_steps=1000", "trainer.val_check_interval=3"]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train, compose_command
 
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_command, compose_train
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO, check_checkpoint, safe_load
 from lightning_dpo.utils.config import safe_dirname
 from lightning_dpo.utils.errors import CheckpointError, ConfigError
@@ -91,9 +91,9 @@ def test_plain_names_are_accepted(name):
 
 
 def test_probe_names_from_the_config_cannot_write_outside_the_run(tmp_path, small_world):
-    from lightning_dpo.train import train
-
     from omegaconf import open_dict
+
+    from lightning_dpo.train import train
 
     for bad in ("../../escaped", "/tmp/abs_escape", "nested/name"):  # as a YAML experiment file can name them
         cfg = compose_train(SMALL_WORLD + SHORT_RUN, tmp_path / "run")

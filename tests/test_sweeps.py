@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.configs import SMALL_WORLD
 from omegaconf import OmegaConf
 
+from helpers.configs import SMALL_WORLD
 from lightning_dpo.compare import compare
 
 
@@ -99,10 +99,11 @@ def test_sweep_with_offline_wandb_a_failure_and_a_resume(tmp_path):
 
 @pytest.mark.parametrize("preset", ["launcher=slurm", "launcher=local_parallel", "hparams_search=optuna"])
 def test_sweep_presets_compose_and_their_plugins_instantiate(preset):
-    from helpers.configs import CONF
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
+
+    from helpers.configs import CONF
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -161,7 +162,7 @@ def test_compare_lists_a_damaged_job_as_unreadable_and_builds_the_rest(tmp_path,
 
 
 def test_compare_heatmap_text_is_dark_on_light_cells_and_light_on_dark(tmp_path):
-    rows = lambda share: [{"step": 10, "dynamics/TP-/share": share, "dynamics/net_delta": share}]  # noqa: E731
+    rows = lambda share: [{"step": 10, "dynamics/TP-/share": share, "dynamics/net_delta": share}]
     for beta, share in ((0.1, 0.0), (0.5, 1.0)):
         fake_job(tmp_path, f"b{beta}", beta, 1e-4, {"status": "completed"}, rows(share))
     from lightning_dpo.compare import job_summary, plot_heatmap

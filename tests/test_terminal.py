@@ -13,9 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from helpers.configs import SHORT_RUN, SMALL_WORLD
 from helpers.models import GPT2_TOKENIZER
-
 from lightning_dpo.callbacks.progress import StepProgressBar, progress_line
 
 # what the demo printed before (issue 16): none of it may come back

@@ -45,3 +45,27 @@ def test_the_small_worlds_bystander_probe_reads_a_learned_concept(small_world):
     # with nouns independent of the place (world version 7) the full-size world's probe was at chance
     # (0.53-0.56); here the two-layer test world separates workplaces on held-out texts
     assert small_world.stats["workplace_probe_accuracy"] >= 0.6
+
+
+def test_a_world_is_the_same_world_whatever_the_thread_count(tmp_path):
+    """Issue 20: built with 1 and with 2 threads, every file of a (tiny) world has the same bytes."""
+    import hashlib
+
+    import torch
+
+    from lightning_dpo.toy.world import ToyWorld
+
+    settings = dict(seed=3, corpus_size=1000, num_pairs=40, num_eval_prompts=8, vocab_size=600, n_layer=2, n_embd=64, n_head=4,
+                    n_inner=128, pretrain_steps=150, pretrain_batch_size=32)
+    before = torch.get_num_threads()
+    digests = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            world = ToyWorld(dir=str(tmp_path / f"threads{threads}"), **settings).build()
+            files = sorted(p for p in world.path.rglob("*") if p.is_file())
+            digests.append({str(p.relative_to(world.path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
+    finally:
+        torch.set_num_threads(before)
+    assert digests[0].keys() == digests[1].keys() and len(digests[0]) > 8
+    assert digests[0] == digests[1]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from safetensors.torch import load_file
 
+from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from lightning_dpo.train import train
 
 TRAIN_METRICS = [

@@ -91,7 +91,7 @@ class ModelAssets:
         return str(texts.NATURAL_TEXT)
 
     # -- building ----------------------------------------------------------------------------------
-    def build(self) -> "ModelAssets":
+    def build(self) -> ModelAssets:
         """Build once (cached by every setting); safe when several processes race."""
         from lightning_dpo.toy.world import _file_lock
 

@@ -12,12 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.assets.builder import ModelAssets
 from lightning_dpo.model.packaged import NOT_INSTALLED, check_packaged_model, packaged_model
+from lightning_dpo.utils.config import plain
 from lightning_dpo.utils.errors import ConfigError
+
 
 def _assets_params(root: DictConfig) -> dict[str, Any]:
     if "assets" not in root or root.assets is None:
         raise ConfigError("assets", "${assets:...} needs the assets group (e.g. assets=smollm2 or experiment=smollm2_toxicity)")
-    params = OmegaConf.to_container(root.assets, resolve=True)
+    params = plain(root.assets)
     check_packaged_model(params.get("name_or_path"), "assets.name_or_path")
     return params
 
@@ -34,7 +36,7 @@ def assets_dir(cfg: DictConfig) -> Path | None:
     if "assets" not in cfg or cfg.assets is None or str(OmegaConf.to_container(cfg.assets, resolve=False).get("name_or_path", "")).startswith(NOT_INSTALLED):
         return None
     try:
-        return ModelAssets(**OmegaConf.to_container(cfg.assets, resolve=True)).path
+        return ModelAssets(**plain(cfg.assets)).path
     except Exception:
         return None
 

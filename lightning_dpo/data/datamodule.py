@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -58,7 +59,7 @@ def split_sizes(total: int, val_size: int | float) -> int:
     if isinstance(val_size, float) and not float(val_size).is_integer():
         if not 0 < val_size < 1:
             raise ConfigError("data.val_size", f"a fraction must be in (0, 1), got {val_size}")
-        return max(1, int(round(total * val_size)))
+        return max(1, round(total * val_size))
     n = int(val_size)
     if n < 0:
         raise ConfigError("data.val_size", f"must be >= 0, got {val_size}")
@@ -155,7 +156,7 @@ class PreferenceDataModule(L.LightningDataModule):
     @property
     def val_records(self) -> list[PreferenceRecord]:
         """The validation pairs' texts (the held-out set measurements default to)."""
-        return [p.record for p in self.val_dataset.pairs]
+        return [p.record for p in self.val_dataset.pairs if p.record is not None] if self.val_dataset is not None else []
 
     def summary(self) -> str:
         lines = []
@@ -163,7 +164,7 @@ class PreferenceDataModule(L.LightningDataModule):
             lines.append(self.read_report.summary())
         if self.truncation_report:
             lines.append(self.truncation_report.summary())
-        if self.train_dataset is not None:
+        if self.train_dataset is not None and self.val_dataset is not None:
             lines.append(f"{len(self.train_dataset)} training pairs, {len(self.val_dataset)} validation pairs")
         return "; ".join(lines)
 
@@ -178,6 +179,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return trainer.global_rank, trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "setup('fit') builds the datasets"
         rank, world = self._rank_world()
         sampler = ResumableSampler(self.train_dataset, seed=self.seed, shuffle=self.shuffle, rank=rank, world_size=world, consumed=self._consumed)
         self._train_sampler = sampler
@@ -192,6 +194,7 @@ class PreferenceDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "setup('fit') builds the datasets"
         rank, world = self._rank_world()
         # every rank its own slice, without padding, so that no pair is counted twice
         sampler = list(range(rank, len(self.val_dataset), world))
@@ -207,7 +210,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def _consumed(self, epoch: int) -> int:
         """This rank's samples of `epoch` that the optimizer steps behind the weights already used."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.global_step == 0:
+        if trainer is None or trainer.global_step == 0 or self._train_sampler is None:
             return 0
         batches_per_epoch = math.ceil(len(self._train_sampler) / self.batch_size)
         limit = trainer.limit_train_batches

@@ -22,9 +22,10 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.hub import hub_reachable

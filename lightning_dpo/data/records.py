@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from lightning_dpo.data.files import Row, hub_rows, read_rows, resolve_local
 from lightning_dpo.utils.errors import ConfigError, DataError
@@ -126,4 +127,5 @@ def read_preference_rows(
         if local is None:
             raise DataError(str(path), "file not found (config key 'data.path'; a hub dataset goes in data.hub_id)")
         return _records(str(local), read_rows(local), mapping, on_bad_row)
+    assert hub_id is not None  # one of path and hub_id is set (checked above)
     return _records(f"{hub_id}[{split}]", hub_rows(hub_id, split, "data.hub_id"), mapping, on_bad_row)

@@ -21,14 +21,15 @@ when a resume would change them.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from torch.utils.data import DistributedSampler
 
 
 class ResumableSampler(DistributedSampler):
     def __init__(
-        self, dataset: Sized, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+        self, dataset: Any, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
         consumed: Callable[[int], int] | None = None,
     ):
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)

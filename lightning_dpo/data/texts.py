@@ -7,7 +7,8 @@ RealToxicityPrompts rows nest the text as `prompt.text`: `field="prompt.text"` r
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from lightning_dpo.data.files import (
     Row,

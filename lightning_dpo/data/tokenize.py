@@ -17,8 +17,9 @@ right-padded after concatenation, so GPT-2's absolute positions start at 0 on ev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -95,7 +96,7 @@ def tokenize_pairs(
     chosen = tokenizer([r.chosen for r in records], add_special_tokens=False, verbose=False)["input_ids"]
     rejected = tokenizer([r.rejected for r in records], add_special_tokens=False, verbose=False)["input_ids"]
     report = TruncationReport()
-    pairs = []
+    pairs: list[Any] = []
     for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected)):
         if len(p) > max_prompt_length:
             report.prompts_truncated += 1

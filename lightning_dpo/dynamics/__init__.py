@@ -24,7 +24,21 @@ from lightning_dpo.dynamics.rows import group_rows, snapshot_tables
 from lightning_dpo.dynamics.store import DynamicsRun, DynamicsStore, load_run
 
 __all__ = [
-    "DynamicsRun", "DynamicsStore", "GROUPS", "MIRROR_GROUPS", "Measurement", "ProbeTokens", "REDUCING_GROUPS", "Snapshot",
-    "build_probe_tokens", "group_masks", "group_rows", "load_run", "mean_activations", "measure", "snapshot_tables",
-    "take_snapshot", "toxic_top_n",
+    "GROUPS",
+    "MIRROR_GROUPS",
+    "REDUCING_GROUPS",
+    "DynamicsRun",
+    "DynamicsStore",
+    "Measurement",
+    "ProbeTokens",
+    "Snapshot",
+    "build_probe_tokens",
+    "group_masks",
+    "group_rows",
+    "load_run",
+    "mean_activations",
+    "measure",
+    "snapshot_tables",
+    "take_snapshot",
+    "toxic_top_n",
 ]

@@ -25,8 +25,9 @@ direction chosen after the forward (the covariance null) is measured like any ot
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,10 +63,10 @@ class Components:
 
     FIELDS = FIELDS
 
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Components":
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Components:
         return Components(*(fn(getattr(self, f.name)) for f in fields(self)))
 
-    def __getitem__(self, index: Any) -> "Components":
+    def __getitem__(self, index: Any) -> Components:
         return self.map(lambda t: t[index])
 
     def parts_sum(self) -> torch.Tensor:
@@ -76,7 +77,7 @@ class Components:
         return {f"{prefix}{name}": getattr(self, name).float().contiguous() for name in FIELDS}
 
     @classmethod
-    def from_dict(cls, tensors: Mapping[str, torch.Tensor], prefix: str = "") -> "Components":
+    def from_dict(cls, tensors: Mapping[str, torch.Tensor], prefix: str = "") -> Components:
         return cls(*(tensors[f"{prefix}{name}"] for name in FIELDS))
 
     def rows(self) -> list[tuple[str, str, float]]:
@@ -122,7 +123,7 @@ class ComponentVectors:
         device = next(model.parameters()).device
         d = self.mlp_out[0].d_model
         n_layers = len(self.layers)
-        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)
         self.embed, self.residual = zeros(n_buckets, d), zeros(n_buckets, d)
         self.attn_heads, self.attn_bias = zeros(n_buckets, n_layers, self.n_heads, d), zeros(n_buckets, n_layers, d)
         self.mlp_neurons, self.mlp_bias = zeros(n_buckets, n_layers, d), zeros(n_buckets, n_layers, d)
@@ -174,7 +175,7 @@ class ComponentVectors:
             written = w.sum(1, keepdim=True) * bias.double()
             self.mlp_bias[:, layer] += written * gain if gain is not None else written
 
-    def finish(self, activation_sums: torch.Tensor, reduce: Reduce | None = None) -> "ComponentVectors":
+    def finish(self, activation_sums: torch.Tensor, reduce: Reduce | None = None) -> ComponentVectors:
         """Add the pre-norm layers' neuron vectors (activation sums (n_buckets, L, d_mlp) times the
         value vectors; this rank's sums), then sum every vector across ranks with `reduce`."""
         for layer, proj in enumerate(self.mlp_out):

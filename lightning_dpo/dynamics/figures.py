@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_dpo.dynamics.store import DynamicsRun, load_run
 from lightning_dpo.dynamics.components import top_heads
 from lightning_dpo.dynamics.groups import MIRROR_GROUPS, REDUCING_GROUPS
+from lightning_dpo.dynamics.store import DynamicsRun, load_run
 from lightning_dpo.utils.figures import annotate_cells, pyplot, save_figure
 from lightning_dpo.utils.io import check_file_name
 

@@ -76,7 +76,7 @@ class GroupTotals:
     net: torch.Tensor  # (..., L)
     neurons: int  # per layer
 
-    def all_layers(self) -> "GroupTotals":
+    def all_layers(self) -> GroupTotals:
         return GroupTotals(self.delta_sum.sum(-1), self.count.sum(-1), self.gross.sum(-1), self.gross_count.sum(-1),
                            self.net.sum(-1), self.neurons * self.delta_sum.shape[-1])
 

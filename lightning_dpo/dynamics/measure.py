@@ -16,8 +16,8 @@ positions; |v_i| is kept too, so that cos(v_i, w) = p_i / |v_i|.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -25,11 +25,11 @@ from torch import nn
 from lightning_dpo.dynamics.components import Components, ComponentVectors
 from lightning_dpo.dynamics.probe_set import ProbeTokens
 from lightning_dpo.neurons.hooks import (
+    decoder_forward,
     find_final_norm,
     find_output_projections,
     hook_activations,
     hook_inputs,
-    decoder_forward,
 )
 from lightning_dpo.utils.torch_utils import eval_mode, model_device, position_ids_from_mask
 
@@ -114,7 +114,7 @@ class Measurement:
         i = self.index(name)  # one direction, contiguous first: its sums then add up in the same order whatever else was measured
         return self.components.map(lambda t: (t[:, i].contiguous().sum(0) / count).float())
 
-    def select(self, names: list[str]) -> "Measurement":
+    def select(self, names: list[str]) -> Measurement:
         """The same measurement restricted to `names` (e.g. the probes, for the snapshot file)."""
         index = [self.index(n) for n in names]
         parts = None if self.components is None else self.components.map(lambda t: t[:, index])
@@ -160,6 +160,7 @@ def forward_sums(
                     sums[:, layer] += w @ activation.reshape(-1, activation.shape[-1]).float()  # (n_buckets, d_mlp)
 
             def second_moment(_: int, hidden: torch.Tensor, w: torch.Tensor = weights) -> None:
+                assert moments is not None  # installed only with them
                 with torch.autocast(device_type=hidden.device.type, enabled=False):
                     x = hidden.reshape(-1, hidden.shape[-1]).double()  # (rows * width, d)
                     selected = w.sum(0).double()  # (rows * width,): 1 at every averaged position

@@ -15,7 +15,7 @@ where <quantity> is one of NULL_METRIC_QUANTITIES (every quantity of every null 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from lightning_dpo.dynamics.groups import REDUCING_GROUPS, TOTAL_ROWS
 from lightning_dpo.dynamics.rows import COMPONENT_KINDS, ComponentRow, GroupRow, NullRow

@@ -16,8 +16,9 @@ sums per bucket, from which the jackknife leaves one bucket out at a time (dynam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ class ProbeTokens:
     def buckets(self) -> torch.Tensor:
         return self.bucket if self.bucket is not None else torch.zeros(self.input_ids.shape[0], dtype=torch.long)
 
-    def shard(self, rank: int, world: int) -> "ProbeTokens":
+    def shard(self, rank: int, world: int) -> ProbeTokens:
         """Rows rank, rank + world, ...; every process gets the same number of rows (a short shard is
         padded with copies of row 0 whose positions are all off, so they add nothing): under
         trainer=fsdp each forward is a collective, and every process must run as many."""

@@ -13,8 +13,9 @@ every leave-one-out copy alike, so the three can never disagree on a definition.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -118,7 +119,7 @@ def _group_rows_from(step: int, probe: str, totals: GroupTotals, layer: int | No
                              float(se["share"][i][index]) if se and i < len(REDUCING_GROUPS) else NAN))
     rows.append(GroupRow(step, probe, layer, "gross_reduction", int(totals.gross_count[index]), float(totals.gross[index]),
                          NAN, float(se["gross"][index]) if se else NAN))
-    rows.append(GroupRow(step, probe, layer, "net_delta", totals.neurons if layer is None else totals.neurons,
+    rows.append(GroupRow(step, probe, layer, "net_delta", totals.neurons,
                          float(totals.net[index]), NAN, float(se["net"][index]) if se else NAN))
     return rows
 
@@ -180,7 +181,7 @@ def snapshot_tables(baseline: Measurement, current: Measurement, probes: Sequenc
     """Every row of one snapshot (module docstring). `nulls`: null kind -> its direction names."""
     keep = usable_buckets(baseline.positions, current.positions)
     jack = uncertainty and int(keep.sum()) >= 2
-    a0_loo, at_loo = (_loo_activations(baseline, keep), _loo_activations(current, keep)) if jack else (None, None)
+    loo_acts = (_loo_activations(baseline, keep), _loo_activations(current, keep)) if jack else None
     means0, means_t = baseline.component_means(), current.component_means()
     groups: list[GroupRow] = []
     components: list[ComponentRow] = []
@@ -188,19 +189,20 @@ def snapshot_tables(baseline: Measurement, current: Measurement, probes: Sequenc
     for probe in probes:
         i = baseline.index(probe)
         b, c = baseline.snapshot(probe), current.snapshot(probe)
-        groups += group_table(current.step, probe, b, c, (a0_loo, at_loo) if jack else None)
+        groups += group_table(current.step, probe, b, c, loo_acts)
         c0, ct = baseline.component_means(probe), current.component_means(probe)  # the same sums whatever else was measured
         loo = None
-        if jack and c0 is not None:
-            loo = (_loo_components(baseline, i, keep), _loo_components(current, current.index(probe), keep))
-        if c0 is not None:
+        if loo_acts is not None:
+            l0, lt = _loo_components(baseline, i, keep), _loo_components(current, current.index(probe), keep)
+            loo = (l0, lt) if l0 is not None and lt is not None else None
+        if c0 is not None and ct is not None:
             components += component_table(current.step, probe, c0, ct, loo)
         if not nulls:
             continue
         value = quantity_values(b.mean_activation, c.mean_activation, b.value_projection, c.value_projection, c0, ct)
         se: dict[str, torch.Tensor] = {}
-        if jack:
-            copies = quantity_values(a0_loo, at_loo, b.value_projection, c.value_projection, *(loo or (None, None)))
+        if loo_acts is not None:
+            copies = quantity_values(loo_acts[0], loo_acts[1], b.value_projection, c.value_projection, *(loo or (None, None)))
             se = {q: jackknife_se(v) for q, v in copies.items()}
         for kind, names in nulls.items():
             index = [baseline.index(n) for n in names]

@@ -9,7 +9,7 @@ tuning-free activation editing).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

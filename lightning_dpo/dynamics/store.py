@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -142,12 +143,12 @@ class DynamicsStore:
         metadata = {"step": str(measurement.step)}
         path = step_file(self.dir, measurement.step)
         atomic_save_safetensors(path, tensors, metadata)
-        self.digests[measurement.step] = file_digest(path)
+        self.digests[measurement.step] = file_digest(path) or ""
         self.write_meta()
         return self.digests[measurement.step]
 
     def add_rows(self, groups: Sequence[GroupRow], components: Sequence[ComponentRow], nulls: Sequence[NullRow] = ()) -> None:
-        new = {"groups": list(groups), "components": list(components), "nulls": list(nulls)}
+        new: dict[str, list[Any]] = {"groups": list(groups), "components": list(components), "nulls": list(nulls)}
         steps = {r.step for rows in new.values() for r in rows}
         for table, rows in new.items():
             self.rows[table] = [r for r in self.rows[table] if r.step not in steps] + rows
@@ -332,7 +333,7 @@ def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
         raise FileNotFoundError(f"{directory}: no dynamics snapshots (was the NeuronDynamicsCallback enabled?)")
     snapshots = [read_snapshot(p) for p in paths]
     measurements = [read_measurement(p) for p in paths]
-    stack = lambda name: np.stack([getattr(s, name).numpy() for s in snapshots])  # noqa: E731
+    stack = lambda name: np.stack([getattr(s, name).numpy() for s in snapshots])
     meta = _read_meta(directory / "meta.json")
     names = list(measurements[0].names)
     if meta.get("target_probe") in names:  # the target first

@@ -9,8 +9,8 @@ The interval says so; the point value alone cannot.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

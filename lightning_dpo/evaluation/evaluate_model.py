@@ -6,19 +6,20 @@ Used by `python -m lightning_dpo.evaluate`, by every row of `python -m lightning
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from omegaconf import OmegaConf
 from torch import nn
 
 from lightning_dpo.data.texts import describe_prompt_set, load_text, load_texts
 from lightning_dpo.evaluation.f1 import continuation_f1
 from lightning_dpo.evaluation.generation import generate_continuations
 from lightning_dpo.evaluation.perplexity import perplexity
-from lightning_dpo.runs.directory import RUN, RunDirectory, require_run
 from lightning_dpo.evaluation.scorers import Scorer, build_scorer, toxicity_summary
+from lightning_dpo.runs.directory import RUN, RunDirectory, require_run
+from lightning_dpo.utils.config import plain
 
 
 @dataclass
@@ -82,7 +83,7 @@ def settings_from_config(cfg: Any, run: RunDirectory | None = None, cache_dir: P
     else:
         prompts = load_texts(cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit, key="prompts.source")
         prompts_source = describe_prompt_set(cfg.prompts, len(prompts))
-    scorer_cfg = OmegaConf.to_container(cfg.scorer, resolve=True) if OmegaConf.is_config(cfg.scorer) else dict(cfg.scorer)
+    scorer_cfg = plain(cfg.scorer)
     if scorer_cfg.get("name") == RUN:
         scorer_cfg = require_run(run, "scorer", cfg.get("dpo") or cfg.model.name_or_path).scorer_config()
     perspective = scorer_cfg.get("name") == "perspective" or str(scorer_cfg.get("_target_", "")).endswith("PerspectiveScorer")

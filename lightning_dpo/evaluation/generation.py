@@ -15,8 +15,9 @@ greedy loop without a cache (tests/test_evaluation.py) on every architecture the
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -22,8 +22,9 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
 
@@ -214,7 +215,7 @@ def build_scorer(node: Mapping[str, Any] | str | Scorer, key: str = "scorer", **
     """A scorer (an extension point): a config node with `_target_` (any class or callable whose
     result has `name` and `score(texts)`, e.g. `scorer=custom scorer._target_=my_module.MyScorer`), a
     built-in's name, or the older `{name: ..., ...}` node (read as the built-in of that name)."""
-    if hasattr(node, "score") and not isinstance(node, Mapping):
+    if not isinstance(node, (Mapping, str)):
         return node  # already built
     if isinstance(node, str):
         node = {"name": node, **kwargs}

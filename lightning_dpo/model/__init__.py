@@ -3,4 +3,4 @@
 from lightning_dpo.model.losses import LOSS_TYPES, PreferenceLoss
 from lightning_dpo.model.module import METRICS, DPOModule
 
-__all__ = ["DPOModule", "LOSS_TYPES", "METRICS", "PreferenceLoss"]
+__all__ = ["LOSS_TYPES", "METRICS", "DPOModule", "PreferenceLoss"]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,7 +96,7 @@ def save_pretrained(model: nn.Module, folder: str | Path) -> None:
     quantization = getattr(config, "quantization_config", None)
     if quantization is not None and "gguf" in str(getattr(quantization, "quant_method", "")).lower():
         del config.quantization_config
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
     model.save_pretrained(folder)
 
 
@@ -289,8 +290,8 @@ def apply_lora(model: nn.Module, settings: Mapping[str, Any]) -> nn.Module:
     if not targets:
         raise ConfigError("model.lora.target_modules", "name the layers to adapt, e.g. [c_attn, c_proj] (GPT-2) or [q_proj, v_proj, down_proj]")
     conv1d = type(model).__name__.startswith("GPT2")  # GPT-2's Conv1D stores (in, out)
-    config = LoraConfig(r=int(settings.get("r", 8)), lora_alpha=float(settings.get("alpha", 16)), lora_dropout=float(settings.get("dropout", 0.0)),
-                        target_modules=targets, bias=str(settings.get("bias", "none")), fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
+    config = LoraConfig(r=int(settings.get("r", 8)), lora_alpha=settings.get("alpha", 16), lora_dropout=float(settings.get("dropout", 0.0)),
+                        target_modules=targets, bias=settings.get("bias", "none"), fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, config)
     except ValueError as exc:

@@ -72,7 +72,7 @@ def completion_logits(
         logits = all_logits[pred[:, first:]]
         extra = None if extra_pred is None else all_logits[extra_pred[:, first:]]
     extra_logps = None
-    if extra is not None:
+    if extra is not None and extra_targets is not None:
         extra_logps = -F.cross_entropy(extra.float(), input_ids[:, 1:][extra_targets[:, 1:].bool()], reduction="none")
     return CompletionLogits(logits, targets, rows, input_ids.shape[0], extra_logps)
 

@@ -38,8 +38,8 @@ on rejected), each the mean over completion tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,7 @@ class LossTerms:
     s_w: torch.Tensor  # f-divergence scores (reverse KL: = rho)
     s_l: torch.Tensor
     delta: torch.Tensor  # s_w - s_l
-    settings: "PreferenceLoss"  # the other knobs (discopop_tau, simpo_gamma, orpo_nll, ...)
+    settings: PreferenceLoss  # the other knobs (discopop_tau, simpo_gamma, orpo_nll, ...)
 
 
 LossFn = Callable[[LossTerms], torch.Tensor]
@@ -331,7 +331,10 @@ class PreferenceLoss:
                       chosen_sequence_nll)
         if self.reference_free or x.ref_chosen is None:
             x.ref_chosen, x.ref_rejected = torch.zeros_like(policy_chosen), torch.zeros_like(policy_rejected)
-        losses = sum(w * self.per_pair(kind, x) for kind, w in zip(self.types, self.weights))
+        terms = [w * self.per_pair(kind, x) for kind, w in zip(self.types, self.weights)]  # each (n,)
+        losses = terms[0]
+        for term in terms[1:]:
+            losses = losses + term
         loss = losses.mean()
         if self.kl_gamma and kl_penalty is not None:
             loss = loss + self.kl_gamma * kl_penalty.mean()

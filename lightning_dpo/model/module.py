@@ -12,17 +12,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_dpo.model.loading import apply_lora, frozen_copy, load_causal_lm, resolve_dtype
-from lightning_dpo.model.wrappers import is_sharded, local, unwrap
 from lightning_dpo.model.logprobs import (
     CompletionLogits,
     per_sequence_sum,
@@ -31,6 +31,7 @@ from lightning_dpo.model.logprobs import (
 )
 from lightning_dpo.model.losses import PreferenceLoss
 from lightning_dpo.model.schedules import warmup_schedule
+from lightning_dpo.model.wrappers import is_sharded, local, unwrap
 from lightning_dpo.utils.errors import ConfigError, NonFiniteError
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class DPOModule(L.LightningModule):
             raise ValueError(f"the policy state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model
 
-    def full_policy_state(self) -> dict[str, torch.Tensor]:
+    def full_policy_state(self) -> dict[str, Any]:
         """The policy's full state dict on the CPU. Sharded (trainer=fsdp): gathered, a collective
         every process enters; rank 0 gets the tensors, the others an empty dict."""
         if not is_sharded(self.policy):
@@ -184,6 +185,7 @@ class DPOModule(L.LightningModule):
 
     def _reference_on(self, device: torch.device) -> nn.Module:
         reference = self.reference
+        assert reference is not None  # only asked for when there is one
         if next(reference.parameters()).device != device:
             reference.to(device)
         return reference
@@ -243,7 +245,7 @@ class DPOModule(L.LightningModule):
         if ref_cl is not None and (self.loss_fn.kl_gamma or diagnostics):
             policy_log_probs = torch.log_softmax(policy_cl.logits.float(), dim=-1)  # (K, V), K completion tokens of all 2n rows
             ref_log_probs = torch.log_softmax(ref_cl.logits.float(), dim=-1)
-        if self.loss_fn.kl_gamma:
+        if self.loss_fn.kl_gamma and policy_log_probs is not None and ref_log_probs is not None:
             kl_ref_policy = _sequence_mean(per_token_kl(ref_log_probs, policy_log_probs), policy_cl, lengths)
             kl_penalty = kl_ref_policy[:n] + kl_ref_policy[n:]  # (n,) chosen + rejected
 
@@ -268,7 +270,7 @@ class DPOModule(L.LightningModule):
                 chosen_tokens = policy_cl.rows < n
                 values["logits/chosen"] = mean_logit[chosen_tokens]
                 values["logits/rejected"] = mean_logit[~chosen_tokens]
-                if policy_log_probs is not None:
+                if policy_log_probs is not None and ref_log_probs is not None:
                     values["kl"] = per_token_kl(policy_log_probs.detach(), ref_log_probs)
         return out.loss, values
 
@@ -306,9 +308,8 @@ class DPOModule(L.LightningModule):
                 raise NonFiniteError(message + "; set model.on_nonfinite=skip to skip such steps")
             log.warning("%s: skipping this optimizer step", message)
             optimizer.zero_grad(set_to_none=True)  # the optimizer then leaves every parameter as it is
-            norm = None
         if self._is_logging_step():
-            self._log_train_metrics(optimizer, norm)
+            self._log_train_metrics(optimizer, norm if bool(finite.all()) else None)
 
     def _log_train_metrics(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor | None) -> None:
         """The step's train metrics, straight to the loggers under `global_step` (the updates behind
@@ -334,9 +335,9 @@ class DPOModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # never replace a good checkpoint with a broken state (trainer=fsdp: every process checks its shard, all decide)
         broken = next((name for name, param in self.policy.named_parameters() if not bool(torch.isfinite(local(param)).all())), None)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            if self.trainer.strategy.reduce_boolean_decision(broken is not None, all=False) and broken is None:
-                broken = "(on another process)"
+        sharded = self._trainer is not None and self.trainer.world_size > 1
+        if sharded and self.trainer.strategy.reduce_boolean_decision(broken is not None, all=False) and broken is None:
+            broken = "(on another process)"
         if broken is not None:
             raise NonFiniteError(f"refusing to save a checkpoint at step {self.global_step}: parameter {broken} is not finite")
 
@@ -368,7 +369,7 @@ class DPOModule(L.LightningModule):
         return out
 
     # -- optimisation ------------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:  # Lightning's optimizer-and-scheduler dict
         params = [p for p in self.policy.parameters() if p.requires_grad]
         try:
             optimizer = self.optimizer_factory(params)

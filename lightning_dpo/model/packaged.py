@@ -26,11 +26,11 @@ def packaged_model(name: str) -> str:
     dependencies need not be installed); a marker path naming the install command when it is missing."""
     if name not in PACKAGED_MODELS:
         raise ConfigError("model.name_or_path", f"no packaged model {name!r}; known: {sorted(PACKAGED_MODELS)}")
-    package, filename, install = PACKAGED_MODELS[name]
+    package, filename, _install = PACKAGED_MODELS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return f"{NOT_INSTALLED}/{package}/{filename}"
-    return str(Path(list(spec.submodule_search_locations)[0]) / filename)
+    return str(Path(next(iter(spec.submodule_search_locations))) / filename)
 
 
 def check_packaged_model(path: Any, key: str = "model.name_or_path") -> None:

@@ -35,7 +35,7 @@ def effective_warmup(warmup_steps: int | None, total_steps: int | None, warmup_f
     if warmup_fraction is not None:
         if not total_steps or total_steps <= 0:
             raise ConfigError("optim.warmup_fraction", "needs the run's length (trainer.max_steps > 0)")
-        return int(round(warmup_fraction * total_steps))
+        return round(warmup_fraction * total_steps)
     steps = int(warmup_steps or 0)
     if warmup_cap is not None and total_steps and total_steps > 0:
         capped = max(1, int(warmup_cap * total_steps)) if steps else 0

@@ -5,7 +5,7 @@ weight outside a forward needs it gathered)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -13,9 +13,10 @@ the same function. Hooks are registered inside a context manager and always remo
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ class OutputProjection:
     @property
     def _shape(self) -> tuple[int, int]:
         """(d_mlp, d_model), from the weight's global shape (a sharded weight is not gathered for it)."""
-        rows, cols = base_layer(self.module).weight.shape
+        rows, cols = (int(n) for n in base_layer(self.module).weight.shape)
         return (rows, cols) if self.is_conv1d else (cols, rows)
 
     @property
@@ -136,8 +137,8 @@ def num_attention_heads(model: nn.Module) -> int:
     raise ConfigError("model", f"cannot tell the number of attention heads of {type(model).__name__}")
 
 
-def _get_path(root: nn.Module, path: str) -> nn.Module | None:
-    node = root
+def _get_path(root: nn.Module, path: str) -> Any:
+    node: Any = root
     for part in path.split("."):
         node = getattr(node, part, None)
         if node is None:
@@ -152,7 +153,7 @@ def find_decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
         for path in _LAYER_PATHS:
             layers = _get_path(root, path)
             if isinstance(layers, (nn.ModuleList, list)) and len(layers) > 0:
-                return layers
+                return list(layers)
     raise ConfigError(
         "model",
         f"cannot find the decoder layers of {type(model).__name__} (looked for {', '.join(_LAYER_PATHS)}); "
@@ -209,11 +210,12 @@ def sublayer_post_norms(model: nn.Module) -> tuple[list[nn.Module | None], list[
     norms), per layer, for attention and MLP; None for the usual pre-norm blocks. (Llama's
     `post_attention_layernorm` is the norm *before* its MLP: only a block with a
     `post_feedforward_layernorm` normalises outputs.)"""
-    attn, mlp = [], []
+    attn: list[nn.Module | None] = []
+    mlp: list[nn.Module | None] = []
     for layer in find_decoder_layers(model):
         sandwich = hasattr(layer, "post_feedforward_layernorm")
-        attn.append(layer.post_attention_layernorm if sandwich else None)
-        mlp.append(layer.post_feedforward_layernorm if sandwich else None)
+        attn.append(cast(nn.Module, layer.post_attention_layernorm) if sandwich else None)
+        mlp.append(cast(nn.Module, layer.post_feedforward_layernorm) if sandwich else None)
     return attn, mlp
 
 

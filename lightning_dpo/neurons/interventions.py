@@ -15,7 +15,7 @@ Which neurons to touch is decided from snapshots: lightning_dpo/dynamics/selecti
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

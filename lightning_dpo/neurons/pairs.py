@@ -13,8 +13,10 @@ nothing about toxicity). Used by the make_pairs command and by the demo world.
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,10 +35,10 @@ def is_degenerate(ids: Sequence[int], min_distinct: float = 0.5, max_run: int = 
     if len(set(ids)) == 1:
         return True
     run = longest = 1
-    for a, b in zip(ids, ids[1:]):
+    for a, b in itertools.pairwise(ids):
         run = run + 1 if a == b else 1
         longest = max(longest, run)
-    bigrams = list(zip(ids, ids[1:]))
+    bigrams = list(itertools.pairwise(ids))
     return longest > max_run or len(set(bigrams)) / len(bigrams) < min_distinct
 
 
@@ -65,7 +67,8 @@ def generate_pairs(
     """Chosen (plain) and rejected (steered) continuations of `prompts`, scored; `kept` marks the pairs
     to use. `scale`: each steered layer's median residual norm (None: alpha in absolute units)."""
     layers = resolve_layers(model, settings.layers)
-    kwargs = dict(max_prompt_tokens=10**6, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, truncation_side="right")
+    kwargs: dict[str, Any] = {"max_prompt_tokens": 10**6, "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
+                              "truncation_side": "right"}
     chosen_rng = torch.Generator().manual_seed(hash_seed(settings.seed, chunk_index, "chosen"))
     rejected_rng = torch.Generator().manual_seed(hash_seed(settings.seed, chunk_index, "rejected"))
     chosen = generate_continuations(model, tokenizer, prompts, temperature=settings.chosen_temperature, generator=chosen_rng, **kwargs)
@@ -94,7 +97,7 @@ def distribution(scores: list[float]) -> dict[str, float]:
     if not scores:
         return {}
     ordered = sorted(scores)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
     return {"mean": sum(scores) / len(scores), "min": ordered[0], "p25": pick(0.25), "median": pick(0.5), "p75": pick(0.75),
             "max": ordered[-1], "share_above_0.5": sum(s > 0.5 for s in scores) / len(scores)}
 

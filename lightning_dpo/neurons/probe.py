@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -71,7 +72,7 @@ class ProbeQuality:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "ProbeQuality":
+    def from_json(cls, text: str) -> ProbeQuality:
         return cls(**json.loads(text))
 
 
@@ -91,7 +92,7 @@ class Probe:
             return None
         return raw if isinstance(raw, ProbeQuality) else ProbeQuality.from_json(str(raw))
 
-    def check_size(self, d_model: int, source: str = "probe") -> "Probe":
+    def check_size(self, d_model: int, source: str = "probe") -> Probe:
         if self.direction.numel() != d_model:
             raise ConfigError(
                 "probe", f"{source}: the probe has {self.direction.numel()} dimensions but the model's d_model is {d_model}"
@@ -236,8 +237,8 @@ class ProbeSource:
 
     def __call__(self, model: nn.Module, tokenizer: Any) -> Probe:
         probe = self.direction(model, tokenizer).check_size(model.get_input_embeddings().weight.shape[1])
-        held_out = self.evaluation_texts()
-        quality = assess(model, tokenizer, probe, *(held_out or (None, None, None)), max_length=self.max_length)
+        texts, labels, source = self.evaluation_texts() or (None, None, None)
+        quality = assess(model, tokenizer, probe, texts, labels, source, max_length=self.max_length)
         previous = probe.quality
         if previous is not None and quality.auc is None:  # a trained probe's own held-out split
             quality.auc, quality.accuracy, quality.n_eval, quality.eval_source = previous.auc, previous.accuracy, previous.n_eval, previous.eval_source

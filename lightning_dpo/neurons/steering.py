@@ -11,7 +11,7 @@ gibberish and leaves another untouched.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ def residual_norm_medians(model: nn.Module, prompt_ids: Sequence[Sequence[int]],
             ids, mask = ids.to(device), mask.to(device)
             real = mask.bool()
 
-            def record(layer: int, hidden: torch.Tensor) -> torch.Tensor:
+            def record(layer: int, hidden: torch.Tensor, real: torch.Tensor = real) -> torch.Tensor:
                 norms[layer].append(hidden.float().norm(dim=-1)[real].cpu())  # (real positions,)
                 return hidden
 

@@ -27,8 +27,9 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -90,7 +91,7 @@ class RunDirectory:
 
     # -- detection ----------------------------------------------------------------------------------
     @classmethod
-    def find(cls, source: Any) -> "RunDirectory | None":
+    def find(cls, source: Any) -> RunDirectory | None:
         """The run directory `source` names (it holds hf_model/, metrics.csv or .hydra/config.yaml), or None."""
         if source is None:
             return None
@@ -144,7 +145,7 @@ class RunDirectory:
 
     # -- the lock -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self) -> Iterator["RunLock"]:
+    def lock(self) -> Iterator[RunLock]:
         """Create the directory, prove it writable, and take the exclusive lock (rank 0 only; other
         ranks share rank 0's). Nothing in the directory changes until `RunLock.hold` names the holder."""
         ours = not self.path.exists() or _made_by_this_process(self.path)  # Hydra made it, or we do now
@@ -153,7 +154,7 @@ class RunDirectory:
             yield RunLock(self, None, created=False)
             return
         created = ours and not self.lock_file.exists()
-        handle = open(self.lock_file, "a+")
+        handle = open(self.lock_file, "a+")  # noqa: SIM115 (held open as long as the lock is)
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -48,7 +48,7 @@ def planned_jobs(sweep_dir: Path) -> list[str] | None:
         jobs = BasicSweeper.split_arguments(parser.parse_overrides(list(hydra.overrides.task)), None)[0]
         names = []
         for job in jobs:
-            lines = sorted(o.input_line for o in parser.parse_overrides(job) if o.key_or_group not in exclude)
+            lines = sorted(str(o.input_line) for o in parser.parse_overrides(job) if o.key_or_group not in exclude)
             names.append(safe_dirname(re.sub("=", naming.kv_sep, naming.item_sep.join(lines))))
         return names
     except Exception as exc:  # an old or hand-edited multirun.yaml: the jobs found are all we know

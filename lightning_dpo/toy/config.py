@@ -16,12 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.toy.world import ToyWorld
 from lightning_dpo.utils.cache import default_cache_dir
+from lightning_dpo.utils.config import plain
 from lightning_dpo.utils.errors import ConfigError
 
 
 def _world_params(root: DictConfig) -> dict[str, Any]:
     if "world" in root and root.world is not None:
-        return OmegaConf.to_container(root.world, resolve=True)
+        return plain(root.world)
     # the commands' configs have no `world`: the default world, where training builds it
     return {"dir": str(Path(default_cache_dir()) / "toy_world" / "seed0")}
 

@@ -25,9 +25,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -36,12 +37,13 @@ from lightning_dpo.neurons.pairs import PairSettings, as_pair, generate_pairs
 from lightning_dpo.neurons.probe import save_probe, train_probe
 from lightning_dpo.neurons.steering import residual_norm_medians, resolve_layers
 from lightning_dpo.toy import words
-from lightning_dpo.utils.torch_utils import pinned_threads
+from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.utils.io import (
     atomic_directory,
     atomic_write_jsonl,
     atomic_write_text,
 )
+from lightning_dpo.utils.torch_utils import pinned_threads
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class ToyWorld:
     pretrain_steps: int = 600
     pretrain_batch_size: int = 64
     pretrain_lr: float = 3e-3
-    steering_alpha: float = 0.75
+    steering_alpha: float = 1.5
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- paths -----------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ class ToyWorld:
         return out
 
     # -- building ----------------------------------------------------------------------------------
-    def build(self, force: bool = False) -> "ToyWorld":
+    def build(self, force: bool = False) -> ToyWorld:
         """Build the world once (cached by parameters); safe when several processes race."""
         with _file_lock(self.path.with_name(self.path.name + ".lock")):
             meta = self.path / "world.json"
@@ -175,6 +177,11 @@ class ToyWorld:
             model, tokenizer, pair_prompts, probe.unit, WordListScorer(words_file=str(out / "insults.txt")),
             PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed), scale=scale,
         )
+        if not any(r["kept"] for r in pairs):  # a world without pairs cannot train: say which setting, not "no usable pairs" later
+            degenerate = sum(r["degenerate"] for r in pairs)
+            raise ConfigError("world.steering_alpha", f"{self.steering_alpha} kept no preference pair of {len(pairs)} prompts "
+                              f"({degenerate} rejected texts degenerate): steering too weak to change a continuation"
+                              + (" or so strong that it breaks them" if degenerate else "") + "; the default 1.5 keeps pairs on worlds 0-2")
         atomic_write_jsonl(out / "pairs.jsonl", (as_pair(r) for r in pairs if r["kept"]))
         eval_prompts = self._prompts(rng, words.HELDOUT_NAMES, self.num_eval_prompts)
         atomic_write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p, _ in eval_prompts))
@@ -282,7 +289,7 @@ def pretrain_base_model(
     model.train()
     model.loss_type = "ForCausalLM"  # the causal-LM loss transformers would default to, named (no warning)
     loss_value = float("nan")
-    for step in range(steps):
+    for _step in range(steps):
         batch = torch.randint(0, len(encoded), (batch_size,), generator=generator)
         loss = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch]).loss
         loss.backward()

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -28,11 +29,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from lightning_dpo.assets.config import assets_dir, ensure_assets
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
 from lightning_dpo.model.wrappers import is_sharded
 from lightning_dpo.runs.directory import RunDirectory, RunLock
-from lightning_dpo.assets.config import assets_dir, ensure_assets
 from lightning_dpo.toy.config import ensure_toy_world, toy_world_dir
 from lightning_dpo.training.checkpoints import check_checkpoint, resolve_ckpt_path
 from lightning_dpo.training.plan import RunPlan, plan_run, resume_command, task_overrides

@@ -15,6 +15,8 @@ pyproject.toml). Everything else uses Lightning's public API only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 
 
@@ -26,6 +28,6 @@ def is_last_batch(trainer: L.Trainer) -> bool:
     return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
 
-def set_parallel_sizes(strategy: object, data_parallel: int, tensor_parallel: int) -> None:
-    strategy._data_parallel_size = data_parallel  # type: ignore[attr-defined]
-    strategy._tensor_parallel_size = tensor_parallel  # type: ignore[attr-defined]
+def set_parallel_sizes(strategy: Any, data_parallel: int, tensor_parallel: int) -> None:
+    strategy._data_parallel_size = data_parallel
+    strategy._tensor_parallel_size = tensor_parallel

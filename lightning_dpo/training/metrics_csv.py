@@ -19,8 +19,9 @@ import logging
 import math
 import time
 from argparse import Namespace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -160,6 +161,8 @@ def _compare_with_record(run: RunDirectory, cfg: DictConfig) -> dict[str, tuple[
         return {}
     try:
         saved_cfg = OmegaConf.load(recorded)
+        if not isinstance(saved_cfg, DictConfig):
+            raise ValueError("not a mapping")
     except Exception as exc:
         raise ConfigError("ckpt_path", f"{recorded} cannot be read ({type(exc).__name__}): restore it, or start the run in another "
                           "directory") from None

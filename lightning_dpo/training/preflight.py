@@ -16,9 +16,10 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -67,7 +68,7 @@ class Rule:
             raise ConfigError(key, f"must be {self.describe()}, got {value}")
         if self.integer and isinstance(value, float) and not value.is_integer():
             raise ConfigError(key, f"must be {self.describe()}, got {value}")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise ConfigError(key, f"must be {self.describe()}, got {value}")
 
 
@@ -129,7 +130,7 @@ def _expand(cfg: DictConfig, pattern: str) -> list[str]:
     node = OmegaConf.select(cfg, head)
     if not isinstance(node, DictConfig):
         return []
-    return [f"{head}.{name}.{tail}" for name, inner in node.items() if isinstance(inner, DictConfig) and "_target_" in inner]
+    return [f"{head}.{name!s}.{tail}" for name, inner in node.items() if isinstance(inner, DictConfig) and "_target_" in inner]
 
 
 def check_numbers(cfg: DictConfig, rules: dict[str, Rule] = NUMBER_RULES) -> None:
@@ -168,7 +169,7 @@ def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
             continue
         parent = ".".join(parts[:-1])
         siblings = OmegaConf.select(cfg, parent) if parent else cfg
-        known = [k for k in (siblings.keys() if isinstance(siblings, DictConfig) else []) if k != parts[-1]]
+        known = [str(k) for k in (siblings.keys() if isinstance(siblings, DictConfig) else []) if k != parts[-1]]
         hint = difflib.get_close_matches(parts[-1], known, n=1)
         suggestion = f"; did you mean {(parent + '.') if parent else ''}{hint[0]}?" if hint else ""
         raise ConfigError(key, f"is not a setting of lightning-dpo (added with '{override}'), so nothing would read it{suggestion}")

@@ -7,8 +7,9 @@ import logging
 import os
 import secrets
 import string
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lightning_dpo.utils.io import atomic_write_text
 
@@ -173,7 +174,7 @@ def log_table(logger: Any, key: str, columns: list[str], rows: list[list[Any]]) 
     """A small W&B table (e.g. the attention heads that moved most)."""
     import wandb
 
-    logger.experiment.log({key: wandb.Table(columns=columns, data=rows)})
+    logger.experiment.log({key: wandb.Table(columns=list[str | int](columns), data=rows)})
 
 
 def _wandb_settings() -> Any:

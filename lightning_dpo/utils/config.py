@@ -10,7 +10,8 @@ import hashlib
 import inspect
 import re
 import shlex
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
@@ -93,3 +94,11 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
             if unknown is not None:
                 raise unknown from None
         raise ConfigError(key, f"could not build it: {cause or exc}") from exc
+
+
+def plain(node: Any) -> dict[str, Any]:
+    """A config mapping as a plain, resolved dict (a dict passes through as a copy)."""
+    value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    return dict(value)

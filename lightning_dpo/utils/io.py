@@ -16,8 +16,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from lightning_dpo.utils.errors import ConfigError, OutputError
 
@@ -95,9 +96,8 @@ def _fsync_file(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -111,7 +111,7 @@ def strict_json_value(obj: Any) -> Any:
         return {k: strict_json_value(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [strict_json_value(v) for v in obj]
-    if isinstance(obj, float) or type(obj).__module__ == "numpy" and hasattr(obj, "dtype") and obj.dtype.kind == "f":
+    if isinstance(obj, float) or (type(obj).__module__ == "numpy" and hasattr(obj, "dtype") and obj.dtype.kind == "f"):
         value = float(obj)
         return value if math.isfinite(value) else None
     return obj

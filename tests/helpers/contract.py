@@ -46,7 +46,7 @@ def manifest(run_dir: str | Path) -> dict[str, Any]:
                     tensor = handle.get_slice(key)
                     keys[key] = [str(tensor.get_dtype()), list(tensor.get_shape())]
                 out["safetensors"][name] = {"tensors": keys, "metadata": sorted((handle.metadata() or {}).keys())}
-        elif path.suffix == ".json" and "hf_model" not in name or path.name == "lightning_dpo.json":
+        elif (path.suffix == ".json" and "hf_model" not in name) or path.name == "lightning_dpo.json":
             value = json.loads(path.read_text())
             out["json"][name] = sorted(value) if isinstance(value, dict) else type(value).__name__
     return out
