@@ -43,6 +43,8 @@ COLUMNS = [
 ]
 # the settings that only repeat a job (its seeds): jobs differing only in these are one setting
 SEED_KEYS = ("seed", "world.seed")
+# how a job ran or was reported, not what it trained: never part of a setting's name
+NOT_SETTING = ("report", "logger", "ckpt_path", "launcher", "hparams_search", "sweep_name", "allow_changes")
 SETTING_METRICS = [
     "eval/toxicity", "eval/perplexity", "eval/f1", "val/rewards/accuracies",
     "share TP-", "share TN+", "share AP+", "share AN-", "gross_reduction", "net_delta", "attention_share",
@@ -163,7 +165,7 @@ def setting_of(job: Path) -> str:
         overrides = [str(o) for o in loaded]
     else:
         overrides = [part for part in job.name.split(",") if "=" in part]
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS and not o.startswith("hydra.")]
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS + NOT_SETTING and not o.startswith("hydra.")]
     return " ".join(kept) or "(defaults)"
 
 

@@ -311,7 +311,19 @@ except ImportError:  # hydra is a dependency; this only keeps `report` importabl
 
 
 class SweepReport(_HydraCallback):
-    """Hydra callback (conf/hydra/default.yaml): the sweep's report.html when a multirun ends."""
+    """Hydra callback (conf/hydra/default.yaml): the sweep's report.html when a multirun ends.
+
+    The report covers every job in the sweep directory; the command's exit status only the jobs this
+    command ran (resuming one job of a sweep whose other jobs failed earlier succeeds)."""
+
+    def __init__(self) -> None:
+        self.ran: set[str] = set()
+
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        try:
+            self.ran.add(Path(job_return.hydra_cfg.hydra.runtime.output_dir).name)
+        except AttributeError:  # no job directory known: the verdict falls back to every job of the sweep
+            pass
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -322,8 +334,16 @@ class SweepReport(_HydraCallback):
             log.warning("the sweep's report could not be written (%s: %s); `python -m lightning_dpo.report %s` retries",
                         type(exc).__name__, exc, sweep_dir)
         failed = failed_jobs(sweep_dir)
+        if self.ran:
+            earlier = [job for job, _ in failed if job not in self.ran]
+            if earlier:
+                log.info("%d job(s) of earlier commands in this sweep did not complete (compare.md lists them)", len(earlier))
+            failed = [(job, why) for job, why in failed if job in self.ran]
         if failed:  # the sweep went on past them; the command still says it did not all work
             log.error("%d job(s) of the sweep did not complete: %s", len(failed), "; ".join(f"{job}: {why}" for job, why in failed))
+            # the jobs' logging goes to stdout; the command's verdict goes to stderr, one line, as any failing command's
+            statuses = ", ".join(f"{job} ({why.split(':', 1)[0]})" for job, why in failed)
+            print(f"error: {len(failed)} job(s) of the sweep did not complete: {statuses}; why: {sweep_dir / 'compare.md'}", file=sys.stderr)
             sys.exit(1)
 
 

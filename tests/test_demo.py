@@ -27,11 +27,15 @@ def test_demo_runs_end_to_end_and_reduces_toxicity(tmp_path):
     assert before >= 0.25, "the base model should continue a good share of held-out prompts toxically"
     assert after <= 0.5 * before, (before, after)
     assert "greedy-continuation toxicity" in result.stdout and "neuron groups at step" in result.stdout
-    # the run drew its figures and report.html at its end: six per probe (the target's at the top)
+    # the run drew its figures and report.html at its end: seven per probe (the target's at the top), and the
+    # run's own training and evaluation curves once
     figures = {p.name for p in (run_dir / "plots").glob("*.png")}
-    assert figures == {"group_delta_sum.png", "reducing_shares.png", "net_vs_gross.png", "layer_group_heatmap.png",
-                       "toxic_neuron_activations.png", "components.png"}
-    assert {p.name for p in (run_dir / "plots" / "workplace").glob("*.png")} == figures
+    per_probe = {"group_delta_sum.png", "reducing_shares.png", "net_vs_gross.png", "layer_group_heatmap.png",
+                 "toxic_neuron_activations.png", "components.png", "shares_vs_null.png"}
+    assert figures == per_probe | {"training.png", "evaluation.png"}
+    # another probe's "toxic neurons" are its top neurons by cosine
+    other = per_probe - {"toxic_neuron_activations.png"} | {"top_neuron_activations.png"}
+    assert {p.name for p in (run_dir / "plots" / "workplace").glob("*.png")} == other
     assert (run_dir / "report.html").is_file() and f"report: {run_dir / 'report.html'}" in result.stdout
     plots = subprocess.run([sys.executable, "-m", "lightning_dpo.plot", str(run_dir)], env=env, capture_output=True, text=True)
-    assert plots.returncode == 0 and len(plots.stdout.split()) == 12  # redrawn: the 12 paths
+    assert plots.returncode == 0 and len(plots.stdout.split()) == 16  # redrawn: the 16 paths

@@ -68,7 +68,8 @@ def test_sweep_with_offline_wandb_a_failure_and_a_resume(tmp_path):
     assert "Traceback" not in result.stderr and "ConfigError" not in result.stderr.splitlines()[-1]
     assert "2 job(s) of the sweep did not complete" in result.stderr.splitlines()[-1]
     assert (sweep / "report.html").is_file() and (sweep / "compare.md").is_file()  # written despite the failures
-    assert "optim.lr=-1" in (sweep / "report.html").read_text()
+    page = (sweep / "report.html").read_text()
+    assert "must be a finite number &gt;= 0, got -1" in page and ">0.0001<" in page  # the failed job, and lr 1e-4 not shown as 0.000
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
     settings = {j: OmegaConf.load(j / ".hydra" / "config.yaml") for j in jobs}
     assert sorted((s.loss.beta, s.optim.lr) for s in settings.values()) == sorted((b, lr) for b in (0.1, 0.5) for lr in (1e-4, 1e-3, -1))
@@ -208,7 +209,8 @@ def test_compare_by_setting_gives_mean_and_range_over_seeds(tmp_path):
         rows = [{"step": 0, "eval/toxicity": 0.5}, {"step": 10, "eval/toxicity": toxicity, "dynamics/TP-/share": tp_share,
                                                     "dynamics/toxicity/attention_share": attention}]
         job = fake_job(tmp_path, f"loss.type={kind},world.seed={seed}", 0.1, 1e-6, {"status": "completed"}, rows)
-        (job / ".hydra" / "overrides.yaml").write_text(f"- loss.type={kind}\n- world.seed={seed}\n")
+        # report/logger say how a job ran, not what it trained: not part of the setting
+        (job / ".hydra" / "overrides.yaml").write_text(f"- loss.type={kind}\n- world.seed={seed}\n- report={seed % 2 == 0}\n- logger=wandb\n")
     fake_job(tmp_path, "loss.type=orpo,world.seed=1", 0.1, 1e-6, {"status": "failed", "error": "x"}, [])  # not counted
     table = {r["setting"]: r for r in compare_and_settings(tmp_path)}
     assert set(table) == {"loss.type=sigmoid", "loss.type=orpo"}
