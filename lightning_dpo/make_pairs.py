@@ -189,7 +189,7 @@ def run(cfg: Any) -> dict[str, Any]:
     }
     atomic_write_json(out.with_name(out.name + ".report.json"), report)
     if not kept:
-        log.warning("no pair kept: try a scan, steering.alpha=[1,2,4,8] (pairs kept, score gap, degenerate share per alpha)")
+        log.warning("no pair kept: try a scan, steering.alpha=[0.25,0.5,1,2] (pairs kept, score gap, degenerate share per alpha)")
     print(json.dumps(report, indent=2))
     return report
 

@@ -90,3 +90,15 @@ def test_the_smollm2_experiment_runs_end_to_end_reduced(tmp_path, monkeypatch):
     assert "Fluency bound" in table and "ablate top 16 toxic neurons" in table
     assert "natural_text.txt" in json.loads((run_dir / "eval" / "meta.json").read_text())["perplexity_text"]
     assert "analysis/" in (run_dir / "report.html").read_text()
+
+
+@needs_model
+@pytest.mark.slow
+def test_assets_that_keep_no_pair_stop_naming_the_key_and_cache_nothing(tmp_path):
+    from lightning_dpo.assets.builder import ModelAssets
+
+    # a margin above any score difference (scores lie in [0, 1]) keeps nothing
+    assets = ModelAssets(dir=str(tmp_path), name_or_path=packaged_model("smollm2"), max_pair_prompts=4, margin=2.0, alpha=0.015)
+    with pytest.raises(ConfigError, match=r"assets.alpha.*kept no preference pair of 4 prompts"):
+        assets.build()
+    assert not assets.path.exists() and not (assets.path / "pairs.jsonl").exists()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dpo.assets import texts
+from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.utils.io import atomic_directory, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,12 @@ class ModelAssets:
                                 margin=self.margin, seed=self.seed)
         rows = generate_pairs(model, tokenizer, pair_prompts, probe.unit, build_scorer(self.scorer), settings, scale=scale)
         kept = [as_pair(r) for r in rows if r["kept"]]
+        if not kept:  # nothing is cached: the next attempt (another alpha or margin) builds afresh
+            degenerate = sum(r["degenerate"] for r in rows)
+            raise ConfigError("assets.alpha", f"{self.alpha} (layers {self.layers}, margin {self.margin}) kept no preference pair of "
+                                              f"{len(rows)} prompts ({degenerate} rejected texts degenerate); scan the strength first: "
+                                              "python -m lightning_dpo.make_pairs model.name_or_path=<the model> probe.path=<a probe> "
+                                              "'steering.alpha=[0.005,0.01,0.02]' steering.layers=all, then set assets.alpha")
         atomic_write_jsonl(out / "pairs.jsonl", kept)
         atomic_write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p in texts.prompts(held_out=True)))
         quality = probe.quality
