@@ -9,6 +9,8 @@ from lightning_dpo.data.records import PreferenceRecord
 from lightning_dpo.data.tokenize import collate_pairs, tokenize_pairs
 from lightning_dpo.model.logprobs import sequence_logps
 
+pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
+
 
 def brute_force_logp(model, prompt_ids, completion_ids):
     """Unpadded forward of one sequence; sum of log p(token) over the completion, token by token."""

@@ -11,6 +11,8 @@ import torch
 from lightning_dpo.model.losses import LOSS_TYPES, PreferenceLoss
 from lightning_dpo.utils.errors import ConfigError
 
+pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
+
 
 def log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))

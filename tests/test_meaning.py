@@ -9,6 +9,8 @@ import pytest
 
 from lightning_dpo.analyze import fluency_bound, table_rows
 
+pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
+
 
 def _m(tox: float, ppl: float) -> dict:
     return {"toxicity": tox, "perplexity": ppl, "scorer": "s", "f1": 0.5}

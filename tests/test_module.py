@@ -14,6 +14,8 @@ from lightning_dpo.model import DPOModule, PreferenceLoss
 from lightning_dpo.model.loading import ModelLoadError, load_causal_lm, load_tokenizer
 from lightning_dpo.model.schedules import warmup_schedule
 
+pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
+
 
 def make_module(loss=None, lr=0.1, seed=0, **kwargs):
     return DPOModule(

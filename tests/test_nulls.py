@@ -15,6 +15,8 @@ from lightning_dpo.dynamics.nulls import covariance_directions, summarize, unifo
 from lightning_dpo.dynamics.probe_set import assign_buckets, build_probe_tokens
 from lightning_dpo.dynamics.rows import QUANTITIES, snapshot_tables
 
+pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
+
 PROMPTS = [[(7 * i + j) % 90 + 1 for j in range(2 + i % 4)] for i in range(12)]
 REDUCING = ("TP-", "TN+", "AP+", "AN-")
 RULES = {"TP-": (1, 1, 0), "TN+": (1, 0, 0), "AP+": (0, 1, 1), "AN-": (0, 0, 1), "TP+": (1, 1, 1), "TN-": (1, 0, 1),

@@ -12,6 +12,8 @@ from lightning_dpo.utils.config import safe_dirname
 from lightning_dpo.utils.errors import CheckpointError, ConfigError
 from lightning_dpo.utils.io import check_file_name
 
+pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
+
 
 class _Payload:
     """Unpickling this object would run `touch <marker>`."""

@@ -4,10 +4,13 @@ against the installed Lightning: a version that moves them fails here, by name, 
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dpo.training.lightning_compat import end_training_at, is_last_batch, set_parallel_sizes
+
+pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
 
 
 class _Tiny(L.LightningModule):
