@@ -1,0 +1,130 @@
+"""The reference in docs/ names only what exists: config keys and group options, loss types, output
+files, columns, tensors and metric names of the public contract; and the README links every page."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from helpers.configs import compose_train
+from lightning_dpo.model.losses import LOSSES
+
+pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+GROUPS = ("model", "data", "loss", "optim", "trainer", "callbacks", "prompts", "probe", "scorer", "assets", "world")
+# compositions that between them hold every documented key (a key lives in the option that defines it)
+VARIANTS = [[], ["model=hf", "data=jsonl", "data.path=x.jsonl", "probe=train", "probe.data=x.jsonl"], ["probe=embed_diff"],
+            ["experiment=smollm2_toxicity"], ["trainer=fsdp"], ["optim=rmsprop"], ["probe=file", "probe.path=x"],
+            ["scorer=perspective"]]
+
+
+def _backticked(text: str) -> set[str]:
+    return set(re.findall(r"`([^`\s]+)`", text))
+
+
+def _documented_keys(text: str) -> set[str]:
+    keys = set()
+    for token in _backticked(text):
+        token = token.split("=", 1)[0]
+        if re.search(r"\.(safetensors|jsonl?|csv|md|png|ya?ml|txt|pt|npy|gguf|ckpt|html|py)$", token):
+            continue  # a file name, not a key
+        if re.fullmatch(rf"({'|'.join(GROUPS)})\.[A-Za-z_][\w.]*", token):
+            keys.add(token)
+    return keys
+
+
+@pytest.fixture(scope="module")
+def configs():
+    return [OmegaConf.to_container(compose_train(v), resolve=False) for v in VARIANTS]
+
+
+def _has(config: dict, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+@pytest.mark.parametrize("page", ["configuration.md", "dynamics.md", "data.md", "evaluation.md", "scale.md", "sweeps.md", "presets.md"])
+def test_every_config_key_a_page_names_exists(page, configs):
+    keys = _documented_keys((DOCS / page).read_text())
+    missing = sorted(k for k in keys if not any(_has(c, k) for c in configs))
+    assert not missing, f"docs/{page} names keys no composed config has: {missing}"
+
+
+def test_configuration_lists_the_real_group_options_and_the_callbacks_defaults(configs):
+    text = (DOCS / "configuration.md").read_text()
+    rows = [line.split("|") for line in text.splitlines() if re.match(r"\| `\w+` \|", line)]
+    groups = {}
+    for row in rows:
+        name = row[1].strip().strip("`")
+        if (ROOT / "conf" / name).is_dir():
+            groups[name] = re.findall(r"`(\w+)`", row[2])
+    assert {"model", "data", "loss", "optim", "trainer", "callbacks", "prompts", "probe", "scorer", "experiment"} <= set(groups)
+    for name, options in groups.items():
+        real = {p.stem for p in (ROOT / "conf" / name).glob("*.yaml")}
+        assert set(options) - {"null"} <= real, (name, set(options) - real)
+        assert real <= set(options) | {"default", "model_checkpoint", "neuron_dynamics", "toxicity_eval", "stop_checkpoint", "progress_bar",
+                                       "early_stopping"}, (name, real - set(options))
+    # the callback table's defaults are the YAML's
+    dynamics = configs[0]["callbacks"]["neuron_dynamics"]
+    for line in text.splitlines():
+        match = re.match(r"\| `callbacks\.neuron_dynamics\.(\w+)` \| `?([^|`]+?)`? \|", line)
+        if match and match.group(1) in ("max_prompt_tokens", "num_positions", "every_n_steps", "top_n", "null_directions", "buckets"):
+            assert str(dynamics[match.group(1)]) == match.group(2).strip(), line
+
+
+def test_the_loss_table_is_the_registry():
+    text = (DOCS / "losses.md").read_text()
+    documented = set()
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            documented |= set(re.findall(r"`(\w+)`", line.split("|")[1]))
+    assert documented == set(LOSSES), (documented ^ set(LOSSES))
+
+
+def test_outputs_name_every_file_column_tensor_and_metric_of_the_contract():
+    text = (DOCS / "outputs.md").read_text()
+    contract = json.loads((ROOT / "tests" / "assets" / "contract.json").read_text())
+    for path in contract["csv"]:
+        if path != "metrics.csv":  # its columns are the metric names, checked below
+            line = next(line for line in text.splitlines() if f"`{path}`" in line)
+            assert all(column in line for column in contract["csv"][path]), path
+    for path in contract["json"]:
+        assert path.split("/")[-1] in text, path
+    tensors = {name.split(".")[0] for spec in contract["safetensors"].values() for name in spec["tensors"]}
+    assert all(f"`{t}" in text or t in text for t in tensors), tensors
+    for path in contract["files"]:
+        name = path.split("/")[-1]
+        forms = {name, re.sub(r"\d{7}", "*", name), re.sub(r"\d{7}", "<step:07d>", name)}
+        folder = path.split("/")[0] + "/" if "/" in path else None  # hf_model/, .hydra/: the folder is documented as a whole
+        assert any(form in text for form in forms) or (folder is not None and f"`{folder}" in text), path
+    for metric in contract["csv"]["metrics.csv"]:
+        if metric in ("step", "epoch"):
+            continue
+        last = metric.rsplit("/", 1)[-1]
+        assert last in text, metric
+
+
+def test_the_readme_links_every_docs_page_and_every_link_resolves():
+    readme = (ROOT / "README.md").read_text()
+    linked = set(re.findall(r"\]\((docs/[\w/.-]+\.(?:md|png))", readme))
+    pages = {f"docs/{p.name}" for p in DOCS.glob("*.md")}
+    assert pages <= linked, pages - linked
+    for page in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_the_presets_page_names_real_experiments():
+    text = (DOCS / "presets.md").read_text() + (DOCS / "configuration.md").read_text()
+    for name in re.findall(r"experiment=(\w+)", text):
+        assert (ROOT / "conf" / "experiment" / f"{name}.yaml").is_file(), name
