@@ -48,8 +48,10 @@ def measurements(run_dir: Path) -> dict[str, float | bool]:
     with open(run_dir / "toxicity_eval.csv") as handle:
         evals = list(csv.DictReader(handle))
     out: dict[str, float | bool] = {
-        "toxicity_start": float(evals[0]["eval/toxicity"]), "toxicity_end": float(evals[-1]["eval/toxicity"]),
-        "perplexity_start": float(evals[0]["eval/perplexity"]), "perplexity_end": float(evals[-1]["eval/perplexity"]),
+        "toxicity_start": float(evals[0]["eval/toxicity"]),
+        "toxicity_end": float(evals[-1]["eval/toxicity"]),
+        "perplexity_start": float(evals[0]["eval/perplexity"]),
+        "perplexity_end": float(evals[-1]["eval/perplexity"]),
     }
     with open(run_dir / "dynamics" / "null.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -76,22 +78,41 @@ def count(runs: list[dict], key: str) -> str:
 
 def table(runs: list[dict]) -> str:
     rows = [
-        ("held-out toxicity (wordlist), step 0 -> last", f"{span([r['toxicity_start'] for r in runs])} -> {span([r['toxicity_end'] for r in runs])}"),
-        ("perplexity on clean held-out text, step 0 -> last", f"{span([r['perplexity_start'] for r in runs])} -> {span([r['perplexity_end'] for r in runs])}"),
+        (
+            "held-out toxicity (wordlist), step 0 -> last",
+            f"{span([r['toxicity_start'] for r in runs])} -> {span([r['toxicity_end'] for r in runs])}",
+        ),
+        (
+            "perplexity on clean held-out text, step 0 -> last",
+            f"{span([r['perplexity_start'] for r in runs])} -> {span([r['perplexity_end'] for r in runs])}",
+        ),
     ]
     for group in GROUPS:
         key = f"toxicity/{group}/share"
-        rows.append((f"{group} share of the gross reduction (%)", f"{span([r[key] for r in runs], 100)}; beyond the uniform null in "
-                     f"{count(runs, key + '/beyond_uniform')}, the covariance null in {count(runs, key + '/beyond_covariance')}"))
+        rows.append(
+            (
+                f"{group} share of the gross reduction (%)",
+                f"{span([r[key] for r in runs], 100)}; beyond the uniform null in "
+                f"{count(runs, key + '/beyond_uniform')}, the covariance null in {count(runs, key + '/beyond_covariance')}",
+            )
+        )
     rows.append(("TP- carries under half of the reduction", count([{"x": r["toxicity/TP-/share"] < 0.5} for r in runs], "x")))
     for probe in ("toxicity", "workplace"):
-        for quantity, label in (("net_delta", "net change of the MLP neurons' writing"), ("gross_reduction", "gross reduction"),
-                                ("components/residual/delta", "residual stream change (value at 0 minus at the end)"),
-                                ("attention_share", "attention heads' share of all component change (%)")):
+        for quantity, label in (
+            ("net_delta", "net change of the MLP neurons' writing"),
+            ("gross_reduction", "gross reduction"),
+            ("components/residual/delta", "residual stream change (value at 0 minus at the end)"),
+            ("attention_share", "attention heads' share of all component change (%)"),
+        ):
             key = f"{probe}/{quantity}"
             scale = 100 if quantity == "attention_share" else 1
-            rows.append((f"{probe} probe: {label}", f"{span([r[key] for r in runs], scale)}; beyond the uniform null in "
-                         f"{count(runs, key + '/beyond_uniform')}, the covariance null in {count(runs, key + '/beyond_covariance')}"))
+            rows.append(
+                (
+                    f"{probe} probe: {label}",
+                    f"{span([r[key] for r in runs], scale)}; beyond the uniform null in "
+                    f"{count(runs, key + '/beyond_uniform')}, the covariance null in {count(runs, key + '/beyond_covariance')}",
+                )
+            )
     lines = ["| claim | mean [min, max] over the runs; how often beyond the null's 5-95% band |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
     return "\n".join(lines)
@@ -111,8 +132,10 @@ def main() -> None:
             runs.append({"world": world, "threads": threads, "run": str(run_dir), **measurements(run_dir)})
             print(f"world {world}, {threads} threads: {run_dir}", flush=True)
     (out / "claims.json").write_text(json.dumps(runs, indent=2) + "\n")
-    text = (f"Over {len(runs)} demo runs: worlds {', '.join(map(str, args.worlds))}, each trained with "
-            f"{' and '.join(map(str, args.threads))} thread(s).\n\n" + table(runs) + "\n")
+    text = (
+        f"Over {len(runs)} demo runs: worlds {', '.join(map(str, args.worlds))}, each trained with "
+        f"{' and '.join(map(str, args.threads))} thread(s).\n\n" + table(runs) + "\n"
+    )
     (out / "claims.md").write_text(text)
     print(text)
     print(f"wrote {out}/claims.md and claims.json")

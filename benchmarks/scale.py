@@ -29,10 +29,18 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 DEMO = ["trainer.max_steps=40"]
-SMOLLM2 = ["experiment=smollm2_toxicity", "trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.neuron_dynamics.every_n_steps=6",
-           "callbacks.toxicity_eval.every_n_steps=12", "analyze=null"]
-LORA = {"demo": "+model.lora={r: 8, alpha: 16, target_modules: [c_attn, c_proj, c_fc]}",
-        "smollm2": "model.lora={r: 8, alpha: 16, target_modules: [q_proj, v_proj, o_proj, up_proj, down_proj]}"}
+SMOLLM2 = [
+    "experiment=smollm2_toxicity",
+    "trainer.max_steps=12",
+    "trainer.val_check_interval=6",
+    "callbacks.neuron_dynamics.every_n_steps=6",
+    "callbacks.toxicity_eval.every_n_steps=12",
+    "analyze=null",
+]
+LORA = {
+    "demo": "+model.lora={r: 8, alpha: 16, target_modules: [c_attn, c_proj, c_fc]}",
+    "smollm2": "model.lora={r: 8, alpha: 16, target_modules: [q_proj, v_proj, o_proj, up_proj, down_proj]}",
+}
 LORA_LR = {"demo": "optim.lr=1e-3", "smollm2": "optim.lr=2e-4"}
 
 
@@ -43,17 +51,34 @@ def configurations(model: str) -> list[tuple[str, list[str], int]]:
     one = [f"data.batch_size={batch}"]
     two = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.batch_size={batch // 2}"]
     lora = [LORA[model], LORA_LR[model]]
-    return [("1 process", base + one, 1), ("FSDP2, 2 processes", base + two, 2),
-            ("LoRA, 1 process", base + one + lora, 1), ("LoRA + FSDP2, 2 processes", base + two + lora, 2)]
+    return [
+        ("1 process", base + one, 1),
+        ("FSDP2, 2 processes", base + two, 2),
+        ("LoRA, 1 process", base + one + lora, 1),
+        ("LoRA + FSDP2, 2 processes", base + two + lora, 2),
+    ]
 
 
 def run(name: str, overrides: list[str], processes: int, out: Path) -> dict:
     run_dir = out / name.replace(" ", "_").replace(",", "").replace("+", "plus")
     timer = run_dir / "timer"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS=str(2 // processes),
-               PYTHONPATH=os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "lightning_dpo.train", *overrides, f"hydra.run.dir={run_dir}", "report=false",
-           "+callbacks.step_timer._target_=step_timer.StepTimer", f"+callbacks.step_timer.out_dir={timer}"]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="disabled",
+        OMP_NUM_THREADS=str(2 // processes),
+        PYTHONPATH=os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_dpo.train",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        "report=false",
+        "+callbacks.step_timer._target_=step_timer.StepTimer",
+        f"+callbacks.step_timer.out_dir={timer}",
+    ]
     start = time.perf_counter()
     result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -62,9 +87,15 @@ def run(name: str, overrides: list[str], processes: int, out: Path) -> dict:
     ranks = [json.loads(p.read_text()) for p in sorted(timer.glob("step_times_rank*.json"))]
     steps = ranks[0]["step_seconds"]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    return {"name": name, "processes": processes, "median_step_s": statistics.median(steps), "steps": len(steps),
-            "peak_rss_mib": [round(r["peak_rss_mib"]) for r in ranks], "wall_s": round(wall, 1),
-            "checkpoint_mib": round(checkpoint.stat().st_size / 2**20) if checkpoint.exists() else None}
+    return {
+        "name": name,
+        "processes": processes,
+        "median_step_s": statistics.median(steps),
+        "steps": len(steps),
+        "peak_rss_mib": [round(r["peak_rss_mib"]) for r in ranks],
+        "wall_s": round(wall, 1),
+        "checkpoint_mib": round(checkpoint.stat().st_size / 2**20) if checkpoint.exists() else None,
+    }
 
 
 def gather_benchmark(repeats: int) -> None:
@@ -120,8 +151,10 @@ def main() -> None:
     print("| configuration | median s/step | peak RSS per process (MiB) | last.ckpt (MiB) | wall (s) |\n|---|---|---|---|---|")
     for name, overrides, processes in configurations(args.what):
         r = run(name, overrides, processes, out)
-        print(f"| {r['name']} | {r['median_step_s']:.3f} | {' / '.join(map(str, r['peak_rss_mib']))} | {r['checkpoint_mib']} | {r['wall_s']} |",
-              flush=True)
+        print(
+            f"| {r['name']} | {r['median_step_s']:.3f} | {' / '.join(map(str, r['peak_rss_mib']))} | {r['checkpoint_mib']} | {r['wall_s']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

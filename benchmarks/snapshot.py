@@ -60,8 +60,12 @@ def time_snapshot(model, vocab: int, prompts: int, batch_size: int, dtype: str, 
             sync()
             times.append(time.perf_counter() - start)
     return {
-        "neurons": snap.mean_activation.numel(), "prompts": prompts, "positions": int(tokens.positions.sum()),
-        "token_build_s": build_s, "snapshot_s_median": statistics.median(times), "snapshot_s_all": times,
+        "neurons": snap.mean_activation.numel(),
+        "prompts": prompts,
+        "positions": int(tokens.positions.sum()),
+        "token_build_s": build_s,
+        "snapshot_s_median": statistics.median(times),
+        "snapshot_s_all": times,
     }
 
 
@@ -72,7 +76,11 @@ def bench_demo(args) -> None:
 
     world = ToyWorld(dir=str(Path(default_cache_dir()) / "toy_world" / "seed0")).build()
     model = load_causal_lm(world.base_model)
-    print(time_snapshot(model, model.config.vocab_size, args.prompts, args.batch_size, args.dtype, args.device, args.repeats, not args.no_warmup))
+    print(
+        time_snapshot(
+            model, model.config.vocab_size, args.prompts, args.batch_size, args.dtype, args.device, args.repeats, not args.no_warmup
+        )
+    )
 
 
 def bench_gpt2_medium(args) -> None:
@@ -125,10 +133,19 @@ def bench_callback_share(args) -> None:
     dyn = cfg.callbacks.neuron_dynamics
     total = sum(spent.values())
     periodic = spent["on_train_batch_end"] + spent["on_train_end"]
-    print({"fit_s": round(fit_time["s"], 3), "callback_s": round(total, 3), "share_of_fit_time": round(total / fit_time["s"], 4),
-           "set_up_s (probe, tokens, step-0 snapshot)": round(spent["on_train_start"], 3),
-           "periodic_s": round(periodic, 3), "periodic_share": round(periodic / fit_time["s"], 4),
-           "every_n_steps": dyn.every_n_steps, "max_prompts": dyn.max_prompts, "max_steps": cfg.trainer.max_steps})
+    print(
+        {
+            "fit_s": round(fit_time["s"], 3),
+            "callback_s": round(total, 3),
+            "share_of_fit_time": round(total / fit_time["s"], 4),
+            "set_up_s (probe, tokens, step-0 snapshot)": round(spent["on_train_start"], 3),
+            "periodic_s": round(periodic, 3),
+            "periodic_share": round(periodic / fit_time["s"], 4),
+            "every_n_steps": dyn.every_n_steps,
+            "max_prompts": dyn.max_prompts,
+            "max_steps": cfg.trainer.max_steps,
+        }
+    )
 
 
 def bench_hooks(args) -> None:
@@ -145,18 +162,26 @@ def bench_hooks(args) -> None:
     world = ToyWorld(dir=str(Path(default_cache_dir()) / "toy_world" / "seed0")).build()
     model = load_causal_lm(world.base_model).eval()
     g = torch.Generator().manual_seed(0)
-    tokens = build_probe_tokens(model, [torch.randint(1, model.config.vocab_size, (32,), generator=g).tolist() for _ in range(64)], 0, 20, 256)
+    tokens = build_probe_tokens(
+        model, [torch.randint(1, model.config.vocab_size, (32,), generator=g).tolist() for _ in range(64)], 0, 20, 256
+    )
     units = {name: torch.nn.functional.normalize(torch.randn(model.config.n_embd, generator=g), dim=0) for name in ("a", "b")}
     body = getattr(model, "base_model", model)
 
     def forward() -> None:
         with torch.no_grad():
-            body(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                 position_ids=position_ids_from_mask(tokens.attention_mask), use_cache=False)
+            body(
+                input_ids=tokens.input_ids,
+                attention_mask=tokens.attention_mask,
+                position_ids=position_ids_from_mask(tokens.attention_mask),
+                use_cache=False,
+            )
 
-    calls = {"forward": forward,
-             "measure_neurons": lambda: measure(model, tokens, units, 0, 256, components=False),
-             "measure_with_components": lambda: measure(model, tokens, units, 0, 256, components=True)}
+    calls = {
+        "forward": forward,
+        "measure_neurons": lambda: measure(model, tokens, units, 0, 256, components=False),
+        "measure_with_components": lambda: measure(model, tokens, units, 0, 256, components=True),
+    }
     times: dict[str, list[float]] = {k: [] for k in calls}
     for fn in calls.values():
         fn()  # warm-up
@@ -182,8 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up snapshot (slow CPU runs)")
     parser.add_argument("overrides", nargs="*", help="callback-share: Hydra overrides of the demo config")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, device {args.device}"
-          + (f" ({torch.cuda.get_device_name(0)})" if args.device.startswith("cuda") else f", {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"))
+    print(
+        f"torch {torch.__version__}, device {args.device}"
+        + (
+            f" ({torch.cuda.get_device_name(0)})"
+            if args.device.startswith("cuda")
+            else f", {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+        )
+    )
     {"demo": bench_demo, "gpt2-medium": bench_gpt2_medium, "callback-share": bench_callback_share, "hooks": bench_hooks}[args.what](args)
     return 0
 

@@ -36,6 +36,10 @@ class StepTimer(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "step_seconds": self.durations,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "step_seconds": self.durations,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
         (self.out_dir / f"step_times_rank{trainer.global_rank}.json").write_text(json.dumps(record))

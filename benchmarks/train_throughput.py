@@ -69,7 +69,9 @@ def build_policy(spec: dict, seed: int = 0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=max(128, spec["length"]), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **spec["model"])
+    config = GPT2Config(
+        vocab_size=VOCAB, n_positions=max(128, spec["length"]), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **spec["model"]
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -105,18 +107,35 @@ def run_ours(spec: dict, rows: list[dict], tokenizer, steps: int, workdir: Path,
             clock.tick()
 
     module = DPOModule(
-        policy=build_policy(spec), loss=PreferenceLoss(type=loss_type.split("+"), beta=0.1,
-                                                       label_smoothing=0.01 if loss_type == "exo_pair" else 0.0),
+        policy=build_policy(spec),
+        loss=PreferenceLoss(type=loss_type.split("+"), beta=0.1, label_smoothing=0.01 if loss_type == "exo_pair" else 0.0),
         optimizer=partial(torch.optim.AdamW, lr=1e-6, fused=torch.cuda.is_available()),
         scheduler=partial(warmup_schedule, warmup_steps=0),
     )
-    data = PreferenceDataModule(tokenizer=tokenizer, path=str(path), val_size=0, batch_size=spec["pairs"],
-                                max_prompt_length=spec["length"], max_completion_length=spec["length"], num_workers=0)
+    data = PreferenceDataModule(
+        tokenizer=tokenizer,
+        path=str(path),
+        val_size=0,
+        batch_size=spec["pairs"],
+        max_prompt_length=spec["length"],
+        max_completion_length=spec["length"],
+        num_workers=0,
+    )
     trainer = L.Trainer(
-        accelerator="auto", devices=1, precision="bf16-mixed" if spec["bf16"] else "32-true", max_steps=steps,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0, log_every_n_steps=10,
-        use_distributed_sampler=False, callbacks=[Clock()],
+        accelerator="auto",
+        devices=1,
+        precision="bf16-mixed" if spec["bf16"] else "32-true",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        log_every_n_steps=10,
+        use_distributed_sampler=False,
+        callbacks=[Clock()],
     )
     trainer.fit(module, datamodule=data)
     return clock
@@ -136,14 +155,33 @@ def run_trl(spec: dict, rows: list[dict], tokenizer, steps: int, workdir: Path) 
     policy = build_policy(spec)
     reference = build_policy(spec)  # the same seed: an exact copy
     args = DPOConfig(
-        output_dir=str(workdir / "trl"), per_device_train_batch_size=spec["pairs"], max_steps=steps, learning_rate=1e-6,
-        beta=0.1, max_length=spec["length"], bf16=spec["bf16"], gradient_checkpointing=False, max_grad_norm=1.0,
-        logging_steps=10, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch", dataloader_num_workers=0, seed=0,
-        lr_scheduler_type="constant", warmup_steps=0,
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=spec["pairs"],
+        max_steps=steps,
+        learning_rate=1e-6,
+        beta=0.1,
+        max_length=spec["length"],
+        bf16=spec["bf16"],
+        gradient_checkpointing=False,
+        max_grad_norm=1.0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+        dataloader_num_workers=0,
+        seed=0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
     )
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=[Clock()])
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
     trainer.train()
     return clock
 
@@ -160,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--loss-types", default=None,
-                        help="comma-separated loss.type values ('+' joins a combination, e.g. sigmoid+sft): "
-                             "lightning-dpo only, each type's pairs/s against the first's")
+    parser.add_argument(
+        "--loss-types",
+        default=None,
+        help="comma-separated loss.type values ('+' joins a combination, e.g. sigmoid+sft): "
+        "lightning-dpo only, each type's pairs/s against the first's",
+    )
     args = parser.parse_args(argv)
     spec = CONFIGS[args.config]
     if args.loss_types:
@@ -171,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import trl
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; torch {torch.__version__}, "
-          f"lightning {lightning.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; torch {torch.__version__}, "
+        f"lightning {lightning.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
+    )
     print(f"config {args.config}: {spec}, {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats")
     tokenizer = word_tokenizer()
     rows = synthetic_pairs(spec["pairs"] * (args.steps + 2), spec["length"])
@@ -200,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 def loss_table(spec: dict, args: argparse.Namespace) -> int:
     """Our training step's pairs/s per loss type (repetitions alternate the types; medians)."""
     types = args.loss_types.split(",")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; torch {torch.__version__}"
+    )
     print(f"config {args.config}: {spec}, {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats")
     tokenizer = word_tokenizer()
     rows = synthetic_pairs(spec["pairs"] * (args.steps + 2), spec["length"])
@@ -215,8 +260,10 @@ def loss_table(spec: dict, args: argparse.Namespace) -> int:
     first = statistics.median(results[types[0]])
     for loss_type in types:
         median = statistics.median(results[loss_type])
-        print(f"{loss_type}: {median:.2f} pairs/s (median, range {min(results[loss_type]):.2f}-{max(results[loss_type]):.2f}), "
-              f"{median / first:.2f} x {types[0]}")
+        print(
+            f"{loss_type}: {median:.2f} pairs/s (median, range {min(results[loss_type]):.2f}-{max(results[loss_type]):.2f}), "
+            f"{median / first:.2f} x {types[0]}"
+        )
     return 0
 
 

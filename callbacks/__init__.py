@@ -7,5 +7,12 @@ from lightning_dpo.callbacks.progress import StepProgressBar
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint
 from lightning_dpo.callbacks.toxicity_eval import ToxicityEvalCallback
 
-__all__ = ["MetricsInCheckpoint", "NeuronDynamicsCallback", "PeriodicMeasurement", "RunConfigInCheckpoint", "StepProgressBar",
-           "StopCheckpoint", "ToxicityEvalCallback"]
+__all__ = [
+    "MetricsInCheckpoint",
+    "NeuronDynamicsCallback",
+    "PeriodicMeasurement",
+    "RunConfigInCheckpoint",
+    "StepProgressBar",
+    "StopCheckpoint",
+    "ToxicityEvalCallback",
+]

@@ -98,8 +98,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         if unknown:
             raise ConfigError(f"{self.key}.nulls", f"unknown {unknown}; accepted: {list(NULL_KINDS)}")
         if "covariance" in nulls and not components:
-            log.info("%s: the covariance null needs the residual stream's covariance, measured with the components; "
-                     "components=false keeps the uniform null only", self.key)
+            log.info(
+                "%s: the covariance null needs the residual stream's covariance, measured with the components; "
+                "components=false keeps the uniform null only",
+                self.key,
+            )
         self.null_kinds = [k for k in nulls if k != "covariance" or components] if null_directions > 0 else []
         self.null_count, self.null_seed = null_directions, null_seed
         if buckets < 2:
@@ -164,8 +167,10 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         sharded = is_sharded(policy)  # trainer=fsdp: the probe's forwards and weights are collectives, every process builds
         if trainer.is_global_zero or sharded:
             tokenizer = measured_data(trainer, self.key).tokenizer
-            probes = {probe_name: build_probe(policy, tokenizer, node=cfg, key=self._probe_key(probe_name))
-                      for probe_name, cfg in self.probe_cfgs.items()}
+            probes = {
+                probe_name: build_probe(policy, tokenizer, node=cfg, key=self._probe_key(probe_name))
+                for probe_name, cfg in self.probe_cfgs.items()
+            }
         if trainer.is_global_zero:
             for probe_name, probe in probes.items():
                 if probe.quality is not None:
@@ -185,8 +190,15 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         tokenizer = measured_data(trainer, self.key).tokenizer
         ids = prompt_ids_for(tokenizer, self.prompts, self.max_prompt_tokens, self.prepend_bos)
         with trainer.precision_plugin.forward_context():
-            return build_probe_tokens(measured_policy(pl_module, self.key), ids, pad_id(tokenizer), self.num_positions, self.batch_size,
-                                      buckets=self.buckets, seed=self.null_seed)
+            return build_probe_tokens(
+                measured_policy(pl_module, self.key),
+                ids,
+                pad_id(tokenizer),
+                self.num_positions,
+                self.batch_size,
+                buckets=self.buckets,
+                seed=self.null_seed,
+            )
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -201,11 +213,11 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             "target_probe": self.target,
             "probes": {n: {k: str(v) for k, v in p.metadata.items()} for n, p in self.probes.items()},
             "probe": {k: str(v) for k, v in self.probes[self.target].metadata.items()},
-            "nulls": {n.kind: {"directions": len(n.seeds), "seeds": n.seeds} for n in self.nulls} or
-                     {k: {"directions": self.null_count, "first_seed": self.null_seed} for k in self.null_kinds},
+            "nulls": {n.kind: {"directions": len(n.seeds), "seeds": n.seeds} for n in self.nulls}
+            or {k: {"directions": self.null_count, "first_seed": self.null_seed} for k in self.null_kinds},
             "buckets": self.buckets,
             "definitions": "P_i = a_i * p_i; D_i = P_i(0) - P_i(t); types frozen at step 0; component delta = value(0) - value(t); "
-                           "null: the same quantities for random unit directions; *_se: jackknife over buckets of prompts; see README",
+            "null: the same quantities for random unit directions; *_se: jackknife over buckets of prompts; see README",
         }
 
     def _directions(self) -> dict[str, torch.Tensor]:
@@ -232,8 +244,15 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")
         first = self.baseline is None
         with trainer.precision_plugin.forward_context():
-            sums = forward_sums(policy, tokens.shard(trainer.global_rank, trainer.world_size), self.batch_size,
-                                self.buckets, reduce, self.components, covariance=first and "covariance" in self.null_kinds)
+            sums = forward_sums(
+                policy,
+                tokens.shard(trainer.global_rank, trainer.world_size),
+                self.batch_size,
+                self.buckets,
+                reduce,
+                self.components,
+                covariance=first and "covariance" in self.null_kinds,
+            )
         if first:  # the null's directions: seeded, and (covariance) drawn from this forward's residual stream
             self.nulls = self._make_nulls(next(iter(self.probes.values())).direction.numel(), sums.covariance())
             if trainer.is_global_zero:
@@ -301,9 +320,15 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             state["tokens"] = self.tokens.to_dict()
         if self.baseline is not None:
             b = self.baseline
-            state["baseline"] = {"step": b.step, "names": list(b.names), "activation_sums": b.activation_sums, "positions": b.positions,
-                                 "value_norm": b.value_norm, "projections": b.projections,
-                                 "components": None if b.components is None else {f: getattr(b.components, f) for f in Components.FIELDS}}
+            state["baseline"] = {
+                "step": b.step,
+                "names": list(b.names),
+                "activation_sums": b.activation_sums,
+                "positions": b.positions,
+                "value_norm": b.value_norm,
+                "projections": b.projections,
+                "components": None if b.components is None else {f: getattr(b.components, f) for f in Components.FIELDS},
+            }
         state["nulls"] = [{"kind": n.kind, "seeds": list(n.seeds), "units": n.units} for n in self.nulls]
         state["null_rows"] = [r.as_csv() for r in self.null_history]
         state["snapshot_digests"] = dict(self.store.digests)
@@ -335,10 +360,12 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         measured = f"{len(self.prompts)} prompts of dynamics/prompts.jsonl" if self.prompts else "the probe set"
         if self.tokens is not None and self.positions == "fixed":
             measured += f", {int(self.tokens.positions.sum())} positions"
-        lines = [f"neuron groups at step {step}, probe {self.target}, over {measured} "
-                 "(D = P(0) - P(t) along the probe; > 0 is less writing along it; +- one jackknife standard error over "
-                 f"{self.buckets} buckets of prompts):",
-                 f"  {'group':<16}{'count':>8}{'delta_sum':>22}{'share':>17}"]
+        lines = [
+            f"neuron groups at step {step}, probe {self.target}, over {measured} "
+            "(D = P(0) - P(t) along the probe; > 0 is less writing along it; +- one jackknife standard error over "
+            f"{self.buckets} buckets of prompts):",
+            f"  {'group':<16}{'count':>8}{'delta_sum':>22}{'share':>17}",
+        ]
         for group in (*REDUCING_GROUPS, "TP+", "TN-", "AP-", "AN+", "gross_reduction", "net_delta"):
             r = rows.get(group)
             if r is None:
@@ -354,15 +381,22 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         """In words: which of the target probe's quantities lie outside each null's 5-95% band."""
         out = []
         for null in self.nulls:
-            rows = [r for r in self.last.get("nulls", []) if r.probe == self.target and r.null == null.kind
-                    and r.quantity in keys.NULL_METRIC_QUANTITIES]
+            rows = [
+                r
+                for r in self.last.get("nulls", [])
+                if r.probe == self.target and r.null == null.kind and r.quantity in keys.NULL_METRIC_QUANTITIES
+            ]
             if not rows:
                 continue
             outside = [r for r in rows if r.summary.outside]
             inside = [r for r in rows if not r.summary.outside and math.isfinite(r.summary.value)]
-            describe = lambda r: f"{r.quantity} {_fmt(r.quantity, r.summary.value)} (null {_fmt(r.quantity, r.summary.q05)} to {_fmt(r.quantity, r.summary.q95)})"
-            out.append(f"against {len(null.seeds)} random directions ({null.kind} null), outside the null's 5-95% band: "
-                       + ("; ".join(describe(r) for r in outside) or "none"))
+            describe = lambda r: (
+                f"{r.quantity} {_fmt(r.quantity, r.summary.value)} (null {_fmt(r.quantity, r.summary.q05)} to {_fmt(r.quantity, r.summary.q95)})"
+            )
+            out.append(
+                f"against {len(null.seeds)} random directions ({null.kind} null), outside the null's 5-95% band: "
+                + ("; ".join(describe(r) for r in outside) or "none")
+            )
             if inside:
                 out.append("  inside it (a random direction shows as much): " + ", ".join(r.quantity for r in inside))
         return out
@@ -378,8 +412,10 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         start, end = residual.value + residual.delta, residual.value
         move = "fell" if end < start else "rose"
         share_text = f"; attention heads {100 * share:.0f}% of all |component change|" if share == share else ""
-        return [f"probe {probe_name}: the residual stream along the probe {move} from {start:.4g} to {end:.4g} "
-                f"(change {end - start:+.4g}){share_text}; top heads {heads}"]
+        return [
+            f"probe {probe_name}: the residual stream along the probe {move} from {start:.4g} to {end:.4g} "
+            f"(change {end - start:+.4g}){share_text}; top heads {heads}"
+        ]
 
 
 def _fmt(quantity: str, value: float) -> str:
@@ -398,13 +434,21 @@ def _baseline_from_state(b: Mapping[str, Any]) -> Measurement:
     if b.get("components"):
         per = [Components.from_dict(b["components"][n]) for n in names]
         parts = Components(*(torch.stack([getattr(c, f) for c in per])[None].double() for f in Components.FIELDS))
-    return Measurement(b["step"], names, b["mean_activation"][None].float(), torch.ones(1, dtype=torch.float64), b["value_norm"],
-                       torch.stack([b["value_projection"][n] for n in names]), parts)
+    return Measurement(
+        b["step"],
+        names,
+        b["mean_activation"][None].float(),
+        torch.ones(1, dtype=torch.float64),
+        b["value_norm"],
+        torch.stack([b["value_projection"][n] for n in names]),
+        parts,
+    )
 
 
 def _null_row(row: Mapping[str, Any]) -> NullRow:
-    summary = NullSummary(row["value"], row["null_mean"], row["null_std"], row["null_q05"], row["null_q95"], row["percentile"],
-                          int(row["null_size"]))
+    summary = NullSummary(
+        row["value"], row["null_mean"], row["null_std"], row["null_q05"], row["null_q95"], row["percentile"], int(row["null_size"])
+    )
     return NullRow(int(row["step"]), row["probe"], row["quantity"], row["null"], summary, row["value_se"])
 
 
@@ -424,11 +468,16 @@ def _named_probes(probe: Any, probes: Mapping[str, Any] | None, key: str) -> dic
         if is_null_direction(name):
             raise ConfigError(f"{key}.probes.{name}" if probes else "probe.name", "names starting with 'null.' are the null's")
     for name, source in named.items():
-        missing = (is_probe_file(source) and not source.get("path")) if isinstance(source, Mapping) else \
-            (isinstance(source, ProbeFile) and not isinstance(source, RunProbe) and not source.path)
+        missing = (
+            (is_probe_file(source) and not source.get("path"))
+            if isinstance(source, Mapping)
+            else (isinstance(source, ProbeFile) and not isinstance(source, RunProbe) and not source.path)
+        )
         if missing:
-            raise ConfigError("probe.path" if not probes else f"{key}.probes.{name}.path",
-                              "the neuron dynamics need a probe: probe.path=<probe file> (or probe=train probe.data=<labelled texts>)")
+            raise ConfigError(
+                "probe.path" if not probes else f"{key}.probes.{name}.path",
+                "the neuron dynamics need a probe: probe.path=<probe file> (or probe=train probe.data=<labelled texts>)",
+            )
     return named
 
 

@@ -32,8 +32,11 @@ def progress_line(step: int, max_steps: int | None, metrics: dict[str, float], r
     """The line for `step`; fields are dropped from the right until it fits `width` columns."""
     total = f"/{max_steps}" if max_steps else ""
     fields = [f"step {step}{total}"]
-    for key, label, fmt in (("train/loss", "loss", "{:.4f}"), ("train/rewards/accuracies", "acc", "{:.2f}"),
-                            ("val/loss", "val/loss", "{:.4f}")):
+    for key, label, fmt in (
+        ("train/loss", "loss", "{:.4f}"),
+        ("train/rewards/accuracies", "acc", "{:.2f}"),
+        ("val/loss", "val/loss", "{:.4f}"),
+    ):
         if key in metrics:
             fields.append(f"{label} {fmt.format(metrics[key])}")
     if rate:

@@ -47,8 +47,13 @@ log = logging.getLogger(__name__)
 
 class StopCheckpoint(Checkpoint):
     def __init__(
-        self, dirpath: str, filename: str = "last.ckpt", signals: tuple[str, ...] = ("SIGTERM", "SIGINT"), at_end: bool = True,
-        every_n_steps: int | None = None, after_validation: bool = True,
+        self,
+        dirpath: str,
+        filename: str = "last.ckpt",
+        signals: tuple[str, ...] = ("SIGTERM", "SIGINT"),
+        at_end: bool = True,
+        every_n_steps: int | None = None,
+        after_validation: bool = True,
     ):
         if every_n_steps is not None and every_n_steps < 1:
             raise ConfigError("callbacks.stop_checkpoint.every_n_steps", f"must be >= 1 or null, got {every_n_steps}")

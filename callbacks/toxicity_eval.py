@@ -107,12 +107,18 @@ class ToxicityEvalCallback(PeriodicMeasurement):
             atomic_write_text(folder / "perplexity_text.txt", self.perplexity_text)
         if self.f1_prompts:
             atomic_write_jsonl(folder / "f1.jsonl", ({"prompt": p, "gold": g} for p, g in zip(self.f1_prompts, self.f1_golds)))
-        atomic_write_json(folder / "meta.json", {
-            "prompts": describe_prompt_set(self.prompt_spec, len(self.prompts)),
-            "scorer": self.scorer.name, "scorer_config": self.scorer_config,
-            "perplexity_text": self.perplexity_source, "f1_data": self.f1_source,
-            "max_prompt_tokens": self.max_prompt_tokens, "max_new_tokens": self.max_new_tokens,
-        })
+        atomic_write_json(
+            folder / "meta.json",
+            {
+                "prompts": describe_prompt_set(self.prompt_spec, len(self.prompts)),
+                "scorer": self.scorer.name,
+                "scorer_config": self.scorer_config,
+                "perplexity_text": self.perplexity_source,
+                "f1_data": self.f1_source,
+                "max_prompt_tokens": self.max_prompt_tokens,
+                "max_new_tokens": self.max_new_tokens,
+            },
+        )
 
     # -- one evaluation -----------------------------------------------------------------------------
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
@@ -131,13 +137,22 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         else:
             padding = 0
         texts, scores = score_continuations(
-            policy, tokenizer, prompts, self.scorer, self.max_prompt_tokens, self.max_new_tokens, self.batch_size,
+            policy,
+            tokenizer,
+            prompts,
+            self.scorer,
+            self.max_prompt_tokens,
+            self.max_new_tokens,
+            self.batch_size,
             all_finished=sync,
         )
         if padding:
             prompts, texts, scores = prompts[:-padding], texts[:-padding], scores[:-padding]
-        sums = torch.tensor([sum(scores), sum(s > 0.5 for s in scores), len(scores), sum(s * s for s in scores)], dtype=torch.float64,
-                            device=pl_module.device)
+        sums = torch.tensor(
+            [sum(scores), sum(s > 0.5 for s in scores), len(scores), sum(s * s for s in scores)],
+            dtype=torch.float64,
+            device=pl_module.device,
+        )
         sums = trainer.strategy.reduce(sums, reduce_op="sum") if world > 1 else sums
         total, above, n, squares = (float(v) for v in sums)
         mean = total / n
@@ -148,8 +163,16 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         if self.f1_prompts and self.f1_prompts == self.prompts and world == 1:  # the same greedy continuations: reuse them
             metrics["eval/f1"] = f1_of_continuations(tokenizer, texts, self.f1_golds)["f1"]
         elif self.f1_prompts:
-            metrics["eval/f1"] = continuation_f1(policy, tokenizer, self.f1_prompts, self.f1_golds, self.max_prompt_tokens,
-                                                 self.max_new_tokens, batch_size=self.batch_size, all_finished=sync)["f1"]
+            metrics["eval/f1"] = continuation_f1(
+                policy,
+                tokenizer,
+                self.f1_prompts,
+                self.f1_golds,
+                self.max_prompt_tokens,
+                self.max_new_tokens,
+                batch_size=self.batch_size,
+                all_finished=sync,
+            )["f1"]
         rows = [{"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)]
         if world > 1:  # every prompt's row, in the order of the prompt set, whichever process decoded it
             shards: list[Any] = [None] * world
@@ -181,8 +204,11 @@ class ToxicityEvalCallback(PeriodicMeasurement):
             found = file_digest(path)
             if s in self.digests and found != self.digests[s]:
                 what = "is missing" if found is None else "does not match the checksum recorded in the checkpoint"
-                raise DataError(str(path), f"the generations file of step {s} {what}, and it cannot be rebuilt without the "
-                                "weights of that step: restore the file, or resume from a checkpoint written before it")
+                raise DataError(
+                    str(path),
+                    f"the generations file of step {s} {what}, and it cannot be rebuilt without the "
+                    "weights of that step: restore the file, or resume from a checkpoint written before it",
+                )
         for path in (self.output_dir / "eval").glob("generations_step_*.jsonl"):
             if int(path.stem.rsplit("_", 1)[1]) not in steps:
                 path.unlink()  # a future the checkpoint never reached

@@ -54,8 +54,21 @@ from lightning_dpo.utils.tables import markdown_table
 from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
-TABLE_COLUMNS = ["model", "intervention", "neurons", "toxicity", "scorer", "perplexity", "f1", "recovered_share_of_dpo_drop",
-                 "perplexity_ratio", "within_fluency", "toxicity_se", "recovered_low", "recovered_high"]
+TABLE_COLUMNS = [
+    "model",
+    "intervention",
+    "neurons",
+    "toxicity",
+    "scorer",
+    "perplexity",
+    "f1",
+    "recovered_share_of_dpo_drop",
+    "perplexity_ratio",
+    "within_fluency",
+    "toxicity_se",
+    "recovered_low",
+    "recovered_high",
+]
 INTERVAL_LEVEL = 0.9
 
 
@@ -91,7 +104,13 @@ def intervention_rows(cfg: Any, base_snap: Any, dpo_snap: Any, probe: Probe) -> 
         rows.append((f"ablate top {n} toxic neurons", lambda m, s=neurons: iv.ablate(m, s, ivc.positions), iv.neuron_count(neurons)))
     for n in ivc.ablate_top_positive:
         neurons = select.top_toxic_neurons(base_snap, n, positive_activation_only=True)
-        rows.append((f"ablate top {n} positively activated toxic neurons", lambda m, s=neurons: iv.ablate(m, s, ivc.positions), iv.neuron_count(neurons)))
+        rows.append(
+            (
+                f"ablate top {n} positively activated toxic neurons",
+                lambda m, s=neurons: iv.ablate(m, s, ivc.positions),
+                iv.neuron_count(neurons),
+            )
+        )
     for groups in ivc.patch_groups:
         groups = list(groups)
         values = select.values_from(dpo_snap, select.group_neurons(base_snap, dpo_snap, groups))
@@ -100,11 +119,18 @@ def intervention_rows(cfg: Any, base_snap: Any, dpo_snap: Any, probe: Probe) -> 
     if ivc.get("editing"):
         e = ivc.editing
         plan = select.editing_assignments(base_snap, e.alpha, e.beta, e.percentile, e.anti_order)
-        rows.append((f"activation editing (alpha {e.alpha}, beta {e.beta})", lambda m, a=plan: iv.patch(m, a, ivc.positions), iv.neuron_count(plan)))
+        rows.append(
+            (f"activation editing (alpha {e.alpha}, beta {e.beta})", lambda m, a=plan: iv.patch(m, a, ivc.positions), iv.neuron_count(plan))
+        )
     if ivc.get("subtract"):
         s = ivc.subtract
-        rows.append((f"subtract probe direction at layer {s.layer} (scale {s.scale})",
-                     lambda m: iv.subtract_direction(m, s.layer, probe.direction, s.scale, ivc.positions), 0))
+        rows.append(
+            (
+                f"subtract probe direction at layer {s.layer} (scale {s.scale})",
+                lambda m: iv.subtract_direction(m, s.layer, probe.direction, s.scale, ivc.positions),
+                0,
+            )
+        )
     return rows
 
 
@@ -135,15 +161,23 @@ def table_rows(evaluations: list[tuple[str, str, int, dict[str, Any]]], bound: f
         interval = Interval(math.nan, math.nan, math.nan)
         if within is not False and all("scores" in x for x in (base, m, dpo)):
             interval = recovered_interval(base["scores"], m["scores"], dpo["scores"], level=INTERVAL_LEVEL, seed=seed)
-        table.append({
-            "model": model_name, "intervention": label, "neurons": count, "toxicity": m["toxicity"], "scorer": m["scorer"],
-            "perplexity": ppl, "f1": m.get("f1", math.nan),
-            "recovered_share_of_dpo_drop": share if within is not False else math.nan,
-            "perplexity_ratio": ppl / base_ppl if math.isfinite(ppl) and base_ppl else math.nan,
-            "within_fluency": "" if within is None else ("yes" if within else "NO: perplexity above the bound"),
-            "toxicity_se": mean_se(m["scores"]) if "scores" in m else math.nan,
-            "recovered_low": interval.low, "recovered_high": interval.high,
-        })
+        table.append(
+            {
+                "model": model_name,
+                "intervention": label,
+                "neurons": count,
+                "toxicity": m["toxicity"],
+                "scorer": m["scorer"],
+                "perplexity": ppl,
+                "f1": m.get("f1", math.nan),
+                "recovered_share_of_dpo_drop": share if within is not False else math.nan,
+                "perplexity_ratio": ppl / base_ppl if math.isfinite(ppl) and base_ppl else math.nan,
+                "within_fluency": "" if within is None else ("yes" if within else "NO: perplexity above the bound"),
+                "toxicity_se": mean_se(m["scores"]) if "scores" in m else math.nan,
+                "recovered_low": interval.low,
+                "recovered_high": interval.high,
+            }
+        )
     return table
 
 
@@ -155,11 +189,16 @@ def uncertainty_note(evaluations: list[tuple[str, str, int, dict[str, Any]]]) ->
     if "scores" not in base or "scores" not in dpo:
         return ""
     change, se = paired_difference(base["scores"], dpo["scores"])
-    verdict = ("larger than twice its standard error" if math.isfinite(se) and -change > 2 * se else
-               "NOT larger than twice its standard error: on these prompts DPO's drop is within noise, and so is every `recovered` share")
-    return (f"Uncertainty: toxicity_se is the standard error over {len(base['scores'])} prompts; recovered_low/high is a "
-            f"{INTERVAL_LEVEL:.0%} paired-bootstrap interval over prompts (all rows resampled together; empty where DPO's drop "
-            f"is not positive in more than 5% of resamples). DPO's drop {-change:.4g} +- {se:.2g} (paired SE) is {verdict}.")
+    verdict = (
+        "larger than twice its standard error"
+        if math.isfinite(se) and -change > 2 * se
+        else "NOT larger than twice its standard error: on these prompts DPO's drop is within noise, and so is every `recovered` share"
+    )
+    return (
+        f"Uncertainty: toxicity_se is the standard error over {len(base['scores'])} prompts; recovered_low/high is a "
+        f"{INTERVAL_LEVEL:.0%} paired-bootstrap interval over prompts (all rows resampled together; empty where DPO's drop "
+        f"is not positive in more than 5% of resamples). DPO's drop {-change:.4g} +- {se:.2g} (paired SE) is {verdict}."
+    )
 
 
 def _bar_labels(ax: Any, values: list[float], fmt: str) -> None:
@@ -179,9 +218,11 @@ def fluency_note(bound: float, fluency: Any, text: str | None) -> str:
     """The line above Table 1 that says what `recovered` rests on."""
     if not math.isfinite(bound):
         return "No perplexity was measured, so no row could be checked for fluency: `recovered` counts every row."
-    return (f"Fluency bound: perplexity <= {bound:.4g} (the larger of the DPO model's perplexity x {fluency.get('dpo_factor', 1.1)} "
-            f"and the base model's x {fluency.get('base_factor', 1.5)}; perplexity on {text}). A row above it gets no "
-            "`recovered` value: gibberish scores as non-toxic.")
+    return (
+        f"Fluency bound: perplexity <= {bound:.4g} (the larger of the DPO model's perplexity x {fluency.get('dpo_factor', 1.1)} "
+        f"and the base model's x {fluency.get('base_factor', 1.5)}; perplexity on {text}). A row above it gets no "
+        "`recovered` value: gibberish scores as non-toxic."
+    )
 
 
 def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out: Path, bound: float = math.nan) -> list[Path]:
@@ -195,19 +236,28 @@ def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out:
     toxicity = [float(r["toxicity"]) for r in table]
     perplexity = [float(r["perplexity"]) if r.get("perplexity") is not None else math.nan for r in table]
     errors = [float(r.get("toxicity_se", math.nan)) for r in table]
-    tox.barh(range(len(table)), toxicity, color=["#1f77b4" if str(r["model"]).lower() == "dpo" else "#888888" for r in table],
-             xerr=[e if math.isfinite(e) else 0 for e in errors], error_kw={"elinewidth": 0.8, "capsize": 2})  # +- one SE over prompts
+    tox.barh(
+        range(len(table)),
+        toxicity,
+        color=["#1f77b4" if str(r["model"]).lower() == "dpo" else "#888888" for r in table],
+        xerr=[e if math.isfinite(e) else 0 for e in errors],
+        error_kw={"elinewidth": 0.8, "capsize": 2},
+    )  # +- one SE over prompts
     _bar_labels(tox, toxicity, "{:.3f}")
     ppl.barh(range(len(table)), [0 if math.isnan(v) else v for v in perplexity], color=["#d62728" if o else "#bbbbbb" for o in outside])
     _bar_labels(ppl, perplexity, "{:.2f}")
     if math.isfinite(bound):
         ppl.axvline(bound, color="#d62728", ls="--", lw=1)
-        ppl.annotate(f"fluency bound {bound:.3g}", (bound, len(table) - 0.5), xytext=(3, 0), textcoords="offset points", fontsize=7,
-                     color="#d62728")
+        ppl.annotate(
+            f"fluency bound {bound:.3g}", (bound, len(table) - 0.5), xytext=(3, 0), textcoords="offset points", fontsize=7, color="#d62728"
+        )
         ppl.set_xlim(0, max([bound * 1.25] + [v * 1.22 for v in perplexity if math.isfinite(v)]))
     tox.set_yticks(range(len(table)), labels, fontsize=7)
     tox.invert_yaxis()
-    tox.set(xlabel="mean toxicity of greedy continuations (+- one SE over prompts)", title=f"Toxicity by intervention (scorer: {table[0]['scorer']})")
+    tox.set(
+        xlabel="mean toxicity of greedy continuations (+- one SE over prompts)",
+        title=f"Toxicity by intervention (scorer: {table[0]['scorer']})",
+    )
     ppl.set(xlabel="perplexity on the held-out text", title="Perplexity (red: above the fluency bound)")
     for ax in (tox, ppl):
         ax.grid(axis="x", alpha=0.3)
@@ -217,17 +267,31 @@ def plot_results(table: list[dict[str, Any]], groups: list[dict[str, Any]], out:
         for i, (x, y) in enumerate(zip(perplexity, toxicity)):
             if not math.isfinite(x):
                 continue
-            ax.scatter([x], [y], marker="x" if outside[i] else "o", s=40, color="#d62728" if outside[i] else
-                       ("#1f77b4" if str(table[i]["model"]).lower() == "dpo" else "#555555"), zorder=3)
-            ax.annotate(labels[i].split(": ", 1)[1] if table[i]["model"] == "base" else labels[i], (x, y), textcoords="offset points",
-                        xytext=(4, 3), fontsize=6)
+            ax.scatter(
+                [x],
+                [y],
+                marker="x" if outside[i] else "o",
+                s=40,
+                color="#d62728" if outside[i] else ("#1f77b4" if str(table[i]["model"]).lower() == "dpo" else "#555555"),
+                zorder=3,
+            )
+            ax.annotate(
+                labels[i].split(": ", 1)[1] if table[i]["model"] == "base" else labels[i],
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=6,
+            )
         if math.isfinite(bound):
             ax.axvspan(bound, max(v for v in perplexity if math.isfinite(v)) * 1.5, color="#d62728", alpha=0.06, lw=0)
             ax.axvline(bound, color="#d62728", ls="--", lw=1, label=f"fluency bound ({bound:.3g}): right of it, no 'recovered'")
             ax.legend(fontsize=8)
         ax.set_xscale("log")
-        ax.set(xlabel="perplexity on the held-out text (log scale)", ylabel=f"mean toxicity ({table[0]['scorer']})",
-               title="Each intervention: toxicity against perplexity")
+        ax.set(
+            xlabel="perplexity on the held-out text (log scale)",
+            ylabel=f"mean toxicity ({table[0]['scorer']})",
+            title="Each intervention: toxicity against perplexity",
+        )
         ax.grid(alpha=0.3)
         paths.append(save_figure(fig, out / "plots" / "toxicity_vs_perplexity.png"))
     totals = [r for r in groups if r["layer"] == "all" and r["group"] in REDUCING_GROUPS]
@@ -290,8 +354,12 @@ def run(cfg: Any) -> dict[str, Any]:
     dpo_metrics = evaluate("DPO", "none", 0, dpo)
 
     fluency = cfg.get("fluency") or {}
-    bound = fluency_bound(base_metrics.get("perplexity", math.nan), dpo_metrics.get("perplexity", math.nan),
-                          float(fluency.get("dpo_factor", 1.1)), float(fluency.get("base_factor", 1.5)))
+    bound = fluency_bound(
+        base_metrics.get("perplexity", math.nan),
+        dpo_metrics.get("perplexity", math.nan),
+        float(fluency.get("dpo_factor", 1.1)),
+        float(fluency.get("base_factor", 1.5)),
+    )
     table = table_rows(evaluations, bound, seed=int(cfg.get("seed") or 0))
     note = "\n\n".join(x for x in (fluency_note(bound, fluency, settings.perplexity_source), uncertainty_note(evaluations)) if x)
     atomic_write_jsonl(out / "generations.jsonl", generations)
@@ -302,12 +370,24 @@ def run(cfg: Any) -> dict[str, Any]:
     atomic_write_text(out / "groups.md", markdown_table([r for r in groups if r["layer"] == "all"], group_columns))
     plots = plot_results(table, groups, out, bound)
     summary = {
-        "base": str(base_source), "dpo": dpo_description, "probe": {k: str(v) for k, v in probe.metadata.items()},
-        "probe_set": {"source": probe_set_source, "prompts": len(prompt_ids), "positions": int(tokens.positions.sum()),
-                      "center_writing_weights": bool(ps.center_writing_weights)},
-        "evaluation": {"prompts": settings.prompts_source, "scorer": settings.scorer.name, "perplexity_text": settings.perplexity_source,
-                       "f1_data": settings.f1_source},
-        "fluency": {"bound": bound, "note": note}, "table": table, "groups": [r for r in groups if r["layer"] == "all"],
+        "base": str(base_source),
+        "dpo": dpo_description,
+        "probe": {k: str(v) for k, v in probe.metadata.items()},
+        "probe_set": {
+            "source": probe_set_source,
+            "prompts": len(prompt_ids),
+            "positions": int(tokens.positions.sum()),
+            "center_writing_weights": bool(ps.center_writing_weights),
+        },
+        "evaluation": {
+            "prompts": settings.prompts_source,
+            "scorer": settings.scorer.name,
+            "perplexity_text": settings.perplexity_source,
+            "f1_data": settings.f1_source,
+        },
+        "fluency": {"bound": bound, "note": note},
+        "table": table,
+        "groups": [r for r in groups if r["layer"] == "all"],
         "plots": [str(p) for p in plots],
     }
     atomic_write_json(out / "analysis.json", summary)
@@ -316,8 +396,10 @@ def run(cfg: Any) -> dict[str, Any]:
         refresh_report(run_record.path)
     print(note)
     print(markdown_table(table, TABLE_COLUMNS))
-    print(f"neuron groups over {probe_set_source}, {int(tokens.positions.sum())} positions "
-          "(a run's own training summary used dynamics/prompts.jsonl: the tables agree only on the same prompts)")
+    print(
+        f"neuron groups over {probe_set_source}, {int(tokens.positions.sum())} positions "
+        "(a run's own training summary used dynamics/prompts.jsonl: the tables agree only on the same prompts)"
+    )
     print(markdown_table([r for r in groups if r["layer"] == "all"], group_columns))
     print(f"wrote {out}/table.md, table.csv, groups.md, groups.csv, analysis.json, plots/")
     return summary

@@ -37,17 +37,46 @@ from lightning_dpo.utils.io import atomic_write_csv, atomic_write_text
 from lightning_dpo.utils.tables import markdown_table
 
 COLUMNS = [
-    "job", "status", "loss", "beta", "lr", "steps", "val/loss", "val/rewards/accuracies", "val/rewards/margins",
-    "scorer", "eval/toxicity start", "eval/toxicity", "eval/perplexity start", "eval/perplexity", "eval/f1",
-    "share TP-", "share TN+", "share AP+", "share AN-", "gross_reduction", "net_delta", "attention_share", "error",
+    "job",
+    "status",
+    "loss",
+    "beta",
+    "lr",
+    "steps",
+    "val/loss",
+    "val/rewards/accuracies",
+    "val/rewards/margins",
+    "scorer",
+    "eval/toxicity start",
+    "eval/toxicity",
+    "eval/perplexity start",
+    "eval/perplexity",
+    "eval/f1",
+    "share TP-",
+    "share TN+",
+    "share AP+",
+    "share AN-",
+    "gross_reduction",
+    "net_delta",
+    "attention_share",
+    "error",
 ]
 # the settings that only repeat a job (its seeds): jobs differing only in these are one setting
 SEED_KEYS = ("seed", "world.seed")
 # how a job ran or was reported, not what it trained: never part of a setting's name
 NOT_SETTING = ("report", "logger", "ckpt_path", "launcher", "hparams_search", "sweep_name", "allow_changes")
 SETTING_METRICS = [
-    "eval/toxicity", "eval/perplexity", "eval/f1", "val/rewards/accuracies",
-    "share TP-", "share TN+", "share AP+", "share AN-", "gross_reduction", "net_delta", "attention_share",
+    "eval/toxicity",
+    "eval/perplexity",
+    "eval/f1",
+    "val/rewards/accuracies",
+    "share TP-",
+    "share TN+",
+    "share AP+",
+    "share AN-",
+    "gross_reduction",
+    "net_delta",
+    "attention_share",
 ]
 GROUP_COLORS = {"TP-": "#d62728", "TN+": "#ff7f0e", "AP+": "#2ca02c", "AN-": "#1f77b4"}
 
@@ -132,9 +161,13 @@ def job_summary(job: Path) -> dict[str, Any]:
     rows = _load_metrics(job / "metrics.csv")
     loss = OmegaConf.select(cfg, "loss.type", default=None)
     summary: dict[str, Any] = {
-        "job": job.name, "status": state, "loss": str(loss) if loss is not None else "",
-        "beta": _number(cfg, "loss.beta", job / ".hydra" / "config.yaml"), "lr": _number(cfg, "optim.lr", job / ".hydra" / "config.yaml"),
-        "steps": int(rows[-1]["step"]) if rows else 0, "scorer": _scorer(job),
+        "job": job.name,
+        "status": state,
+        "loss": str(loss) if loss is not None else "",
+        "beta": _number(cfg, "loss.beta", job / ".hydra" / "config.yaml"),
+        "lr": _number(cfg, "optim.lr", job / ".hydra" / "config.yaml"),
+        "steps": int(rows[-1]["step"]) if rows else 0,
+        "scorer": _scorer(job),
         "error": str(status.get("error") or "") if state in ("failed", "interrupted") else "",
     }
     for key in ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "eval/toxicity", "eval/perplexity", "eval/f1"):
@@ -208,10 +241,10 @@ def setting_headers() -> list[str]:
 
 def settings_markdown(table: list[dict[str, Any]]) -> str:
     headers = setting_headers()
-    rows = [{"setting": r["setting"], "jobs": r["jobs"], **{h: range_cell(r, k) for h, k in zip(headers, SETTING_METRICS)}}
-            for r in table]
-    return ("Mean over each setting's completed jobs (seeds), [min, max] in brackets.\n\n"
-            + markdown_table(rows, ["setting", "jobs", *headers]))
+    rows = [{"setting": r["setting"], "jobs": r["jobs"], **{h: range_cell(r, k) for h, k in zip(headers, SETTING_METRICS)}} for r in table]
+    return "Mean over each setting's completed jobs (seeds), [min, max] in brackets.\n\n" + markdown_table(
+        rows, ["setting", "jobs", *headers]
+    )
 
 
 def unreadable_summary(job: Path, exc: UnreadableJob) -> dict[str, Any]:
@@ -221,8 +254,10 @@ def unreadable_summary(job: Path, exc: UnreadableJob) -> dict[str, Any]:
 def label(summary: dict[str, Any]) -> str:
     """A short legend entry for a job: its loss type if the sweep varies it, beta, lr."""
     parts = [summary["loss"]] if summary.get("loss") not in (None, "", "sigmoid") else []
-    parts += [f"beta={summary['beta']:g}" if isinstance(summary.get("beta"), float) else "",
-              f"lr={summary['lr']:g}" if isinstance(summary.get("lr"), float) else ""]
+    parts += [
+        f"beta={summary['beta']:g}" if isinstance(summary.get("beta"), float) else "",
+        f"lr={summary['lr']:g}" if isinstance(summary.get("lr"), float) else "",
+    ]
     return ", ".join(p for p in parts if p) or summary["job"]
 
 
@@ -365,8 +400,10 @@ def compare(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: not a folder (compare reads a sweep directory)")
     if RunDirectory.is_run(sweep_dir):
-        raise FileNotFoundError(f"{sweep_dir} is one run, not a sweep: compare reads a folder of runs (a multirun "
-                                f"directory); for this run: python -m lightning_dpo.report {sweep_dir}")
+        raise FileNotFoundError(
+            f"{sweep_dir} is one run, not a sweep: compare reads a folder of runs (a multirun "
+            f"directory); for this run: python -m lightning_dpo.report {sweep_dir}"
+        )
     jobs = find_jobs(sweep_dir)
     planned = planned_jobs(sweep_dir) or []
     missing = [name for name in planned if not (sweep_dir / name).exists()]
@@ -378,8 +415,9 @@ def compare(sweep_dir: str | Path) -> list[dict[str, Any]]:
             summaries.append(job_summary(job))
         except UnreadableJob as exc:
             summaries.append(unreadable_summary(job, exc))
-    summaries += [{"job": name, "status": "missing", "error": "planned by multirun.yaml, but its folder is gone", "_rows": []}
-                  for name in missing]
+    summaries += [
+        {"job": name, "status": "missing", "error": "planned by multirun.yaml, but its folder is gone", "_rows": []} for name in missing
+    ]
     table = [{k: v for k, v in s.items() if k != "_rows"} for s in summaries]
     atomic_write_csv(sweep_dir / "compare.csv", COLUMNS, table)
     atomic_write_text(sweep_dir / "compare.md", markdown_table(table, COLUMNS))
@@ -392,11 +430,19 @@ def compare(sweep_dir: str | Path) -> list[dict[str, Any]]:
     plot_shares(summaries, plots)
     plot_overview(summaries, plots)
     scorer = next((s["scorer"] for s in summaries if s.get("scorer")), "scorer not recorded")
-    plot_heatmap(summaries, "share TP-", "final TP- share of the reduction", "share of the gross reduction (%)", plots / "heatmap_tp_share.png")
-    plot_heatmap(summaries, "net_delta", "final net change of toxic-direction writing", "sum of D_i [probe-direction units]",
-                 plots / "heatmap_net_delta.png")
-    plot_heatmap(summaries, "eval/toxicity", "final toxicity of held-out continuations", f"mean toxicity ({scorer})",
-                 plots / "heatmap_toxicity.png")
+    plot_heatmap(
+        summaries, "share TP-", "final TP- share of the reduction", "share of the gross reduction (%)", plots / "heatmap_tp_share.png"
+    )
+    plot_heatmap(
+        summaries,
+        "net_delta",
+        "final net change of toxic-direction writing",
+        "sum of D_i [probe-direction units]",
+        plots / "heatmap_net_delta.png",
+    )
+    plot_heatmap(
+        summaries, "eval/toxicity", "final toxicity of held-out continuations", f"mean toxicity ({scorer})", plots / "heatmap_toxicity.png"
+    )
     plot_heatmap(summaries, "eval/perplexity", "final perplexity on held-out text", "perplexity", plots / "heatmap_perplexity.png")
     return table
 

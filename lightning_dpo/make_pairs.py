@@ -67,10 +67,24 @@ def settings_fingerprint(cfg: Any, probe_direction: torch.Tensor) -> dict[str, A
     """Everything that decides the pairs (not where they go, or how fast they are made)."""
     from omegaconf import OmegaConf
 
-    keys = ("prompts", "scorer", "steering", "max_prompt_tokens", "min_prompt_tokens", "max_prompts", "chosen_temperature",
-            "rejected_temperature", "max_new_tokens", "margin", "chunk_size", "seed")
+    keys = (
+        "prompts",
+        "scorer",
+        "steering",
+        "max_prompt_tokens",
+        "min_prompt_tokens",
+        "max_prompts",
+        "chosen_temperature",
+        "rejected_temperature",
+        "max_new_tokens",
+        "margin",
+        "chunk_size",
+        "seed",
+    )
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
-    settings["model"] = {k: OmegaConf.to_container(cfg.model, resolve=False).get(k) for k in ("name_or_path", "tokenizer", "dtype", "config")}
+    settings["model"] = {
+        k: OmegaConf.to_container(cfg.model, resolve=False).get(k) for k in ("name_or_path", "tokenizer", "dtype", "config")
+    }
     settings["probe_sha256"] = hashlib.sha256(probe_direction.float().numpy().tobytes()).hexdigest()[:16]
     return settings
 
@@ -82,8 +96,11 @@ def claim_parts(parts: Path, fingerprint: dict[str, Any]) -> None:
     if settings_file.exists() and json.loads(settings_file.read_text()) != json.loads(json.dumps(fingerprint)):
         chunks = sorted(parts.glob("chunk_*.jsonl"))
         if chunks:
-            raise ConfigError("out", f"{parts} holds {len(chunks)} chunks of an interrupted run with other settings: "
-                              "delete it to start afresh, or choose another out")
+            raise ConfigError(
+                "out",
+                f"{parts} holds {len(chunks)} chunks of an interrupted run with other settings: "
+                "delete it to start afresh, or choose another out",
+            )
         log.info("%s: replacing the settings of an earlier attempt that produced nothing", parts)
     elif settings_file.exists():
         log.info("resuming from %s", parts)
@@ -115,14 +132,21 @@ def _scale(cfg: Any, model: Any, tokenizer: Any, prompts: list[str]) -> dict[int
 
 def _settings(cfg: Any, alpha: float) -> PairSettings:
     return PairSettings(
-        alpha=float(alpha), layers=cfg.steering.layers, chosen_temperature=cfg.chosen_temperature,
-        rejected_temperature=cfg.rejected_temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-        margin=cfg.margin, seed=cfg.seed, drop_degenerate=cfg.steering.get("drop_degenerate", True),
+        alpha=float(alpha),
+        layers=cfg.steering.layers,
+        chosen_temperature=cfg.chosen_temperature,
+        rejected_temperature=cfg.rejected_temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        margin=cfg.margin,
+        seed=cfg.seed,
+        drop_degenerate=cfg.steering.get("drop_degenerate", True),
     )
 
 
-def scan(cfg: Any, model: Any, tokenizer: Any, prompts: list[str], unit: torch.Tensor, scorer: Any, scale: dict[int, float],
-         out: Path) -> list[dict[str, Any]]:
+def scan(
+    cfg: Any, model: Any, tokenizer: Any, prompts: list[str], unit: torch.Tensor, scorer: Any, scale: dict[int, float], out: Path
+) -> list[dict[str, Any]]:
     """`steering.alpha=[...]`: per alpha, on the first `steering.scan_prompts` prompts, the pairs kept,
     the score gap and the share of degenerate rejected texts; written to <out>.scan.json and .md (no pairs)."""
     from lightning_dpo.utils.tables import markdown_table
@@ -132,12 +156,28 @@ def scan(cfg: Any, model: Any, tokenizer: Any, prompts: list[str], unit: torch.T
     for alpha in cfg.steering.alpha:
         rows = generate_pairs(model, tokenizer, sample, unit, scorer, _settings(cfg, alpha), 0, scale)
         table.append(scan_row(float(alpha), rows))
-        log.info("alpha %s: %d of %d pairs kept, %.0f%% of rejected texts degenerate", alpha, table[-1]["kept"], len(rows),
-                 100 * table[-1]["degenerate_share"])
-    columns = ["alpha", "prompts", "kept", "kept_share", "mean_score_gap", "kept_mean_gap", "degenerate_share",
-               "mean_chosen_score", "mean_rejected_score"]
-    note = (f"alpha in units of the steered layers' median residual norm ({describe_scale(scale)}); scorer {scorer.name}; "
-            f"margin {cfg.margin}; degenerate rejected texts are {'dropped' if cfg.steering.get('drop_degenerate', True) else 'kept'}")
+        log.info(
+            "alpha %s: %d of %d pairs kept, %.0f%% of rejected texts degenerate",
+            alpha,
+            table[-1]["kept"],
+            len(rows),
+            100 * table[-1]["degenerate_share"],
+        )
+    columns = [
+        "alpha",
+        "prompts",
+        "kept",
+        "kept_share",
+        "mean_score_gap",
+        "kept_mean_gap",
+        "degenerate_share",
+        "mean_chosen_score",
+        "mean_rejected_score",
+    ]
+    note = (
+        f"alpha in units of the steered layers' median residual norm ({describe_scale(scale)}); scorer {scorer.name}; "
+        f"margin {cfg.margin}; degenerate rejected texts are {'dropped' if cfg.steering.get('drop_degenerate', True) else 'kept'}"
+    )
     atomic_write_json(out.with_name(out.name + ".scan.json"), {"note": note, "scale": scale, "rows": table})
     atomic_write_text(out.with_name(out.name + ".scan.md"), note + "\n\n" + markdown_table(table, columns))
     print(note)
@@ -178,9 +218,17 @@ def run(cfg: Any) -> dict[str, Any]:
         if count:
             log.warning("%d of %d kept pairs: %s", count, len(kept), what.replace("_", " "))
     report = {
-        "out": str(out), "model": description, "scorer": scorer.name, "margin": cfg.margin, "alpha": cfg.steering.alpha,
-        "alpha_unit": "the steered layer's median residual norm", "residual_norm_median": scale,
-        "layers": resolve_layers(model, cfg.steering.layers), "prompts": len(rows), "kept": len(kept), "dropped": len(rows) - len(kept),
+        "out": str(out),
+        "model": description,
+        "scorer": scorer.name,
+        "margin": cfg.margin,
+        "alpha": cfg.steering.alpha,
+        "alpha_unit": "the steered layer's median residual norm",
+        "residual_norm_median": scale,
+        "layers": resolve_layers(model, cfg.steering.layers),
+        "prompts": len(rows),
+        "kept": len(kept),
+        "dropped": len(rows) - len(kept),
         "degenerate_rejected": sum(bool(r.get("degenerate")) for r in rows),
         "degenerate_dropped": cfg.steering.get("drop_degenerate", True),
         "warnings": warnings,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import html
 import json
@@ -33,9 +34,18 @@ log = logging.getLogger(__name__)
 
 REPORT = "report.html"
 HEADLINE = (
-    "eval/toxicity", "eval/perplexity", "eval/f1", "val/loss", "val/rewards/accuracies", "val/rewards/margins",
-    "dynamics/gross_reduction", "dynamics/net_delta",
-    "dynamics/TP-/share", "dynamics/TN+/share", "dynamics/AP+/share", "dynamics/AN-/share",
+    "eval/toxicity",
+    "eval/perplexity",
+    "eval/f1",
+    "val/loss",
+    "val/rewards/accuracies",
+    "val/rewards/margins",
+    "dynamics/gross_reduction",
+    "dynamics/net_delta",
+    "dynamics/TP-/share",
+    "dynamics/TN+/share",
+    "dynamics/AP+/share",
+    "dynamics/AN-/share",
 )
 
 STYLE = """
@@ -90,16 +100,17 @@ def html_table(rows: list[dict[str, Any]], columns: list[str], links: dict[str, 
 
 def figure(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}</figcaption></figure>"
 
 
 def page(title: str, sections: list[str]) -> str:
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
-            f"<style>{STYLE}</style></head><body><div id='broken' class='broken'></div>{''.join(sections)}"
-            f"<p class='muted'>written by lightning-dpo on {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"
-            f"<script>{CHECK}</script></body></html>\n")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
+        f"<style>{STYLE}</style></head><body><div id='broken' class='broken'></div>{''.join(sections)}"
+        f"<p class='muted'>written by lightning-dpo on {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"
+        f"<script>{CHECK}</script></body></html>\n"
+    )
 
 
 def _status_badge(status: str) -> str:
@@ -139,8 +150,15 @@ def _headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if points:
             (first_step, first), (last_step, last) = points[0], points[-1]
             fmt = column_format([first, last])  # one format per row: the metrics' scales differ
-            table.append({"metric": key, "first": format_cell(first, fmt), "at step": first_step,
-                          "last": format_cell(last, fmt), "at step ": last_step})
+            table.append(
+                {
+                    "metric": key,
+                    "first": format_cell(first, fmt),
+                    "at step": first_step,
+                    "last": format_cell(last, fmt),
+                    "at step ": last_step,
+                }
+            )
     return table
 
 
@@ -149,10 +167,11 @@ def _finite(value: Any) -> bool:
 
 
 def _commands(run_dir: Path, status: dict[str, Any]) -> list[tuple[str, str]]:
-    commands = [("draw the dynamics figures", f"python -m lightning_dpo.plot {shlex.quote(str(run_dir))}"),
-                ("the papers' interventions on this run's best model",
-                 f"python -m lightning_dpo.analyze {override_arg('dpo', run_dir)}"),
-                ("evaluate this run's best model", f"python -m lightning_dpo.evaluate {override_arg('model.name_or_path', run_dir)}")]
+    commands = [
+        ("draw the dynamics figures", f"python -m lightning_dpo.plot {shlex.quote(str(run_dir))}"),
+        ("the papers' interventions on this run's best model", f"python -m lightning_dpo.analyze {override_arg('dpo', run_dir)}"),
+        ("evaluate this run's best model", f"python -m lightning_dpo.evaluate {override_arg('model.name_or_path', run_dir)}"),
+    ]
     resume = status.get("resume")
     saved = run_dir / ".hydra" / "resume_command.txt"
     if not resume and saved.exists():
@@ -189,27 +208,33 @@ def run_report(run_dir: str | Path, draw: bool = True) -> Path:
         except Exception as exc:  # a figure problem must not cost the rest of the report
             log.warning("the dynamics figures could not be drawn (%s: %s); the report shows what exists", type(exc).__name__, exc)
     state = str(status.get("status", "unknown"))
-    sections = [f"<h1>lightning-dpo run: {_e(run_dir.name)}</h1>",
-                f"<p>{_status_badge(state)} <span class='muted'>{_e(run_dir.resolve())}"
-                f"{' &middot; step ' + _e(status['step']) if 'step' in status else ''}"
-                f"{' &middot; ' + _e(status['time']) if 'time' in status else ''}</span></p>"]
+    sections = [
+        f"<h1>lightning-dpo run: {_e(run_dir.name)}</h1>",
+        f"<p>{_status_badge(state)} <span class='muted'>{_e(run_dir.resolve())}"
+        f"{' &middot; step ' + _e(status['step']) if 'step' in status else ''}"
+        f"{' &middot; ' + _e(status['time']) if 'time' in status else ''}</span></p>",
+    ]
     if status.get("error"):
         sections.append(f"<p><b>error:</b> <code>{_e(status['error'])}</code></p>")
-    sections.append("<h2>Next commands</h2><table>" + "".join(
-        f"<tr><td>{_e(what)}</td><td><code>{_e(cmd)}</code></td></tr>" for what, cmd in _commands(run_dir, status)) + "</table>")
+    sections.append(
+        "<h2>Next commands</h2><table>"
+        + "".join(f"<tr><td>{_e(what)}</td><td><code>{_e(cmd)}</code></td></tr>" for what, cmd in _commands(run_dir, status))
+        + "</table>"
+    )
     headline = _headline(rows)
     sections.append("<h2>Headline numbers</h2>" + html_table(headline, ["metric", "first", "at step", "last", "at step "]))
     evaluation = _read_csv(run_dir / "toxicity_eval.csv")
     if evaluation:
         meta = _read_json(run_dir / "eval" / "meta.json")
         note = f"scorer {meta.get('scorer', '?')}; prompts: {meta.get('prompts', '?')}" if meta else ""
-        sections.append(f"<h2>Held-out evaluation</h2><p class='muted'>{_e(note)}</p>"
-                        + html_table(evaluation, list(evaluation[0].keys())))
+        sections.append(f"<h2>Held-out evaluation</h2><p class='muted'>{_e(note)}</p>" + html_table(evaluation, list(evaluation[0].keys())))
     sections += _figures(run_dir / "plots")
     sections += _analyses(run_dir)
     config = run_dir / ".hydra" / "config.yaml"
     if config.exists():
-        sections.append(f"<h2>Settings</h2><details><summary>.hydra/config.yaml</summary><pre>{_e(config.read_text(encoding='utf-8'))}</pre></details>")
+        sections.append(
+            f"<h2>Settings</h2><details><summary>.hydra/config.yaml</summary><pre>{_e(config.read_text(encoding='utf-8'))}</pre></details>"
+        )
     out = run_dir / REPORT
     atomic_write_text(out, page(f"lightning-dpo: {run_dir.name}", sections))
     return out
@@ -278,26 +303,41 @@ def sweep_report(sweep_dir: str | Path) -> Path:
         if (job / REPORT).exists():
             summary["_report"] = (job / REPORT).relative_to(sweep_dir).as_posix()
         summaries.append(summary)
-    summaries += [{"job": name, "status": "missing", "error": "planned by multirun.yaml, but its folder is gone", "_rows": []}
-                  for name in planned_jobs(sweep_dir) or [] if not (sweep_dir / name).exists()]
+    summaries += [
+        {"job": name, "status": "missing", "error": "planned by multirun.yaml, but its folder is gone", "_rows": []}
+        for name in planned_jobs(sweep_dir) or []
+        if not (sweep_dir / name).exists()
+    ]
     done = sum(s["status"] == "completed" for s in summaries)
-    sections = [f"<h1>lightning-dpo sweep: {_e(sweep_dir.name)}</h1>",
-                f"<p class='muted'>{_e(sweep_dir.resolve())} &middot; {done} of {len(summaries)} jobs completed</p>"]
+    sections = [
+        f"<h1>lightning-dpo sweep: {_e(sweep_dir.name)}</h1>",
+        f"<p class='muted'>{_e(sweep_dir.resolve())} &middot; {done} of {len(summaries)} jobs completed</p>",
+    ]
     failed = [s for s in summaries if s["status"] != "completed"]
     if failed:
-        sections.append("<p><b>Not completed:</b></p><ul>" + "".join(
-            f"<li><code>{_e(s['job'])}</code>: {_e(s['status'])}{(': ' + _e(s['error'])) if s.get('error') else ''}</li>"
-            for s in failed) + "</ul>")
+        sections.append(
+            "<p><b>Not completed:</b></p><ul>"
+            + "".join(
+                f"<li><code>{_e(s['job'])}</code>: {_e(s['status'])}{(': ' + _e(s['error'])) if s.get('error') else ''}</li>"
+                for s in failed
+            )
+            + "</ul>"
+        )
     settings = by_setting(summaries)
     if any(r["jobs"] > 1 for r in settings):
         headers = setting_headers()
-        cells = [{"setting": r["setting"], "jobs": r["jobs"], **{h: range_cell(r, k) for h, k in zip(headers, SETTING_METRICS)}}
-                 for r in settings]
+        cells = [
+            {"setting": r["setting"], "jobs": r["jobs"], **{h: range_cell(r, k) for h, k in zip(headers, SETTING_METRICS)}}
+            for r in settings
+        ]
         sections.append("<h2>Per setting (mean [min, max] over seeds)</h2>" + html_table(cells, ["setting", "jobs", *headers]))
-    columns = [c for c in COLUMNS if any(s.get(c) not in (None, "") and not (isinstance(s.get(c), float) and math.isnan(s[c]))
-                                         for s in summaries)]
-    sections.append("<h2>Jobs</h2><p class='muted'>each job name links to its own report where it has one</p>"
-                    + html_table([{k: v for k, v in s.items() if k != "_rows"} for s in summaries], columns, links={"job": "_report"}))
+    columns = [
+        c for c in COLUMNS if any(s.get(c) not in (None, "") and not (isinstance(s.get(c), float) and math.isnan(s[c])) for s in summaries)
+    ]
+    sections.append(
+        "<h2>Jobs</h2><p class='muted'>each job name links to its own report where it has one</p>"
+        + html_table([{k: v for k, v in s.items() if k != "_rows"} for s in summaries], columns, links={"job": "_report"})
+    )
     sections += _figures(sweep_dir / "plots")
     out = sweep_dir / REPORT
     atomic_write_text(out, page(f"lightning-dpo sweep: {sweep_dir.name}", sections))
@@ -320,10 +360,8 @@ class SweepReport(_HydraCallback):
         self.ran: set[str] = set()
 
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
-        try:
+        with contextlib.suppress(AttributeError):  # no job directory known: the verdict falls back to every job of the sweep
             self.ran.add(Path(job_return.hydra_cfg.hydra.runtime.output_dir).name)
-        except AttributeError:  # no job directory known: the verdict falls back to every job of the sweep
-            pass
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -331,8 +369,12 @@ class SweepReport(_HydraCallback):
             out = sweep_report(sweep_dir)
             log.info("sweep report: %s (compare.md, plots/ beside it)", out)
         except Exception as exc:  # the jobs' own results stand; the report can be written again
-            log.warning("the sweep's report could not be written (%s: %s); `python -m lightning_dpo.report %s` retries",
-                        type(exc).__name__, exc, sweep_dir)
+            log.warning(
+                "the sweep's report could not be written (%s: %s); `python -m lightning_dpo.report %s` retries",
+                type(exc).__name__,
+                exc,
+                sweep_dir,
+            )
         failed = failed_jobs(sweep_dir)
         if self.ran:
             earlier = [job for job, _ in failed if job not in self.ran]
@@ -343,7 +385,9 @@ class SweepReport(_HydraCallback):
             log.error("%d job(s) of the sweep did not complete: %s", len(failed), "; ".join(f"{job}: {why}" for job, why in failed))
             # the jobs' logging goes to stdout; the command's verdict goes to stderr, one line, as any failing command's
             statuses = ", ".join(f"{job} ({why.split(':', 1)[0]})" for job, why in failed)
-            print(f"error: {len(failed)} job(s) of the sweep did not complete: {statuses}; why: {sweep_dir / 'compare.md'}", file=sys.stderr)
+            print(
+                f"error: {len(failed)} job(s) of the sweep did not complete: {statuses}; why: {sweep_dir / 'compare.md'}", file=sys.stderr
+            )
             sys.exit(1)
 
 

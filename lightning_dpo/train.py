@@ -37,8 +37,9 @@ log = logging.getLogger("lightning_dpo.train")
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """Every `callbacks.<name>` node with a `_target_` (conf/callbacks/)."""
-    return [build(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()
-            if node is not None and "_target_" in node]
+    return [
+        build(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node is not None and "_target_" in node
+    ]
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
@@ -58,13 +59,21 @@ def build_run(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> Ru
     and the Trainer with `callbacks` (built earlier, so that a signal during loading is honoured)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in .hydra/config.yaml
     loss = build(cfg.loss, "loss")  # cheap checks first: a bad value fails before anything loads
-    tokenizer = load_tokenizer(cfg.model.get("tokenizer") or cfg.model.get("name_or_path"),
-                               trust_remote_code=cfg.model.get("trust_remote_code", False), gguf_file=cfg.model.get("gguf_file"))
+    tokenizer = load_tokenizer(
+        cfg.model.get("tokenizer") or cfg.model.get("name_or_path"),
+        trust_remote_code=cfg.model.get("trust_remote_code", False),
+        gguf_file=cfg.model.get("gguf_file"),
+    )
     datamodule = build(cfg.data, "data", tokenizer=tokenizer)
     datamodule.setup("fit")
     log.info("data: %s", datamodule.summary())
-    module = build(cfg.model, "model", loss=loss, optimizer=build(cfg.optim.optimizer, "optim.optimizer"),
-                   scheduler=build(cfg.optim.scheduler, "optim.scheduler"))
+    module = build(
+        cfg.model,
+        "model",
+        loss=loss,
+        optimizer=build(cfg.optim.optimizer, "optim.optimizer"),
+        scheduler=build(cfg.optim.scheduler, "optim.scheduler"),
+    )
     check_lengths(cfg, max_positions(module.policy))
     loggers = build_loggers(cfg, run_dir)
     callbacks = callbacks + [MetricsInCheckpoint(loggers[0]), RunConfigInCheckpoint(run_config(cfg))]

@@ -32,11 +32,21 @@ def _no_checkpoint(run_dir: Path) -> bool:
 
 # -- sequences and pairs ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, key", [
-    ("data.max_prompt_length=48", "data.max_prompt_length=48 + data.max_completion_length=32 = 80 tokens"),
-    ("callbacks.neuron_dynamics.num_positions=40", "callbacks.neuron_dynamics.max_prompt_tokens=32 + callbacks.neuron_dynamics.num_positions=40"),
-    ("callbacks.toxicity_eval.max_new_tokens=40", "callbacks.toxicity_eval.max_prompt_tokens=32 + callbacks.toxicity_eval.max_new_tokens=40"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.max_prompt_length=48", "data.max_prompt_length=48 + data.max_completion_length=32 = 80 tokens"),
+        (
+            "callbacks.neuron_dynamics.num_positions=40",
+            "callbacks.neuron_dynamics.max_prompt_tokens=32 + callbacks.neuron_dynamics.num_positions=40",
+        ),
+        (
+            "callbacks.toxicity_eval.max_new_tokens=40",
+            "callbacks.toxicity_eval.max_prompt_tokens=32 + callbacks.toxicity_eval.max_new_tokens=40",
+        ),
+    ],
+)
 def test_sequences_longer_than_the_model_positions_fail_before_training(tmp_path, small_world, override, key):
     with pytest.raises(ConfigError, match="the model has positions for 64") as info:
         run(tmp_path, override)
@@ -75,12 +85,15 @@ def test_pair_files_with_a_bom_json_arrays_csv_and_parquet_are_read(tmp_path):
         assert [(r.prompt, r.chosen, r.rejected) for r in records] == [("p", " c", " r")] * 2 and report.kept == 2, name
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("dup.jsonl", '{"prompt": "p", "chosen": " a", "chosen": " b", "rejected": " r"}\n', "dup.jsonl:1: the key 'chosen' appears twice"),
-    ("pairs.txt", "p\n", "pairs need JSONL"),
-    ("pairs.dat", "prompt,chosen,rejected\n", "pairs.dat:1: not valid JSON .*JSONL expected"),
-    ("object.json", json.dumps(PAIR), "must hold an array of objects"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("dup.jsonl", '{"prompt": "p", "chosen": " a", "chosen": " b", "rejected": " r"}\n', "dup.jsonl:1: the key 'chosen' appears twice"),
+        ("pairs.txt", "p\n", "pairs need JSONL"),
+        ("pairs.dat", "prompt,chosen,rejected\n", "pairs.dat:1: not valid JSON .*JSONL expected"),
+        ("object.json", json.dumps(PAIR), "must hold an array of objects"),
+    ],
+)
 def test_unreadable_pair_files_name_the_file_and_line(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(DataError, match=message):
@@ -108,10 +121,13 @@ def test_a_missing_local_prompt_file_is_never_tried_on_the_hub(tmp_path):
         load_texts("allenai/real-toxicity-prompts", key="callbacks.x.prompts")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"hello\n", "is not a tensor file written by torch.save"),
-    ("dict", "holds a dict with keys \\['a', 'b'\\]: expected one tensor"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"hello\n", "is not a tensor file written by torch.save"),
+        ("dict", "holds a dict with keys \\['a', 'b'\\]: expected one tensor"),
+    ],
+)
 def test_a_probe_file_that_is_text_or_a_dict_is_named(tmp_path, content, message):
     from lightning_dpo.neurons.probe import load_probe
 
@@ -127,13 +143,19 @@ def test_a_probe_file_that_is_text_or_a_dict_is_named(tmp_path, content, message
 def test_an_empty_model_folder_is_named(tmp_path, small_world):
     (tmp_path / "empty").mkdir()
     torch.save(torch.randn(64), tmp_path / "probe.pt")
-    own = ["model=hf", f"model.name_or_path={tmp_path / 'empty'}", "data=jsonl", f"data.path={write_pairs(tmp_path / 'p.jsonl')}",
-           f"probe.path={tmp_path / 'probe.pt'}"]
+    own = [
+        "model=hf",
+        f"model.name_or_path={tmp_path / 'empty'}",
+        "data=jsonl",
+        f"data.path={write_pairs(tmp_path / 'p.jsonl')}",
+        f"probe.path={tmp_path / 'probe.pt'}",
+    ]
     with pytest.raises(LightningDPOError, match=f"{tmp_path / 'empty'}: expected a folder written by save_pretrained"):
         run(tmp_path / "run", *own)
 
 
 # -- output directories, full disks, leftovers -----------------------------------------------
+
 
 def test_a_read_only_run_directory_on_resume_is_named(tmp_path, small_world, monkeypatch):
     run_dir = tmp_path / "run"
@@ -146,7 +168,9 @@ def test_a_read_only_run_directory_on_resume_is_named(tmp_path, small_world, mon
         return real(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", read_only)
-    with pytest.raises(OutputError, match=rf"run directory \(paths.output_dir\) {run_dir} is not usable: cannot write {run_dir}: permission denied"):
+    with pytest.raises(
+        OutputError, match=rf"run directory \(paths.output_dir\) {run_dir} is not usable: cannot write {run_dir}: permission denied"
+    ):
         run(run_dir, "trainer.max_steps=4", "ckpt_path=last")
 
 

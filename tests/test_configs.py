@@ -20,7 +20,9 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
     """Per experiment: overrides that replace downloads by local tiny files of the same kind."""
     lee = tmp_path / "lee_pairs.jsonl"
-    lee.write_text("".join(json.dumps({"prompt_text": f"p {i}", "unpert_gen_text": " nice", "pert_gen_text": " bad"}) + "\n" for i in range(80)))
+    lee.write_text(
+        "".join(json.dumps({"prompt_text": f"p {i}", "unpert_gen_text": " nice", "pert_gen_text": " bad"}) + "\n" for i in range(80))
+    )
     probe = tmp_path / "probe.pt"
     torch.save(torch.randn(1, 64), probe)  # Lee et al.'s format: (1, d_model)
     prompts = world.eval_prompts
@@ -32,13 +34,28 @@ def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
 
     def common(model_config: dict, pairs: Path) -> list[str]:
         return [
-            "model.name_or_path=null", f"model.config={tiny(model_config)}", f"model.tokenizer={world.base_model}", f"data.path={pairs}",
-            f"probe.path={probe}", f"prompts.source={prompts}", "prompts.field=prompt", "prompts.filter=null", "scorer=profanity_check",
-            "callbacks.toxicity_eval.perplexity_text=null", "trainer.accelerator=cpu",
+            "model.name_or_path=null",
+            f"model.config={tiny(model_config)}",
+            f"model.tokenizer={world.base_model}",
+            f"data.path={pairs}",
+            f"probe.path={probe}",
+            f"prompts.source={prompts}",
+            "prompts.field=prompt",
+            "prompts.filter=null",
+            "scorer=profanity_check",
+            "callbacks.toxicity_eval.perplexity_text=null",
+            "trainer.accelerator=cpu",
         ]
 
-    small = {"vocab_size": 600, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+    small = {
+        "vocab_size": 600,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
     return {  # the same architecture as the preset's model, at a tiny size
         "toxicity_gpt2_medium": common(tiny_gpt2_config(vocab_size=600, n_embd=64), lee) + ["trainer.precision=32-true"],
         "toxicity_generated_pairs": common(tiny_gpt2_config(vocab_size=600, n_embd=64), trl_pairs) + ["trainer.precision=32-true"],
@@ -60,8 +77,13 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, small_
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     datamodule = build(cfg.data, "data", tokenizer=tokenizer)
     datamodule.setup("fit")
-    module = build(cfg.model, "model", loss=build(cfg.loss, "loss"),
-                   optimizer=build(cfg.optim.optimizer, "optim.optimizer"), scheduler=build(cfg.optim.scheduler, "optim.scheduler"))
+    module = build(
+        cfg.model,
+        "model",
+        loss=build(cfg.loss, "loss"),
+        optimizer=build(cfg.optim.optimizer, "optim.optimizer"),
+        scheduler=build(cfg.optim.scheduler, "optim.scheduler"),
+    )
     callbacks = build_callbacks(cfg)
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=False)
     assert module.loss_fn.beta == cfg.loss.beta and trainer.max_steps == cfg.trainer.max_steps
@@ -144,12 +166,25 @@ def test_a_users_scorer_probe_and_loss_from_their_own_module(tmp_path, small_wor
     from lightning_dpo.model.losses import PreferenceLoss
 
     run_dir = tmp_path / "run"
-    train(compose_train(SMALL_WORLD + SHORT_RUN + [
-        "scorer=custom", "scorer._target_=helpers.extensions.ShoutScorer", "+scorer.threshold=2",
-        "probe=custom", "probe._target_=helpers.extensions.FirstAxisProbe", "+probe.axis=3",
-        "loss.type=helpers.extensions.margin_squared", "trainer.max_steps=2", "trainer.val_check_interval=2",
-        "~callbacks.neuron_dynamics.probes",
-    ], run_dir))
+    train(
+        compose_train(
+            SMALL_WORLD
+            + SHORT_RUN
+            + [
+                "scorer=custom",
+                "scorer._target_=helpers.extensions.ShoutScorer",
+                "+scorer.threshold=2",
+                "probe=custom",
+                "probe._target_=helpers.extensions.FirstAxisProbe",
+                "+probe.axis=3",
+                "loss.type=helpers.extensions.margin_squared",
+                "trainer.max_steps=2",
+                "trainer.val_check_interval=2",
+                "~callbacks.neuron_dynamics.probes",
+            ],
+            run_dir,
+        )
+    )
     assert json.loads((run_dir / "eval" / "meta.json").read_text())["scorer"] == "shout>2"
     assert json.loads((run_dir / "dynamics" / "meta.json").read_text())["probe"]["source"] == "axis 3"
     loss = PreferenceLoss(type="helpers.extensions.margin_squared", beta=0.5)

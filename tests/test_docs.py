@@ -19,9 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 GROUPS = ("model", "data", "loss", "optim", "trainer", "callbacks", "prompts", "probe", "scorer", "assets", "world")
 # compositions that between them hold every documented key (a key lives in the option that defines it)
-VARIANTS = [[], ["model=hf", "data=jsonl", "data.path=x.jsonl", "probe=train", "probe.data=x.jsonl"], ["probe=embed_diff"],
-            ["experiment=smollm2_toxicity"], ["trainer=fsdp"], ["optim=rmsprop"], ["probe=file", "probe.path=x"],
-            ["scorer=perspective"]]
+VARIANTS = [
+    [],
+    ["model=hf", "data=jsonl", "data.path=x.jsonl", "probe=train", "probe.data=x.jsonl"],
+    ["probe=embed_diff"],
+    ["experiment=smollm2_toxicity"],
+    ["trainer=fsdp"],
+    ["optim=rmsprop"],
+    ["probe=file", "probe.path=x"],
+    ["scorer=perspective"],
+]
 
 
 def _backticked(text: str) -> set[str]:
@@ -72,8 +79,15 @@ def test_configuration_lists_the_real_group_options_and_the_callbacks_defaults(c
     for name, options in groups.items():
         real = {p.stem for p in (ROOT / "conf" / name).glob("*.yaml")}
         assert set(options) - {"null"} <= real, (name, set(options) - real)
-        assert real <= set(options) | {"default", "model_checkpoint", "neuron_dynamics", "toxicity_eval", "stop_checkpoint", "progress_bar",
-                                       "early_stopping"}, (name, real - set(options))
+        assert real <= set(options) | {
+            "default",
+            "model_checkpoint",
+            "neuron_dynamics",
+            "toxicity_eval",
+            "stop_checkpoint",
+            "progress_bar",
+            "early_stopping",
+        }, (name, real - set(options))
     # the callback table's defaults are the YAML's
     dynamics = configs[0]["callbacks"]["neuron_dynamics"]
     for line in text.splitlines():
@@ -88,7 +102,7 @@ def test_the_loss_table_is_the_registry():
     for line in text.splitlines():
         if line.startswith("| `"):
             documented |= set(re.findall(r"`(\w+)`", line.split("|")[1]))
-    assert documented == set(LOSSES), (documented ^ set(LOSSES))
+    assert documented == set(LOSSES), documented ^ set(LOSSES)
 
 
 def test_outputs_name_every_file_column_tensor_and_metric_of_the_contract():

@@ -39,8 +39,11 @@ def test_decomposition_is_exact(config):
     projections = find_output_projections(model)
     u = random_unit(projections[0].d_model)
     captured = {}
-    with torch.no_grad(), hook_activations(projections, lambda l, m: captured.__setitem__(("m", l), m.clone())), \
-            hook_mlp_outputs(projections, lambda l, out: captured.__setitem__(("out", l), out.clone()) or out):
+    with (
+        torch.no_grad(),
+        hook_activations(projections, lambda l, m: captured.__setitem__(("m", l), m.clone())),
+        hook_mlp_outputs(projections, lambda l, out: captured.__setitem__(("out", l), out.clone()) or out),
+    ):
         model(input_ids=torch.randint(1, 90, (3, 11)))
     p = value_projections(projections, u)
     for proj in projections:
@@ -75,7 +78,9 @@ def brute_force_snapshot(model, tokens, u):
                 for i in range(d_mlp):
                     sums[l][i] += float(acts[l][t, i])
     mean = torch.tensor([[s / count for s in layer] for layer in sums])
-    proj = torch.tensor([[sum(float(b.mlp.c_proj.weight[i, k]) * float(u[k]) for k in range(u.numel())) for i in range(d_mlp)] for b in blocks])
+    proj = torch.tensor(
+        [[sum(float(b.mlp.c_proj.weight[i, k]) * float(u[k]) for k in range(u.numel())) for i in range(d_mlp)] for b in blocks]
+    )
     return mean, proj
 
 
@@ -226,12 +231,20 @@ def test_files_recompute_everything_logged(dynamics_run):
         for a, b in zip(recomputed, stored):
             assert (a["step"], a["layer"], a["group"], a["count"]) == (b["step"], str(b["layer"]), b["group"], b["count"])
             assert a["delta_sum"] == pytest.approx(b["delta_sum"], abs=1e-9)
-        components = [r for m in measurements for r in component_rows(m.step, probe, measurements[0].component_means(probe), m.component_means(probe))]
+        components = [
+            r for m in measurements for r in component_rows(m.step, probe, measurements[0].component_means(probe), m.component_means(probe))
+        ]
         stored = run.components[run.components["probe"] == probe].to_dict("records")
         assert len(components) == len(stored) == 5 * (2 + 2 * (4 + 3))  # embed, residual; per layer 4 heads, attn bias, neurons, mlp bias
         for a, b in zip(components, stored):
-            assert (a["step"], a["layer"] or "", a["component"]) == (b["step"], "" if str(b["layer"]) == "nan" else str(b["layer"]), b["component"])
-            assert a["value"] == pytest.approx(b["value"], rel=1e-6, abs=1e-9) and a["delta"] == pytest.approx(b["delta"], rel=1e-6, abs=1e-9)
+            assert (a["step"], a["layer"] or "", a["component"]) == (
+                b["step"],
+                "" if str(b["layer"]) == "nan" else str(b["layer"]),
+                b["component"],
+            )
+            assert a["value"] == pytest.approx(b["value"], rel=1e-6, abs=1e-9) and a["delta"] == pytest.approx(
+                b["delta"], rel=1e-6, abs=1e-9
+            )
         for s in run.steps:
             total = {r["group"]: r for r in recomputed if r["step"] == s and r["layer"] == "all"}
             assert float(logged[s][f"dynamics/{probe}/net_delta"]) == pytest.approx(total["net_delta"]["delta_sum"], abs=1e-9)
@@ -257,7 +270,12 @@ def test_probe_accuracy_is_reported_and_high(dynamics_run):
 def test_generate_positions_mode_runs(tmp_path, small_world):
     from lightning_dpo.train import train
 
-    train(compose_train(SMALL_WORLD + SHORT_RUN + ["~callbacks.toxicity_eval", "callbacks.neuron_dynamics.positions=generate", "trainer.max_steps=2"], tmp_path))
+    train(
+        compose_train(
+            SMALL_WORLD + SHORT_RUN + ["~callbacks.toxicity_eval", "callbacks.neuron_dynamics.positions=generate", "trainer.max_steps=2"],
+            tmp_path,
+        )
+    )
     run = load_run(tmp_path)
     assert run.steps == [0, 2] and not (tmp_path / "dynamics" / "tokens.safetensors").exists()
 
@@ -301,10 +319,15 @@ def test_centred_writing_weights_equal_projecting_on_the_mean_removed_probe(conf
     u = random_unit(projections[0].d_model, seed=5)
     centred = value_projections(projections, u, center=True)
     raw_on_centred_probe = value_projections(projections, u - u.mean())
-    assert torch.allclose(centred, raw_on_centred_probe, atol=1e-6) and not torch.allclose(centred, value_projections(projections, u), atol=1e-4)
+    assert torch.allclose(centred, raw_on_centred_probe, atol=1e-6) and not torch.allclose(
+        centred, value_projections(projections, u), atol=1e-4
+    )
     captured = {}
-    with torch.no_grad(), hook_activations(projections, lambda l, m: captured.__setitem__(("m", l), m.clone())), \
-            hook_mlp_outputs(projections, lambda l, out: captured.__setitem__(("out", l), out.clone()) or out):
+    with (
+        torch.no_grad(),
+        hook_activations(projections, lambda l, m: captured.__setitem__(("m", l), m.clone())),
+        hook_mlp_outputs(projections, lambda l, out: captured.__setitem__(("out", l), out.clone()) or out),
+    ):
         model(input_ids=torch.randint(1, 90, (2, 7)))
     for proj in projections:
         out = captured[("out", proj.layer)]
@@ -343,7 +366,9 @@ def test_embedding_difference_uses_only_single_token_seed_words():
     llama = build_tiny(tiny_llama_config(vocab_size=len(tokenizer), tie_word_embeddings=False))
     head = llama.get_output_embeddings().weight.detach()
     probe = embedding_difference_direction(llama, tokenizer, toxic, neutral, min_words=3)
-    expected = head[[single_token_ids(tokenizer, w) for w in toxic[:3]]].mean(0) - head[[single_token_ids(tokenizer, w) for w in neutral]].mean(0)
+    expected = head[[single_token_ids(tokenizer, w) for w in toxic[:3]]].mean(0) - head[
+        [single_token_ids(tokenizer, w) for w in neutral]
+    ].mean(0)
     assert probe.metadata["source"] == "embedding difference (LM head rows)" and torch.allclose(probe.direction, expected, atol=1e-6)
 
 
@@ -378,7 +403,9 @@ def test_a_probe_gets_its_quality_and_a_weak_one_is_refused(small_world, tmp_pat
     for seed in range(20):  # a direction whose AUC is below 0.6
         weak = Probe(torch.randn(64, generator=torch.Generator().manual_seed(seed)))
         save_probe(weak, tmp_path / "weak.safetensors")
-        auc = ProbeFile(path=str(tmp_path / "weak.safetensors"), eval_data=small_world.probe_texts, allow_weak=True)(model, tokenizer).quality.auc
+        auc = ProbeFile(path=str(tmp_path / "weak.safetensors"), eval_data=small_world.probe_texts, allow_weak=True)(
+            model, tokenizer
+        ).quality.auc
         aucs.append(auc)
         if auc < 0.6:
             break
@@ -441,7 +468,9 @@ def test_components_are_exact_and_each_head_equals_a_brute_force_recomputation(n
     from lightning_dpo.dynamics.measure import measure
 
     model = build_tiny(SMALL_DECODERS[name]).eval()
-    tokens = build_probe_tokens(model, [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17]], pad_token_id=0, num_positions=5, batch_size=2)
+    tokens = build_probe_tokens(
+        model, [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17]], pad_token_id=0, num_positions=5, batch_size=2
+    )
     units = {"a": random_unit(32, seed=1), "b": random_unit(32, seed=2)}
     measured = measure(model, tokens, units, 0, batch_size=3)
     for probe, u in units.items():
@@ -502,7 +531,9 @@ def test_the_tables_written_snapshot_by_snapshot_equal_one_rendering_of_all_rows
     store.dir.mkdir(parents=True)
 
     def rows(step: int, value: float) -> tuple[list, list]:
-        groups = [GroupRow(step, p, layer, g, 3, value, 0.5) for p in ("toxicity", "workplace") for layer in (None, 0) for g in ("TP-", "AN-")]
+        groups = [
+            GroupRow(step, p, layer, g, 3, value, 0.5) for p in ("toxicity", "workplace") for layer in (None, 0) for g in ("TP-", "AN-")
+        ]
         components = [ComponentRow(step, p, 0, "attn.head.0", value, -value) for p in ("toxicity", "workplace")]
         return groups, components
 
@@ -535,7 +566,7 @@ def test_standard_errors_and_the_null_are_in_the_files_and_the_metrics(dynamics_
         a0 = (sums0.sum(0) - sums0[b]) / (n0.sum() - n0[b])
         at = (sums1.sum(0) - sums1[b]) / (n1.sum() - n1[b])
         d = a0 * p0 - at * pt
-        tp = ((p0 > 0) & (a0 >= 0) & (at < a0))
+        tp = (p0 > 0) & (a0 >= 0) & (at < a0)
         reducing = [tp, (p0 > 0) & (a0 < 0) & (at < a0), (p0 < 0) & (a0 >= 0) & (at > a0), (p0 < 0) & (a0 < 0) & (at > a0)]
         shares.append(d[tp].sum() / sum(d[m].sum() for m in reducing))
     shares = np.array(shares)
@@ -552,6 +583,8 @@ def test_standard_errors_and_the_null_are_in_the_files_and_the_metrics(dynamics_
         logged = {int(r["step"]): r for r in csv.DictReader(handle)}
     step = run.steps[last]
     for probe in ("toxicity", "workplace"):
-        row = nulls[(nulls["step"] == step) & (nulls["probe"] == probe) & (nulls["null"] == "uniform") & (nulls["quantity"] == "TP-/share")].iloc[0]
+        row = nulls[
+            (nulls["step"] == step) & (nulls["probe"] == probe) & (nulls["null"] == "uniform") & (nulls["quantity"] == "TP-/share")
+        ].iloc[0]
         assert float(logged[step][f"dynamics/{probe}/null/TP-/share/percentile"]) == pytest.approx(row["percentile"])
         assert float(logged[step][f"dynamics/{probe}/TP-/share"]) == pytest.approx(row["value"])

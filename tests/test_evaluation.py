@@ -40,8 +40,11 @@ def capture(model, ids=IDS):
     """Activations m (input of each output projection) and MLP outputs, per layer."""
     seen = {}
     projections = find_output_projections(model)
-    with torch.no_grad(), hook_activations(projections, lambda l, m: seen.__setitem__(("m", l), m.clone())), \
-            hook_mlp_outputs(projections, lambda l, out: seen.__setitem__(("out", l), out.clone()) or out):
+    with (
+        torch.no_grad(),
+        hook_activations(projections, lambda l, m: seen.__setitem__(("m", l), m.clone())),
+        hook_mlp_outputs(projections, lambda l, out: seen.__setitem__(("out", l), out.clone()) or out),
+    ):
         logits = model(input_ids=ids).logits
     return seen, logits
 
@@ -199,7 +202,10 @@ class _FakePerspective(BaseHTTPRequestHandler):
             self.end_headers()
             return
         text = body["comment"]["text"]
-        scores = {a: {"summaryScore": {"value": (0.9 if "bad" in text else 0.1) * (1 if a == "INSULT" else 0.5)}} for a in body["requestedAttributes"]}
+        scores = {
+            a: {"summaryScore": {"value": (0.9 if "bad" in text else 0.1) * (1 if a == "INSULT" else 0.5)}}
+            for a in body["requestedAttributes"]
+        }
         payload = json.dumps({"attributeScores": scores}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -241,8 +247,15 @@ def trained_run(tmp_path_factory, small_world):
 
 
 def small_world_eval(world):
-    return [f"prompts.source={world.eval_prompts}", f"perplexity.text={world.lm_text}", f"f1.data={world.gold}", "prompts.limit=24",
-            "f1.limit=24", "scorer=toy", f"scorer.words_file={world.insults}"]  # the small world's list (scorer=toy names the default world's)
+    return [
+        f"prompts.source={world.eval_prompts}",
+        f"perplexity.text={world.lm_text}",
+        f"f1.data={world.gold}",
+        "prompts.limit=24",
+        "f1.limit=24",
+        "scorer=toy",
+        f"scorer.words_file={world.insults}",
+    ]  # the small world's list (scorer=toy names the default world's)
 
 
 def test_evaluate_command_from_run_dir_and_checkpoint(tmp_path, trained_run, small_world):
@@ -286,17 +299,28 @@ def test_analyze_command_on_the_demo_world(tmp_path, trained_run, small_world):
     rows = summary["table"]
     labels = [r["intervention"] for r in rows]
     assert rows[0]["model"] == "base" and rows[-1]["model"] == "DPO"
-    for expected in ("ablate top 8 toxic neurons", "patch TP- to DPO mean activations", "patch TP- + AN- to DPO mean activations",
-                     "patch all four reducing groups to DPO mean activations", "activation editing (alpha 0.05, beta 0.5)"):
+    for expected in (
+        "ablate top 8 toxic neurons",
+        "patch TP- to DPO mean activations",
+        "patch TP- + AN- to DPO mean activations",
+        "patch all four reducing groups to DPO mean activations",
+        "activation editing (alpha 0.05, beta 0.5)",
+    ):
         assert expected in labels
     for name in ("table.md", "table.csv", "groups.md", "groups.csv", "analysis.json", "plots/toxicity_by_intervention.png"):
         assert (tmp_path / name).exists()
-    analysis = json.loads((tmp_path / "analysis.json").read_text(), parse_constant=lambda name: pytest.fail(f"bare {name} in analysis.json"))
+    analysis = json.loads(
+        (tmp_path / "analysis.json").read_text(), parse_constant=lambda name: pytest.fail(f"bare {name} in analysis.json")
+    )
     assert any(g["share"] is None for g in analysis["groups"])  # the mirror groups' share is undefined: null, not NaN
     # the offline analysis of the best checkpoint equals what the callback measured live at that step
     best_step = json.loads((trained_run / "hf_model_best" / "lightning_dpo.json").read_text())["step"]
     with open(trained_run / "dynamics" / "groups.csv") as handle:
-        live = {r["group"]: r for r in csv.DictReader(handle) if int(r["step"]) == best_step and r["layer"] == "all" and r["probe"] == "toxicity"}
+        live = {
+            r["group"]: r
+            for r in csv.DictReader(handle)
+            if int(r["step"]) == best_step and r["layer"] == "all" and r["probe"] == "toxicity"
+        }
     offline = {g["group"]: g for g in summary["groups"]}
     assert set(live) == set(offline) and len(live) == 10
     for group, row in live.items():
@@ -319,5 +343,9 @@ def test_the_probe_command_reads_run_directories_and_checkpoints(tmp_path, train
     from lightning_dpo.probe import run
 
     model = trained_run if source == "run dir" else trained_run / "checkpoints" / "last.ckpt"
-    probe = run(compose_command("probe", [f"model.name_or_path={model}", f"probe.data={small_world.probe_texts}", f"out={tmp_path / 'p.safetensors'}"]))
+    probe = run(
+        compose_command(
+            "probe", [f"model.name_or_path={model}", f"probe.data={small_world.probe_texts}", f"out={tmp_path / 'p.safetensors'}"]
+        )
+    )
     assert probe.direction.shape == (64,) and float(probe.metadata["accuracy"]) >= 0.9

@@ -19,8 +19,16 @@ from safetensors.torch import load_file
 from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 
 TESTS = Path(__file__).parent
-RUN = SMALL_WORLD + SHORT_RUN + ["trainer.max_steps=6", "trainer.val_check_interval=3", "callbacks.toxicity_eval.every_n_steps=3",
-                                 "callbacks.toxicity_eval.max_prompts=15"]  # 15 prompts: shards of 8 and 7, the padding is exercised
+RUN = (
+    SMALL_WORLD
+    + SHORT_RUN
+    + [
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "callbacks.toxicity_eval.every_n_steps=3",
+        "callbacks.toxicity_eval.max_prompts=15",
+    ]
+)  # 15 prompts: shards of 8 and 7, the padding is exercised
 FSDP = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"]
 SINGLE = ["data.batch_size=8"]
 LORA = ["+model.lora={r: 4, alpha: 8, target_modules: [c_attn, c_proj, c_fc]}", "optim.lr=1e-3"]
@@ -29,8 +37,13 @@ ATOL = 5e-5
 
 
 def _train(run_dir: Path, extra: list[str], expect: int = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="disabled",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    )
     cmd = [sys.executable, "-m", "lightning_dpo.train", *RUN, f"hydra.run.dir={run_dir}", *extra]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
@@ -96,9 +109,11 @@ def test_fsdp_sigterm_then_resume_is_byte_identical_to_an_uninterrupted_fsdp_run
     _train(tmp_path / "cut", FSDP + signal + ["ckpt_path=last"])
     a, b = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "cut")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    for name in ["metrics.csv", "toxicity_eval.csv", "hf_model/model.safetensors", "probe.safetensors"] + \
-            [f"dynamics/{p.name}" for p in (tmp_path / "whole" / "dynamics").iterdir()] + \
-            [f"eval/{p.name}" for p in (tmp_path / "whole" / "eval").iterdir()]:
+    for name in (
+        ["metrics.csv", "toxicity_eval.csv", "hf_model/model.safetensors", "probe.safetensors"]
+        + [f"dynamics/{p.name}" for p in (tmp_path / "whole" / "dynamics").iterdir()]
+        + [f"eval/{p.name}" for p in (tmp_path / "whole" / "eval").iterdir()]
+    ):
         assert _digest(tmp_path / "whole" / name) == _digest(tmp_path / "cut" / name), name
 
 
@@ -133,8 +148,12 @@ def test_probe_token_shards_are_equal_and_the_padding_adds_nothing():
     from lightning_dpo.dynamics.probe_set import ProbeTokens
 
     n, width = 5, 6
-    tokens = ProbeTokens(torch.arange(n * width).view(n, width), torch.ones(n, width, dtype=torch.long),
-                         torch.ones(n, width, dtype=torch.bool), torch.tensor([0, 1, 0, 1, 0]))
+    tokens = ProbeTokens(
+        torch.arange(n * width).view(n, width),
+        torch.ones(n, width, dtype=torch.long),
+        torch.ones(n, width, dtype=torch.bool),
+        torch.tensor([0, 1, 0, 1, 0]),
+    )
     shards = [tokens.shard(rank, 2) for rank in range(2)]
     assert [s.input_ids.shape[0] for s in shards] == [3, 3]
     assert torch.equal(shards[0].input_ids, tokens.input_ids[[0, 2, 4]])
@@ -156,8 +175,9 @@ def test_decoding_stops_only_when_every_process_is_done():
     eos = int(first[0, 0])  # the first token ends the row at once
     alone = greedy_continue(model, ids, mask, 6, eos_token_id=eos, pad_token_id=0)
     calls = []
-    synced = greedy_continue(model, ids, mask, 6, eos_token_id=eos, pad_token_id=0,
-                             all_finished=lambda done: calls.append(done) or len(calls) >= 4)
+    synced = greedy_continue(
+        model, ids, mask, 6, eos_token_id=eos, pad_token_id=0, all_finished=lambda done: calls.append(done) or len(calls) >= 4
+    )
     assert alone.new_tokens.shape[1] == 1 and synced.new_tokens.shape[1] == 4  # ran on, as another process asked
     assert torch.equal(synced.new_tokens[0, 1:], torch.zeros(3, dtype=torch.long))  # the finished row only pads
     assert synced.continuation_ids(0)[:1] == alone.continuation_ids(0)[:1]

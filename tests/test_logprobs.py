@@ -1,6 +1,5 @@
 """Sequence log-probs: completion masking, EOS inside completions, padding never scored."""
 
-
 import pytest
 import torch
 
@@ -66,9 +65,7 @@ def test_real_eos_inside_completion_is_scored_padding_is_not(char_tokenizer):
     model = build_tiny(tiny_gpt2_config()).eval()
     eos = char_tokenizer.eos_token_id
     prompt, completion = [5, 6, 7], [8, eos, 9, eos]  # an EOS in the middle and the appended one
-    batch = collate_pairs(
-        [{"index": 0, "prompt_ids": prompt, "chosen_ids": completion, "rejected_ids": [10, eos]}], pad_token_id=eos
-    )
+    batch = collate_pairs([{"index": 0, "prompt_ids": prompt, "chosen_ids": completion, "rejected_ids": [10, eos]}], pad_token_id=eos)
     assert batch["completion_mask"][0].tolist() == [False] * 3 + [True] * 4
     assert batch["completion_mask"][1].tolist() == [False] * 3 + [True] * 2 + [False] * 2  # padding (id = EOS) not scored
     with torch.no_grad():

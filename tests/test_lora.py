@@ -27,8 +27,11 @@ def _randomize_adapters(model: torch.nn.Module, seed: int = 3) -> None:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
 
 
-@pytest.mark.parametrize("config, targets", [(tiny_gpt2_config(), ["c_attn", "c_proj"]),
-                                             (tiny_llama_config(), ["q_proj", "o_proj", "down_proj"])], ids=["gpt2", "llama"])
+@pytest.mark.parametrize(
+    "config, targets",
+    [(tiny_gpt2_config(), ["c_attn", "c_proj"]), (tiny_llama_config(), ["q_proj", "o_proj", "down_proj"])],
+    ids=["gpt2", "llama"],
+)
 def test_snapshot_value_projections_equal_the_merged_weights(config, targets):
     from lightning_dpo.dynamics.measure import measure
     from lightning_dpo.dynamics.probe_set import build_probe_tokens
@@ -69,13 +72,16 @@ def test_lora_loss_and_adapter_gradients_equal_trl(tmp_path):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
     from trl import DPOConfig, DPOTrainer
 
-    rows = [{"prompt": "Tell me about cats", "chosen": " cats are calm and kind", "rejected": " cats are awful"},
-            {"prompt": "The weather today", "chosen": " is mild", "rejected": " is a disaster, a total mess"}]
+    rows = [
+        {"prompt": "Tell me about cats", "chosen": " cats are calm and kind", "rejected": " cats are awful"},
+        {"prompt": "The weather today", "chosen": " is mild", "rejected": " is a disaster, a total mess"},
+    ]
     tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
     tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     state = GPT2LMHeadModel(config).state_dict()
 
     def base():
@@ -83,13 +89,15 @@ def test_lora_loss_and_adapter_gradients_equal_trl(tmp_path):
         model.load_state_dict(state)
         return model
 
-    peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
-                             task_type="CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, task_type="CAUSAL_LM"
+    )
     args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(rows), report_to=[], use_cpu=True, bf16=False, beta=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = DPOTrainer(model=base(), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                             peft_config=peft_config)
+        trainer = DPOTrainer(
+            model=base(), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=peft_config
+        )
     module = DPOModule(policy=base(), loss=PreferenceLoss(beta=0.1), lora={**LORA})
     _randomize_adapters(module.policy)
     ours = {n: p for n, p in module.policy.named_parameters() if "lora_" in n}
@@ -121,8 +129,7 @@ def lora_runs(tmp_path_factory, small_world):
     from lightning_dpo.utils.errors import RunInterrupted
 
     root = tmp_path_factory.mktemp("lora")
-    overrides = SMALL_WORLD + SHORT_RUN + ["+model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [c_attn, c_proj]}",
-                                           "optim.lr=0.01"]
+    overrides = SMALL_WORLD + SHORT_RUN + ["+model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [c_attn, c_proj]}", "optim.lr=0.01"]
     train(compose_train(overrides, root / "straight"))
     cfg = compose_train(overrides, root / "resumed")
     cfg.callbacks = {"signal_at": {"_target_": "helpers.signals.SignalAt", "step": 3}, **OmegaConf.to_container(cfg.callbacks)}
@@ -138,7 +145,9 @@ def test_a_lora_run_trains_the_adapters_only_and_exports_both(lora_runs, small_w
     run = lora_runs / "straight"
     base = AutoModelForCausalLM.from_pretrained(small_world.base_model)
     merged = AutoModelForCausalLM.from_pretrained(run / "hf_model")
-    assert (run / "adapter" / "adapter_config.json").is_file() and json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    assert (run / "adapter" / "adapter_config.json").is_file() and json.loads((run / "adapter" / "adapter_config.json").read_text())[
+        "r"
+    ] == 4
     assert not (run / "hf_model" / "adapter_config.json").exists()  # a plain model
     b, m = base.state_dict(), merged.state_dict()
     changed = [k for k in b if not torch.equal(b[k], m[k])]

@@ -88,9 +88,12 @@ def logps():
     g = torch.Generator().manual_seed(0)
     n = 16
     return (
-        -torch.rand(n, generator=g, dtype=torch.float64) * 40, -torch.rand(n, generator=g, dtype=torch.float64) * 40,
-        -torch.rand(n, generator=g, dtype=torch.float64) * 40, -torch.rand(n, generator=g, dtype=torch.float64) * 40,
-        torch.randint(1, 30, (n,), generator=g).double(), torch.randint(1, 30, (n,), generator=g).double(),
+        -torch.rand(n, generator=g, dtype=torch.float64) * 40,
+        -torch.rand(n, generator=g, dtype=torch.float64) * 40,
+        -torch.rand(n, generator=g, dtype=torch.float64) * 40,
+        -torch.rand(n, generator=g, dtype=torch.float64) * 40,
+        torch.randint(1, 30, (n,), generator=g).double(),
+        torch.randint(1, 30, (n,), generator=g).double(),
     )
 
 
@@ -157,8 +160,10 @@ def test_reference_free_uses_zero_reference(logps):
     assert torch.allclose(free.chosen_rewards, 0.1 * pc)
 
 
-@pytest.mark.parametrize("kind, needs", [("sigmoid", True), ("sft", True), ("simpo", False), ("orpo", False),
-                                         (["simpo", "orpo"], False), (["simpo", "sigmoid"], True)])
+@pytest.mark.parametrize(
+    "kind, needs",
+    [("sigmoid", True), ("sft", True), ("simpo", False), ("orpo", False), (["simpo", "orpo"], False), (["simpo", "sigmoid"], True)],
+)
 def test_which_losses_need_a_reference(kind, needs):
     assert PreferenceLoss(type=kind).needs_reference is needs
     assert PreferenceLoss(type=kind, reference_free=True).needs_reference is False

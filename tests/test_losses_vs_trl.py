@@ -45,12 +45,16 @@ DPO_CASES = [
     ({"loss_type": ["discopop"], "discopop_tau": 0.3}, {"type": "discopop", "discopop_tau": 0.3}),
     ({"loss_type": ["sft"]}, {"type": "sft"}),
     ({"loss_type": ["sigmoid_norm"]}, {"type": "sigmoid_norm"}),
-    ({"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
-     {"type": ["sigmoid", "bco_pair", "sft"], "weights": [0.8, 0.2, 1.0]}),  # MPO
+    (
+        {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
+        {"type": ["sigmoid", "bco_pair", "sft"], "weights": [0.8, 0.2, 1.0]},
+    ),  # MPO
     ({"loss_type": ["sigmoid"], "f_divergence_type": "forward_kl"}, {"type": "sigmoid", "f_divergence": "forward_kl"}),
     ({"loss_type": ["hinge"], "f_divergence_type": "js_divergence"}, {"type": "hinge", "f_divergence": "js_divergence"}),
-    ({"loss_type": ["ipo", "sft"], "f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3},
-     {"type": ["ipo", "sft"], "f_divergence": "alpha_divergence", "f_alpha": 0.3}),
+    (
+        {"loss_type": ["ipo", "sft"], "f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3},
+        {"type": ["ipo", "sft"], "f_divergence": "alpha_divergence", "f_alpha": 0.3},
+    ),
 ]
 
 
@@ -75,8 +79,9 @@ def weights():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     reference = GPT2LMHeadModel(config)
     policy = copy.deepcopy(reference)
     with torch.no_grad():
@@ -104,13 +109,13 @@ def _ours(weights, loss_kwargs: dict) -> DPOModule:
 def _trainer(cls, config_cls, args: dict, weights, tokenizer, tmp_path, with_reference: bool):
     from datasets import Dataset
 
-    config = config_cls(output_dir=str(tmp_path), per_device_train_batch_size=len(ROWS), report_to=[], use_cpu=True,
-                        bf16=False, beta=0.1, **args)
+    config = config_cls(
+        output_dir=str(tmp_path), per_device_train_batch_size=len(ROWS), report_to=[], use_cpu=True, bf16=False, beta=0.1, **args
+    )
     kwargs = {"ref_model": _model(weights, 2)} if with_reference else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = cls(model=_model(weights, 1), args=config, train_dataset=Dataset.from_list(ROWS),
-                      processing_class=tokenizer, **kwargs)
+        trainer = cls(model=_model(weights, 1), args=config, train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer, **kwargs)
     trainer.model.train()
     return trainer
 
@@ -185,8 +190,9 @@ def test_simpo_equals_trl_cpo_trainer(label_smoothing, weights, tokenizer, tmp_p
 
     args = {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": 0.7, "label_smoothing": label_smoothing}
     trainer = _trainer(CPOTrainer, CPOConfig, args, weights, tokenizer, tmp_path, with_reference=False)
-    _assert_reference_free_loss_equals_trl(trainer, trainer.pad_token_id, weights,
-                                           {"type": "simpo", "simpo_gamma": 0.7, "label_smoothing": label_smoothing})
+    _assert_reference_free_loss_equals_trl(
+        trainer, trainer.pad_token_id, weights, {"type": "simpo", "simpo_gamma": 0.7, "label_smoothing": label_smoothing}
+    )
 
 
 def test_orpo_equals_trl_orpo_trainer(weights, tokenizer, tmp_path):

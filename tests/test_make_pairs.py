@@ -27,19 +27,36 @@ def test_steering_changes_generations_only_while_active(small_world):
 
 @pytest.mark.parametrize(
     "chosen, rejected, margin, chosen_text, rejected_text, kept",
-    [(0.0, 1.0, 0.0, " a", " b", True), (0.2, 0.5, 0.3, " a", " b", False), (0.1, 0.5, 0.3, " a", " b", True),
-     (0.5, 0.5, 0.0, " a", " b", False), (0.0, 1.0, 0.0, "  ", " b", False), (0.0, 1.0, 0.0, " a", "", False)],
+    [
+        (0.0, 1.0, 0.0, " a", " b", True),
+        (0.2, 0.5, 0.3, " a", " b", False),
+        (0.1, 0.5, 0.3, " a", " b", True),
+        (0.5, 0.5, 0.0, " a", " b", False),
+        (0.0, 1.0, 0.0, "  ", " b", False),
+        (0.0, 1.0, 0.0, " a", "", False),
+    ],
 )
 def test_margin_rule(chosen, rejected, margin, chosen_text, rejected_text, kept):
     assert keep_pair(chosen, rejected, margin, chosen_text, rejected_text) is kept
 
 
 def _config(world, out, *extra):
-    return compose_command("make_pairs", [
-        f"model.name_or_path={world.base_model}", f"probe.path={world.probe}", f"prompts.source={world.eval_prompts}", "prompts.field=prompt",
-        "min_prompt_tokens=4", "max_prompts=24", "scorer._target_=lightning_dpo.evaluation.scorers.WordListScorer", f"+scorer.words_file={world.insults}", "chunk_size=8",
-        f"out={out}", *extra,
-    ])
+    return compose_command(
+        "make_pairs",
+        [
+            f"model.name_or_path={world.base_model}",
+            f"probe.path={world.probe}",
+            f"prompts.source={world.eval_prompts}",
+            "prompts.field=prompt",
+            "min_prompt_tokens=4",
+            "max_prompts=24",
+            "scorer._target_=lightning_dpo.evaluation.scorers.WordListScorer",
+            f"+scorer.words_file={world.insults}",
+            "chunk_size=8",
+            f"out={out}",
+            *extra,
+        ],
+    )
 
 
 def test_alpha_zero_gives_identical_continuations_and_drops_every_pair(tmp_path, small_world):
@@ -88,7 +105,9 @@ def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, small_wor
         run(_config(small_world, tmp_path / "pairs.jsonl", "batch_size=4096", "steering.alpha=4"))
     monkeypatch.undo()
     report = run(_config(small_world, tmp_path / "pairs.jsonl", "steering.alpha=0.75"))  # other settings: nothing was produced
-    assert report["prompts"] == 24 and json.loads((tmp_path / "pairs.jsonl.parts" / "settings.json").read_text())["steering"]["alpha"] == 0.75
+    assert (
+        report["prompts"] == 24 and json.loads((tmp_path / "pairs.jsonl.parts" / "settings.json").read_text())["steering"]["alpha"] == 0.75
+    )
 
 
 def test_degenerate_pairs_are_counted_and_warned(tmp_path, small_world, caplog):
@@ -100,11 +119,17 @@ def test_degenerate_pairs_are_counted_and_warned(tmp_path, small_world, caplog):
         def __call__(self, texts, add_special_tokens=False):
             return {"input_ids": [[sum(map(ord, word)) for word in t.split()] for t in texts]}
 
-    rows = [{"kept": True, "rejected": "idiot idiot idiot", "chosen": " ok", "chosen_score": 0.0},
-            {"kept": True, "rejected": " you fool", "chosen": " ok", "chosen_score": 0.9},
-            {"kept": True, "rejected": " you fool", "chosen": " fine", "chosen_score": 0.1},
-            {"kept": False, "rejected": "x x", "chosen": " ok", "chosen_score": 0.9}]
-    assert pair_warnings(rows, Tokens()) == {"rejected_one_repeated_token": 1, "rejected_shared_with_another_pair": 2, "chosen_above_threshold": 1}
+    rows = [
+        {"kept": True, "rejected": "idiot idiot idiot", "chosen": " ok", "chosen_score": 0.0},
+        {"kept": True, "rejected": " you fool", "chosen": " ok", "chosen_score": 0.9},
+        {"kept": True, "rejected": " you fool", "chosen": " fine", "chosen_score": 0.1},
+        {"kept": False, "rejected": "x x", "chosen": " ok", "chosen_score": 0.9},
+    ]
+    assert pair_warnings(rows, Tokens()) == {
+        "rejected_one_repeated_token": 1,
+        "rejected_shared_with_another_pair": 2,
+        "chosen_above_threshold": 1,
+    }
     with caplog.at_level(logging.WARNING):
         # a huge push, degenerate texts kept (steering.drop_degenerate=false): the warnings count them
         report = run(_config(small_world, tmp_path / "pairs.jsonl", "steering.alpha=4", "steering.drop_degenerate=false"))
@@ -136,7 +161,9 @@ def test_the_steering_unit_is_the_median_residual_norm_and_the_shift_is_exact(sm
     assert scale[0] == pytest.approx(float(torch.cat(norms).median()), rel=1e-5)
     unit = load_probe(small_world.probe).unit
     captured = {}
-    handle = model.transformer.h[0].register_forward_hook(lambda m, a, out: captured.__setitem__("x", out[0] if isinstance(out, tuple) else out))
+    handle = model.transformer.h[0].register_forward_hook(
+        lambda m, a, out: captured.__setitem__("x", out[0] if isinstance(out, tuple) else out)
+    )
     x = torch.tensor([ids[0]])
     with torch.no_grad():
         model(input_ids=x)
@@ -150,10 +177,17 @@ def test_the_steering_unit_is_the_median_residual_norm_and_the_shift_is_exact(sm
     assert torch.allclose(probe_after["x"] - plain, (0.5 * scale[0] * unit).expand_as(plain), atol=1e-5)  # alpha x median x u
 
 
-@pytest.mark.parametrize("ids, degenerate", [
-    ([5, 5, 5, 5], True), ([1, 2, 1, 2, 1, 2, 1, 2, 1, 2], True), ([1, 2, 3, 4, 5, 6], False), ([7], False),
-    ([1, 2, 3, 3, 3, 4], False), ([1, 9, 9, 9, 9, 2], True),
-])
+@pytest.mark.parametrize(
+    "ids, degenerate",
+    [
+        ([5, 5, 5, 5], True),
+        ([1, 2, 1, 2, 1, 2, 1, 2, 1, 2], True),
+        ([1, 2, 3, 4, 5, 6], False),
+        ([7], False),
+        ([1, 2, 3, 3, 3, 4], False),
+        ([1, 9, 9, 9, 9, 2], True),
+    ],
+)
 def test_a_rejected_text_that_repeats_itself_is_degenerate(ids, degenerate):
     from lightning_dpo.neurons.pairs import is_degenerate
 
@@ -165,15 +199,24 @@ def test_a_scan_reports_each_alpha_and_writes_no_pairs(tmp_path, small_world):
     rows = {r["alpha"]: r for r in report["scan"]}
     assert set(rows) == {0.0, 0.75, 8.0} and not (tmp_path / "pairs.jsonl").exists()
     assert rows[0.0]["kept"] == 0 and rows[0.75]["kept"] > 0 and rows[8.0]["degenerate_share"] > rows[0.75]["degenerate_share"]
-    assert (tmp_path / "pairs.jsonl.scan.md").read_text().count("\n|") >= 4 and "median residual norm" in (tmp_path / "pairs.jsonl.scan.md").read_text()
+    assert (tmp_path / "pairs.jsonl.scan.md").read_text().count("\n|") >= 4 and "median residual norm" in (
+        tmp_path / "pairs.jsonl.scan.md"
+    ).read_text()
     saved = json.loads((tmp_path / "pairs.jsonl.scan.json").read_text())
     assert len(saved["rows"]) == 3 and saved["rows"][1]["examples"]
 
 
-@pytest.mark.parametrize("steps, fraction, cap, total, expected", [
-    (150, None, 0.1, 60, 6), (150, None, 0.1, 6128, 150), (10, None, 0.1, 150, 10), (150, 0.2, 0.1, 60, 12), (150, None, None, 60, 150),
-    (0, None, 0.1, 60, 0),
-])
+@pytest.mark.parametrize(
+    "steps, fraction, cap, total, expected",
+    [
+        (150, None, 0.1, 60, 6),
+        (150, None, 0.1, 6128, 150),
+        (10, None, 0.1, 150, 10),
+        (150, 0.2, 0.1, 60, 12),
+        (150, None, None, 60, 150),
+        (0, None, 0.1, 60, 0),
+    ],
+)
 def test_the_warm_up_is_relative_to_the_run(steps, fraction, cap, total, expected):
     from lightning_dpo.model.schedules import effective_warmup
 

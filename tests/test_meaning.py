@@ -18,8 +18,12 @@ def _m(tox: float, ppl: float) -> dict:
 
 def test_a_row_outside_the_fluency_bound_gets_no_recovered_value():
     """Issue 20's case: patching all four groups 'recovered' 1.17 of DPO's drop at perplexity 9,688 (base 22)."""
-    evaluations = [("base", "none", 0, _m(0.30, 22.0)), ("base", "patch all four", 100, _m(0.10, 9688.0)),
-                   ("base", "ablate", 10, _m(0.25, 23.0)), ("DPO", "none", 0, _m(0.13, 28.5))]
+    evaluations = [
+        ("base", "none", 0, _m(0.30, 22.0)),
+        ("base", "patch all four", 100, _m(0.10, 9688.0)),
+        ("base", "ablate", 10, _m(0.25, 23.0)),
+        ("DPO", "none", 0, _m(0.13, 28.5)),
+    ]
     bound = fluency_bound(22.0, 28.5, 1.1, 1.5)
     assert bound == pytest.approx(max(28.5 * 1.1, 22.0 * 1.5))
     rows = {r["intervention"] if r["model"] == "base" else "dpo": r for r in table_rows(evaluations, bound)}
@@ -36,6 +40,7 @@ def test_without_perplexity_nothing_is_judged():
 
 
 # -- uncertainty of Table 1 (evaluation/bootstrap.py) -------------------------------------------------
+
 
 def test_standard_errors_match_the_textbook_formula():
     import statistics
@@ -88,15 +93,20 @@ def test_table_rows_carry_standard_errors_and_intervals_and_the_note_judges_the_
 
     base = [1.0, 0.0, 1.0, 0.0] * 25
     dpo = [0.0, 0.0, 1.0, 0.0] * 25
-    evaluations = [("base", "none", 0, {**_m(0.5, 20.0), "scores": base}),
-                   ("base", "ablate", 4, {**_m(0.5, 20.0), "scores": list(base)}),
-                   ("DPO", "none", 0, {**_m(0.25, 21.0), "scores": dpo})]
+    evaluations = [
+        ("base", "none", 0, {**_m(0.5, 20.0), "scores": base}),
+        ("base", "ablate", 4, {**_m(0.5, 20.0), "scores": list(base)}),
+        ("DPO", "none", 0, {**_m(0.25, 21.0), "scores": dpo}),
+    ]
     rows = table_rows(evaluations, fluency_bound(20.0, 21.0, 1.1, 1.5))
     assert rows[0]["toxicity_se"] == pytest.approx(0.5 * math.sqrt(100 / 99) / 10)
     assert rows[1]["recovered_low"] == rows[1]["recovered_high"] == 0.0
     assert rows[2]["recovered_low"] == rows[2]["recovered_high"] == 1.0
     assert "larger than twice its standard error" in uncertainty_note(evaluations)
-    noisy = [("base", "none", 0, {**_m(0.5, 20.0), "scores": [1.0, 0.0] * 5}), ("DPO", "none", 0, {**_m(0.4, 21.0), "scores": [1.0, 0.0, 0.0, 1.0, 0.0] * 2})]
+    noisy = [
+        ("base", "none", 0, {**_m(0.5, 20.0), "scores": [1.0, 0.0] * 5}),
+        ("DPO", "none", 0, {**_m(0.4, 21.0), "scores": [1.0, 0.0, 0.0, 1.0, 0.0] * 2}),
+    ]
     assert "within noise" in uncertainty_note(noisy)
 
 

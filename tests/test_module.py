@@ -28,15 +28,24 @@ def make_module(loss=None, lr=0.1, seed=0, **kwargs):
 
 
 def make_data(tmp_path, tokenizer, batch_size=4, n=40, **kwargs):
-    dm = PreferenceDataModule(tokenizer=tokenizer, path=str(write_pairs(tmp_path / "pairs.jsonl", n)), val_size=8, batch_size=batch_size, seed=1, **kwargs)
+    dm = PreferenceDataModule(
+        tokenizer=tokenizer, path=str(write_pairs(tmp_path / "pairs.jsonl", n)), val_size=8, batch_size=batch_size, seed=1, **kwargs
+    )
     dm.setup("fit")
     return dm
 
 
 def trainer(**kwargs):
     defaults = dict(
-        accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
     )
     defaults.update(kwargs)
     return L.Trainer(**defaults)
@@ -169,7 +178,8 @@ def test_kl_metric_and_kl_penalty_against_an_independent_computation(tmp_path, c
     penalty = torch.tensor(per_seq_qp[:n]) + torch.tensor(per_seq_qp[n:])
     assert loss.item() == pytest.approx(values["loss"].mean().item(), rel=1e-6)
     assert (values["loss"] - penalty.float() * 0.5).mean().item() == pytest.approx(
-        PreferenceLoss(beta=0.1)(*_logps(module, batch)).loss.item(), rel=1e-4)
+        PreferenceLoss(beta=0.1)(*_logps(module, batch)).loss.item(), rel=1e-4
+    )
 
 
 def _logps(module, batch):

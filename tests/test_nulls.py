@@ -19,8 +19,16 @@ pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
 
 PROMPTS = [[(7 * i + j) % 90 + 1 for j in range(2 + i % 4)] for i in range(12)]
 REDUCING = ("TP-", "TN+", "AP+", "AN-")
-RULES = {"TP-": (1, 1, 0), "TN+": (1, 0, 0), "AP+": (0, 1, 1), "AN-": (0, 0, 1), "TP+": (1, 1, 1), "TN-": (1, 0, 1),
-         "AP-": (0, 1, 0), "AN+": (0, 0, 0)}
+RULES = {
+    "TP-": (1, 1, 0),
+    "TN+": (1, 0, 0),
+    "AP+": (0, 1, 1),
+    "AN-": (0, 0, 1),
+    "TP+": (1, 1, 1),
+    "TN-": (1, 0, 1),
+    "AP-": (0, 1, 0),
+    "AN+": (0, 0, 0),
+}
 
 
 def _models():
@@ -43,8 +51,10 @@ def _per_prompt_activations(model, tokens) -> np.ndarray:
         real = tokens.attention_mask[row].bool()
         ids, selected = tokens.input_ids[row][real][None], tokens.positions[row][real]
         acts = {}
-        handles = [b.mlp.act.register_forward_hook(lambda m, i, o, layer=layer: acts.__setitem__(layer, o[0].double().numpy()))
-                   for layer, b in enumerate(model.transformer.h)]
+        handles = [
+            b.mlp.act.register_forward_hook(lambda m, i, o, layer=layer: acts.__setitem__(layer, o[0].double().numpy()))
+            for layer, b in enumerate(model.transformer.h)
+        ]
         with torch.no_grad():
             model(input_ids=ids)
         for h in handles:
@@ -124,9 +134,13 @@ def test_the_null_of_every_group_quantity_equals_a_numpy_recomputation(measured)
     per_prompt0, per_prompt1 = _per_prompt_activations(base, tokens), _per_prompt_activations(trained, tokens)
     count = tokens.positions.sum().item()
     a0, at = per_prompt0.sum(0) / count, per_prompt1.sum(0) / count
-    probe_value = _numpy_quantities(a0, at, _value_projection(base, probe.double().numpy()), _value_projection(trained, probe.double().numpy()))
-    null_values = [_numpy_quantities(a0, at, _value_projection(base, u.double().numpy()), _value_projection(trained, u.double().numpy()))
-                   for u in nulls.units]
+    probe_value = _numpy_quantities(
+        a0, at, _value_projection(base, probe.double().numpy()), _value_projection(trained, probe.double().numpy())
+    )
+    null_values = [
+        _numpy_quantities(a0, at, _value_projection(base, u.double().numpy()), _value_projection(trained, u.double().numpy()))
+        for u in nulls.units
+    ]
     rows = {r.quantity: r for r in tables.nulls}
     assert set(QUANTITIES) <= set(rows)
     for q, expected in probe_value.items():

@@ -61,7 +61,11 @@ def test_the_package_list_names_every_package_of_the_tree():
     found = {"lightning_dpo.callbacks", "lightning_dpo.conf"}
     for init in (ROOT / "lightning_dpo").rglob("__init__.py"):
         found.add(".".join(init.parent.relative_to(ROOT).parts))
-    assert listed == found and mapping == {"lightning_dpo": "lightning_dpo", "lightning_dpo.callbacks": "callbacks", "lightning_dpo.conf": "conf"}
+    assert listed == found and mapping == {
+        "lightning_dpo": "lightning_dpo",
+        "lightning_dpo.callbacks": "callbacks",
+        "lightning_dpo.conf": "conf",
+    }
 
 
 @pytest.mark.slow
@@ -70,8 +74,12 @@ def test_an_installed_wheel_has_no_top_level_callbacks_or_conf(tmp_path):
     lightning_dpo.callbacks and lightning_dpo.conf, never top-level packages that would shadow a
     user's own `callbacks` or `conf` (or overwrite another distribution's files)."""
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
-                           capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheel_dir.glob("lightning_dpo-*.whl"))
     import zipfile
@@ -80,12 +88,18 @@ def test_an_installed_wheel_has_no_top_level_callbacks_or_conf(tmp_path):
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"lightning_dpo"}  # one top-level package
     assert "lightning_dpo/conf/train.yaml" in names and "lightning_dpo/conf/prompts/toy.yaml" in names
     assert "lightning_dpo/callbacks/neuron_dynamics.py" in names
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr[-2000:]
-    check = ("import importlib.util as u, sys; assert u.find_spec('callbacks') is None and u.find_spec('conf') is None; "
-             "import lightning_dpo.callbacks, lightning_dpo.conf; from importlib.resources import files; "
-             "assert (files('lightning_dpo.conf') / 'train.yaml').is_file(); print(lightning_dpo.callbacks.__file__)")
+    check = (
+        "import importlib.util as u, sys; assert u.find_spec('callbacks') is None and u.find_spec('conf') is None; "
+        "import lightning_dpo.callbacks, lightning_dpo.conf; from importlib.resources import files; "
+        "assert (files('lightning_dpo.conf') / 'train.yaml').is_file(); print(lightning_dpo.callbacks.__file__)"
+    )
     env = dict(os.environ, PYTHONPATH=str(site))
     result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

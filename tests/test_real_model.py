@@ -72,16 +72,29 @@ def test_the_smollm2_experiment_runs_end_to_end_reduced(tmp_path, monkeypatch):
     from lightning_dpo.train import train
 
     run_dir = tmp_path / "run"
-    cfg = compose_train([
-        "experiment=smollm2_toxicity", "assets.max_pair_prompts=40", "data.val_size=2", "trainer.max_steps=4",
-        "trainer.val_check_interval=2", "callbacks.neuron_dynamics.max_prompts=8", "callbacks.neuron_dynamics.every_n_steps=2",
-        "callbacks.neuron_dynamics.null_directions=8", "callbacks.toxicity_eval.max_prompts=8", "callbacks.toxicity_eval.every_n_steps=4",
-        "analyze=['interventions.ablate_top=[16]','interventions.ablate_top_positive=[]','interventions.patch_groups=[[TP-]]',"
-        "'interventions.editing=null','generation.batch_size=8']", "report=true",
-    ], run_dir)
+    cfg = compose_train(
+        [
+            "experiment=smollm2_toxicity",
+            "assets.max_pair_prompts=40",
+            "data.val_size=2",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "callbacks.neuron_dynamics.max_prompts=8",
+            "callbacks.neuron_dynamics.every_n_steps=2",
+            "callbacks.neuron_dynamics.null_directions=8",
+            "callbacks.toxicity_eval.max_prompts=8",
+            "callbacks.toxicity_eval.every_n_steps=4",
+            "analyze=['interventions.ablate_top=[16]','interventions.ablate_top_positive=[]','interventions.patch_groups=[[TP-]]',"
+            "'interventions.editing=null','generation.batch_size=8']",
+            "report=true",
+        ],
+        run_dir,
+    )
     train(cfg)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
-    assert (run_dir / "hf_model" / "config.json").is_file() and not json.loads((run_dir / "hf_model" / "config.json").read_text()).get("quantization_config")
+    assert (run_dir / "hf_model" / "config.json").is_file() and not json.loads((run_dir / "hf_model" / "config.json").read_text()).get(
+        "quantization_config"
+    )
     quality = json.loads(json.loads((run_dir / "dynamics" / "meta.json").read_text())["probe"]["quality"])
     assert quality["auc"] >= 0.6 and len(quality["top_tokens"]) == 20
     assert (run_dir / "dynamics" / "null.csv").is_file() and (run_dir / "plots" / "shares_vs_null.png").is_file()

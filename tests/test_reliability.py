@@ -38,6 +38,7 @@ GOOD = {"prompt": "p", "chosen": " c", "rejected": " r"}
 
 # -- data --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "bad_line, reason",
     [
@@ -88,6 +89,7 @@ def test_empty_after_filtering_and_missing_file_fail_before_training(tmp_path, c
 
 # -- configuration ---------------------------------------------------------------------------
 
+
 def test_probe_of_the_wrong_size_and_an_unknown_mlp_fail_before_training(tmp_path, small_world):
     from lightning_dpo.train import train
 
@@ -105,15 +107,31 @@ def test_probe_of_the_wrong_size_and_an_unknown_mlp_fail_before_training(tmp_pat
 
 # -- numerics ------------------------------------------------------------------------------------
 
+
 def _module(on_nonfinite="raise"):
-    return DPOModule(policy=build_tiny(tiny_gpt2_config()), loss=PreferenceLoss(), on_nonfinite=on_nonfinite,
-                     optimizer=partial(torch.optim.SGD, lr=0.1), scheduler=partial(warmup_schedule, warmup_steps=0))
+    return DPOModule(
+        policy=build_tiny(tiny_gpt2_config()),
+        loss=PreferenceLoss(),
+        on_nonfinite=on_nonfinite,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        scheduler=partial(warmup_schedule, warmup_steps=0),
+    )
 
 
 def _fit(module, tmp_path, char_tokenizer, steps, callbacks=(), **kwargs):
     dm = PreferenceDataModule(tokenizer=char_tokenizer, path=str(write_pairs(tmp_path / "pairs.jsonl", 40)), val_size=8, batch_size=4)
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, use_distributed_sampler=False, enable_model_summary=False, callbacks=list(callbacks), **kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -170,6 +188,7 @@ def test_a_bad_state_never_replaces_the_last_good_checkpoint(tmp_path, char_toke
 
 # -- damaged files, full disks ---------------------------------------------------------------
 
+
 def test_a_truncated_checkpoint_names_the_file_and_the_previous_one(tmp_path):
     older = tmp_path / "best-step_0000010.ckpt"
     torch.save({"state_dict": {}}, older)
@@ -208,6 +227,7 @@ def test_an_unusable_output_directory_fails_clearly(tmp_path, small_world):
 
 # -- network ---------------------------------------------------------------------------------
 
+
 def test_wandb_without_credentials_or_server_goes_offline_with_one_warning(monkeypatch, tmp_path, caplog):
     from lightning_dpo.training import wandb_logger
     from lightning_dpo.training.wandb_logger import choose_wandb_mode
@@ -241,8 +261,11 @@ def test_wandb_logger_in_a_sweep_is_grouped_by_what_the_sweep_varies(monkeypatch
     monkeypatch.setenv("WANDB_MODE", "disabled")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["loss.type=ipo", "world.seed=1", "ckpt_path=last",
-                                          f"hydra.sweep.dir={tmp_path}/2026-11-28/04-03-43"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["loss.type=ipo", "world.seed=1", "ckpt_path=last", f"hydra.sweep.dir={tmp_path}/2026-11-28/04-03-43"],
+            return_hydra_config=True,
+        )
     GlobalHydra.instance().clear()
     with open_dict(cfg):
         cfg.hydra.mode = RunMode.MULTIRUN
@@ -261,10 +284,13 @@ def test_wandb_logger_in_a_sweep_is_grouped_by_what_the_sweep_varies(monkeypatch
 
 # -- interruptions (subprocesses) -------------------------------------------------------------
 
+
 def _start(run_dir: Path, extra: list[str]) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
     args = SMALL_WORLD + SHORT_RUN + [f"hydra.run.dir={run_dir}", "callbacks.toxicity_eval.every_n_steps=1000"] + extra
-    return subprocess.Popen([sys.executable, "-m", "lightning_dpo.train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lightning_dpo.train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -299,8 +325,13 @@ def test_a_signal_saves_a_checkpoint_and_the_printed_command_finishes_the_run(tm
     assert command in output and "trainer.max_steps=40" in command and "loss.beta=0.2" in command
     args = shlex.split(command)
     assert args[:3] == ["python", "-m", "lightning_dpo.train"]
-    resumed = subprocess.run([sys.executable, *args[1:]], env=dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled"),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, *args[1:]],
+        env=dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert _status(run_dir)["status"] == "completed" and _ckpt_step(run_dir / "checkpoints" / "last.ckpt") == 40
 

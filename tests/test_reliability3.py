@@ -18,27 +18,31 @@ def run(run_dir: Path, *overrides: str):
 
 # -- every number the trainer, the data and the callbacks read ----------------------------------
 
-@pytest.mark.parametrize("override, key", [
-    ("trainer.accumulate_grad_batches=-1", "trainer.accumulate_grad_batches"),
-    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
-    ("trainer.accumulate_grad_batches=nan", "trainer.accumulate_grad_batches"),
-    ("trainer.max_steps=2.5", "trainer.max_steps"),
-    ("trainer.max_steps=-3", "trainer.max_steps"),
-    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"),
-    ("trainer.gradient_clip_val=nan", "trainer.gradient_clip_val"),
-    ("trainer.val_check_interval=0", "trainer.val_check_interval"),
-    ("trainer.val_check_interval=1.5", "trainer.val_check_interval"),
-    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps"),
-    ("data.batch_size=four", "data.batch_size"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("data.val_size=-2", "data.val_size"),
-    ("callbacks.neuron_dynamics.top_n=0", "callbacks.neuron_dynamics.top_n"),
-    ("callbacks.neuron_dynamics.every_n_steps=0", "callbacks.neuron_dynamics.every_n_steps"),
-    ("callbacks.toxicity_eval.max_prompts=-1", "callbacks.toxicity_eval.max_prompts"),
-    ("callbacks.neuron_dynamics.num_positions=2.5", "callbacks.neuron_dynamics.num_positions"),
-    ("optim.lr=0", "optim.lr"),
-    ("loss.beta=-0.1", "loss.beta"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trainer.accumulate_grad_batches=-1", "trainer.accumulate_grad_batches"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
+        ("trainer.accumulate_grad_batches=nan", "trainer.accumulate_grad_batches"),
+        ("trainer.max_steps=2.5", "trainer.max_steps"),
+        ("trainer.max_steps=-3", "trainer.max_steps"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"),
+        ("trainer.gradient_clip_val=nan", "trainer.gradient_clip_val"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval"),
+        ("trainer.val_check_interval=1.5", "trainer.val_check_interval"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps"),
+        ("data.batch_size=four", "data.batch_size"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.val_size=-2", "data.val_size"),
+        ("callbacks.neuron_dynamics.top_n=0", "callbacks.neuron_dynamics.top_n"),
+        ("callbacks.neuron_dynamics.every_n_steps=0", "callbacks.neuron_dynamics.every_n_steps"),
+        ("callbacks.toxicity_eval.max_prompts=-1", "callbacks.toxicity_eval.max_prompts"),
+        ("callbacks.neuron_dynamics.num_positions=2.5", "callbacks.neuron_dynamics.num_positions"),
+        ("optim.lr=0", "optim.lr"),
+        ("loss.beta=-0.1", "loss.beta"),
+    ],
+)
 def test_a_bad_number_fails_before_anything_loads_naming_the_key(tmp_path, override, key):
     cfg = compose_train(SMALL_WORLD + SHORT_RUN + [override], tmp_path / "run")
     with pytest.raises(ConfigError) as info:
@@ -46,10 +50,18 @@ def test_a_bad_number_fails_before_anything_loads_naming_the_key(tmp_path, overr
     assert f"config key '{key}'" in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("override", [
-    "trainer.val_check_interval=0.5", "trainer.max_steps=-1", "trainer.gradient_clip_val=null", "trainer.gradient_clip_val=0",
-    "data.val_size=0.25", "callbacks.stop_checkpoint.every_n_steps=null", "callbacks.neuron_dynamics.max_prompts=null",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.val_check_interval=0.5",
+        "trainer.max_steps=-1",
+        "trainer.gradient_clip_val=null",
+        "trainer.gradient_clip_val=0",
+        "data.val_size=0.25",
+        "callbacks.stop_checkpoint.every_n_steps=null",
+        "callbacks.neuron_dynamics.max_prompts=null",
+    ],
+)
 def test_good_numbers_pass(tmp_path, override):
     check_numbers(compose_train(SMALL_WORLD + SHORT_RUN + [override], tmp_path / "run"))
 
@@ -60,9 +72,15 @@ def test_top_n_above_the_number_of_neurons_is_refused_before_training(tmp_path, 
     assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
 
 
-@pytest.mark.parametrize("override, key", [
-    ("+unknown.key=1", "unknown.key"), ("+optim.foo=1", "optim.foo"), ("+seedd=3", "seedd"), ("+world.sed=2", "world.sed"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("+unknown.key=1", "unknown.key"),
+        ("+optim.foo=1", "optim.foo"),
+        ("+seedd=3", "seedd"),
+        ("+world.sed=2", "world.sed"),
+    ],
+)
 def test_an_added_key_that_nothing_reads_is_refused(tmp_path, override, key):
     cfg = compose_train(SMALL_WORLD + SHORT_RUN + [override], tmp_path / "run")
     with pytest.raises(ConfigError, match=f"config key '{key}': is not a setting of lightning-dpo"):
@@ -75,10 +93,15 @@ def test_a_misspelt_added_key_gets_a_suggestion(tmp_path):
         check_added_keys(cfg, ["+world.sed=2"])
 
 
-@pytest.mark.parametrize("override", [
-    "+model.config.n_layer=2", "+data.fields.prompt=question", "+trainer.profiler=simple",
-    "+callbacks.neuron_dynamics.probes.extra.source=raw",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "+model.config.n_layer=2",
+        "+data.fields.prompt=question",
+        "+trainer.profiler=simple",
+        "+callbacks.neuron_dynamics.probes.extra.source=raw",
+    ],
+)
 def test_keys_added_where_something_reads_them_pass(tmp_path, override):
     cfg = compose_train(SMALL_WORLD + SHORT_RUN + [override], tmp_path / "run")
     check_added_keys(cfg, [override])
@@ -87,8 +110,17 @@ def test_keys_added_where_something_reads_them_pass(tmp_path, override):
 def test_no_validation_pairs_with_validation_prompts_names_data_val_size(tmp_path):
     (tmp_path / "pairs.jsonl").write_text("")
     (tmp_path / "probe.pt").write_text("")
-    cfg = compose_train(["model=hf", "model.name_or_path=x", "data=jsonl", f"data.path={tmp_path / 'pairs.jsonl'}",
-                         f"probe.path={tmp_path / 'probe.pt'}", "data.val_size=0"], tmp_path / "run")
+    cfg = compose_train(
+        [
+            "model=hf",
+            "model.name_or_path=x",
+            "data=jsonl",
+            f"data.path={tmp_path / 'pairs.jsonl'}",
+            f"probe.path={tmp_path / 'probe.pt'}",
+            "data.val_size=0",
+        ],
+        tmp_path / "run",
+    )
     from lightning_dpo.training.preflight import preflight
 
     with pytest.raises(ConfigError, match="config key 'data.val_size': 0 leaves no validation pairs.*prompts.source=<file>"):
@@ -96,6 +128,7 @@ def test_no_validation_pairs_with_validation_prompts_names_data_val_size(tmp_pat
 
 
 # -- the best model: every validation competes, the final one included ---------------------------
+
 
 def _val_losses(run_dir: Path) -> dict[int, float]:
     from lightning_dpo.training.metrics_csv import read_metrics_csv
@@ -151,6 +184,7 @@ def test_a_normal_resume_raises_no_false_alarm(tmp_path, small_world, caplog, re
 
 # -- damage: a restart never overwrites a run's outputs, nor changes its settings silently ------------
 
+
 def test_a_restart_without_checkpoints_archives_every_output_and_checks_the_settings(tmp_path, small_world):
     import json
     import shutil
@@ -165,13 +199,24 @@ def test_a_restart_without_checkpoints_archives_every_output_and_checks_the_sett
     assert after == before  # refused: nothing changed
     run(run_dir, "trainer.max_steps=2", "trainer.val_check_interval=2", "ckpt_path=last")  # same settings: restarts
     [archive] = list((run_dir / "previous").iterdir())
-    for name in ("hf_model_best", "hf_model", "probes", "probe.safetensors", ".hydra", "dynamics", "metrics.csv", "status.json", "train.log"):
+    for name in (
+        "hf_model_best",
+        "hf_model",
+        "probes",
+        "probe.safetensors",
+        ".hydra",
+        "dynamics",
+        "metrics.csv",
+        "status.json",
+        "train.log",
+    ):
         assert (archive / name).exists(), name
     assert (archive / ".hydra" / "config.yaml").read_bytes() == before[".hydra/config.yaml"]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
 
 
 # -- disk full, unusable directories -------------------------------------------------------------------
+
 
 def test_a_checkpoint_that_hits_a_full_disk_fails_in_one_line_and_the_status_says_failed(tmp_path, small_world, monkeypatch):
     import json
@@ -241,14 +286,21 @@ def test_the_command_line_refuses_an_unusable_run_directory_in_one_line(tmp_path
     import sys
 
     (tmp_path / "afile").write_text("x")
-    result = subprocess.run([sys.executable, "-m", "lightning_dpo.train", f"hydra.run.dir={tmp_path / 'afile' / 'run'}"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(os.environ))
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_dpo.train", f"hydra.run.dir={tmp_path / 'afile' / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=dict(os.environ),
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: config key 'hydra.run.dir': cannot use")
     assert "Traceback" not in result.stderr and "is a file" in result.stderr
 
 
 # -- errors that name the right thing ------------------------------------------------------------------
+
 
 def test_a_truncated_weights_file_is_named(tmp_path):
     from helpers.models import build_tiny, tiny_gpt2_config
@@ -278,7 +330,9 @@ def test_a_prompt_file_without_the_field_names_prompts_field(tmp_path):
     from lightning_dpo.utils.errors import DataError
 
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "Hello there"}\n')
-    with pytest.raises(DataError, match=r"prompts.jsonl:1: has no text field 'text' \(config key 'prompts.field'; the row's keys: \['prompt'\]\)"):
+    with pytest.raises(
+        DataError, match=r"prompts.jsonl:1: has no text field 'text' \(config key 'prompts.field'; the row's keys: \['prompt'\]\)"
+    ):
         load_texts(str(tmp_path / "prompts.jsonl"), field="text", key="prompts.source")
 
 
@@ -291,6 +345,7 @@ def test_loss_type_dpo_is_sigmoid_and_a_typo_gets_a_hint():
 
 
 # -- compare -------------------------------------------------------------------------------------------
+
 
 def test_compare_on_one_run_or_a_missing_path_says_so_and_writes_nothing(tmp_path, small_world):
     from lightning_dpo.compare import main
@@ -309,11 +364,16 @@ def test_compare_lists_a_job_that_multirun_yaml_planned_but_is_gone(tmp_path):
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    OmegaConf.save({"hydra": {"sweep": {"dir": str(sweep), "subdir": "${safe_dirname:${hydra.job.override_dirname}}"},
-                              "overrides": {"task": ["loss.beta=0.1,0.5", "trainer.max_steps=4"]},
-                              "job": {"config": {"override_dirname": {"kv_sep": "=", "item_sep": ",",
-                                                                      "exclude_keys": ["trainer.max_steps"]}}}}},
-                   sweep / "multirun.yaml")
+    OmegaConf.save(
+        {
+            "hydra": {
+                "sweep": {"dir": str(sweep), "subdir": "${safe_dirname:${hydra.job.override_dirname}}"},
+                "overrides": {"task": ["loss.beta=0.1,0.5", "trainer.max_steps=4"]},
+                "job": {"config": {"override_dirname": {"kv_sep": "=", "item_sep": ",", "exclude_keys": ["trainer.max_steps"]}}},
+            }
+        },
+        sweep / "multirun.yaml",
+    )
     job = sweep / "loss.beta=0.1"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "config.yaml").write_text("loss:\n  beta: 0.1\n  type: sigmoid\noptim:\n  lr: 1e-6\n")
@@ -324,6 +384,7 @@ def test_compare_lists_a_job_that_multirun_yaml_planned_but_is_gone(tmp_path):
 
 
 # -- the resume command ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["/tmp/a\\b", "/tmp/back\\slash\\", "/tmp/x\\'y"])
 def test_the_resume_command_gives_hydra_a_directory_with_backslashes_exactly(path):
@@ -360,6 +421,7 @@ def test_an_explicit_offline_wandb_still_says_how_to_upload(caplog, monkeypatch)
 
 
 # -- analyze and evaluate write under the run they read ---------------------------------------------------
+
 
 def test_evaluate_on_a_run_writes_under_it_and_the_report_links_it(tmp_path, small_world):
     from helpers.configs import compose_command

@@ -92,8 +92,15 @@ def test_the_report_renders_in_a_headless_browser(which, sweep, tmp_path):
     if browser is None:
         pytest.skip("no Chromium on this machine (.ci/run installs Debian's `chromium`; `apt-get install chromium`)")
     report = sweep / "sigmoid" / "report.html" if which == "run" else sweep_report(sweep)
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--allow-file-access-from-files",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
     dom = subprocess.run(flags + ["--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
     body = re.search(r"<body[^>]*>", dom)
     assert body, dom[:500]

@@ -15,7 +15,27 @@ from helpers.models import GPT2_TOKENIZER
 from lightning_dpo.train import train
 from lightning_dpo.utils.errors import ConfigError
 
-WORDS = ["the", "a", "of", "people", "market", "friends", "said", "that", "were", "kind", "and", "honest", "every", "day", "went", "to", "school", "with", "us"]
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "people",
+    "market",
+    "friends",
+    "said",
+    "that",
+    "were",
+    "kind",
+    "and",
+    "honest",
+    "every",
+    "day",
+    "went",
+    "to",
+    "school",
+    "with",
+    "us",
+]
 
 
 def _sentence(rng: random.Random, n: int) -> str:
@@ -41,7 +61,16 @@ def rtp_prompts(path: Path, n: int = 20) -> Path:
     rng = random.Random(1)
     with open(path, "w") as handle:
         for i in range(n):
-            handle.write(json.dumps({"filename": f"{i}.txt", "challenging": i % 5 < 3, "prompt": {"text": f"Prompt {i}" + _sentence(rng, 6), "toxicity": 0.1}}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "filename": f"{i}.txt",
+                        "challenging": i % 5 < 3,
+                        "prompt": {"text": f"Prompt {i}" + _sentence(rng, 6), "toxicity": 0.1},
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -64,19 +93,42 @@ def test_the_paper_preset_rehearsed_offline(tmp_path, empty_cache):
     pairs, prompts = lee_pairs(tmp_path / "toxicity_pairwise.jsonl"), rtp_prompts(tmp_path / "challenge_prompts.jsonl")
     torch.save(torch.randn(1, 32), tmp_path / "probe.pt")  # Lee et al.'s probe.pt shape: (1, d_model)
     run_dir = tmp_path / "run"
-    cfg = compose_train([
-        "experiment=toxicity_gpt2_medium", f"data.path={pairs}", f"probe.path={tmp_path / 'probe.pt'}",
-        # offline stand-ins: a tiny GPT-2 on the real tokenizer, a local RTP-shaped file, an offline scorer, a CPU
-        "model.name_or_path=null", f"model.config={tiny_gpt2_on_the_real_tokenizer()}", f"model.tokenizer={GPT2_TOKENIZER}",
-        f"prompts.source={prompts}", "scorer=profanity_check", "callbacks.toxicity_eval.perplexity_text=null", "trainer.accelerator=cpu",
-        # a run short enough for a test, validated on the 8 contradicting rows: val/loss rises and early stopping acts
-        "trainer.max_steps=60", "trainer.val_check_interval=2", "callbacks.early_stopping.patience=2", "optim.lr=0.01", "optim.warmup_steps=0",
-        "data.val_size=8",
-    ], run_dir)
+    cfg = compose_train(
+        [
+            "experiment=toxicity_gpt2_medium",
+            f"data.path={pairs}",
+            f"probe.path={tmp_path / 'probe.pt'}",
+            # offline stand-ins: a tiny GPT-2 on the real tokenizer, a local RTP-shaped file, an offline scorer, a CPU
+            "model.name_or_path=null",
+            f"model.config={tiny_gpt2_on_the_real_tokenizer()}",
+            f"model.tokenizer={GPT2_TOKENIZER}",
+            f"prompts.source={prompts}",
+            "scorer=profanity_check",
+            "callbacks.toxicity_eval.perplexity_text=null",
+            "trainer.accelerator=cpu",
+            # a run short enough for a test, validated on the 8 contradicting rows: val/loss rises and early stopping acts
+            "trainer.max_steps=60",
+            "trainer.val_check_interval=2",
+            "callbacks.early_stopping.patience=2",
+            "optim.lr=0.01",
+            "optim.warmup_steps=0",
+            "data.val_size=8",
+        ],
+        run_dir,
+    )
     # what the preset promises, read from the composed config
-    assert (cfg.data.format, cfg.data.prompt_truncation, cfg.data.append_eos, cfg.data.shuffle, cfg.data.val_split) == ("lee", "keep_start", False, False, "last")
+    assert (cfg.data.format, cfg.data.prompt_truncation, cfg.data.append_eos, cfg.data.shuffle, cfg.data.val_split) == (
+        "lee",
+        "keep_start",
+        False,
+        False,
+        "last",
+    )
     assert cfg.callbacks.neuron_dynamics.max_prompts is None and cfg.callbacks.neuron_dynamics.positions == "generate"
-    assert cfg.callbacks.early_stopping.monitor == "val/loss" and compose_train(["experiment=toxicity_gpt2_medium"]).callbacks.early_stopping.patience == 30
+    assert (
+        cfg.callbacks.early_stopping.monitor == "val/loss"
+        and compose_train(["experiment=toxicity_gpt2_medium"]).callbacks.early_stopping.patience == 30
+    )
     train(cfg)
 
     # Lee's truncation: prompts keep their first 64 tokens, no EOS after a completion, the last 64 rows validate
@@ -89,7 +141,9 @@ def test_the_paper_preset_rehearsed_offline(tmp_path, empty_cache):
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     assert [r.line for r in data.val_records] == list(range(37, 101))
     first = data.train_dataset.pairs[0]
-    assert first.prompt_ids == tokenizer(rows[0]["prompt_text"])["input_ids"][:64] and len(tokenizer(rows[0]["prompt_text"])["input_ids"]) > 64
+    assert (
+        first.prompt_ids == tokenizer(rows[0]["prompt_text"])["input_ids"][:64] and len(tokenizer(rows[0]["prompt_text"])["input_ids"]) > 64
+    )
     assert first.chosen_ids == tokenizer(rows[0]["unpert_gen_text"])["input_ids"] and tokenizer.eos_token_id not in first.chosen_ids
 
     # all challenging prompts probed, each model's own continuation, early stopping, the best model exported
@@ -115,15 +169,33 @@ def test_a_run_on_your_own_model_pairs_probe_and_prompts_leaves_the_cache_empty(
     rng = random.Random(2)
     with open(tmp_path / "pairs.jsonl", "w") as handle:
         for i in range(40):
-            handle.write(json.dumps({"prompt": f"Item {i}:" + _sentence(rng, 6), "chosen": _sentence(rng, 5), "rejected": " idiot" + _sentence(rng, 4)}) + "\n")
+            handle.write(
+                json.dumps(
+                    {"prompt": f"Item {i}:" + _sentence(rng, 6), "chosen": _sentence(rng, 5), "rejected": " idiot" + _sentence(rng, 4)}
+                )
+                + "\n"
+            )
     (tmp_path / "prompts.txt").write_text("".join(f"Tell me about {w}\n" for w in WORDS[:10]))
     torch.save(torch.randn(32), tmp_path / "probe.pt")
     run_dir = tmp_path / "run"
-    train(compose_train([
-        "model=hf", f"model.name_or_path={folder}", "data=jsonl", f"data.path={tmp_path / 'pairs.jsonl'}", "data.val_size=8",
-        f"probe.path={tmp_path / 'probe.pt'}", f"prompts.source={tmp_path / 'prompts.txt'}", "trainer.accelerator=cpu",
-        "trainer.max_steps=4", "trainer.val_check_interval=2", "callbacks.neuron_dynamics.every_n_steps=2",
-    ], run_dir))
+    train(
+        compose_train(
+            [
+                "model=hf",
+                f"model.name_or_path={folder}",
+                "data=jsonl",
+                f"data.path={tmp_path / 'pairs.jsonl'}",
+                "data.val_size=8",
+                f"probe.path={tmp_path / 'probe.pt'}",
+                f"prompts.source={tmp_path / 'prompts.txt'}",
+                "trainer.accelerator=cpu",
+                "trainer.max_steps=4",
+                "trainer.val_check_interval=2",
+                "callbacks.neuron_dynamics.every_n_steps=2",
+            ],
+            run_dir,
+        )
+    )
     eval_meta = json.loads((run_dir / "eval" / "meta.json").read_text())
     assert eval_meta["scorer"] == "profanity_check (crude proxy)"  # the defaults of a run that is not the demo
     assert eval_meta["perplexity_text"].startswith("the validation pairs' prompts (8 prompts")  # natural text, never generations
@@ -139,6 +211,8 @@ def test_a_run_that_keeps_demo_assets_with_its_own_model_is_refused_naming_them(
 
     torch.save(torch.randn(64), tmp_path / "probe.pt")
     # your own pairs, but still data=toy's prompt set, probe and scorer
-    with pytest.raises(ConfigError, match=r"probe.path, prompts.source, scorer.words_file point into the demo's toy world while data.path is your own"):
+    with pytest.raises(
+        ConfigError, match=r"probe.path, prompts.source, scorer.words_file point into the demo's toy world while data.path is your own"
+    ):
         train(compose_train([f"data.path={write_pairs(tmp_path / 'pairs.jsonl')}"], tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()

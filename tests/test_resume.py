@@ -117,6 +117,7 @@ def test_a_signal_during_gradient_accumulation_stops_at_the_next_step(tmp_path, 
 
 # -- files damaged or deleted between the stop and the resume ------------------------------------
 
+
 def _stop_at_4(run_dir: Path) -> None:
     with pytest.raises(RunInterrupted):
         _run(run_dir, [], {"step": 4})

@@ -21,7 +21,9 @@ def run(run_dir: Path, *overrides: str):
 
 
 def files(run_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".lightning_dpo.lock"}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".lightning_dpo.lock"
+    }
 
 
 def test_a_second_run_into_a_directory_in_use_stops_at_once_naming_the_holder(tmp_path, small_world):
@@ -44,9 +46,16 @@ def test_a_refused_fresh_run_changes_nothing_in_the_finished_run(tmp_path, small
     assert files(run_dir) == before  # .hydra/config.yaml, overrides.yaml, status.json, train.log included
 
 
-@pytest.mark.parametrize("override, key", [("loss.beta=0.5", "loss.beta"), ("optim.lr=0.002", "optim.lr"),
-                                           ("data.batch_size=2", "data.batch_size"), ("seed=7", "seed"),
-                                           ("trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("loss.beta=0.5", "loss.beta"),
+        ("optim.lr=0.002", "optim.lr"),
+        ("data.batch_size=2", "data.batch_size"),
+        ("seed=7", "seed"),
+        ("trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches"),
+    ],
+)
 def test_a_resume_with_changed_settings_is_refused_with_the_changed_keys(tmp_path, small_world, override, key):
     run_dir = tmp_path / "run"
     run(run_dir, "trainer.max_steps=2")
@@ -81,7 +90,9 @@ def test_an_allowed_change_is_applied_and_recorded_in_the_history(tmp_path, smal
 def test_a_resume_below_the_checkpoint_step_says_why(tmp_path, small_world, caplog):
     run_dir = tmp_path / "run"
     run(run_dir, "trainer.max_steps=6")
-    with pytest.raises(ConfigError, match=r"trainer.max_steps.*3 is below the checkpoint's step 6; the run was started with trainer.max_steps=6"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.max_steps.*3 is below the checkpoint's step 6; the run was started with trainer.max_steps=6"
+    ):
         run(run_dir, "trainer.max_steps=3", "ckpt_path=last")
     before = files(run_dir)
     with caplog.at_level(logging.INFO):
@@ -90,13 +101,25 @@ def test_a_resume_below_the_checkpoint_step_says_why(tmp_path, small_world, capl
 
 
 def test_the_resume_command_repeats_every_override_and_quotes_them():
-    overrides = ["trainer.max_steps=400", "loss.beta=0.5", "callbacks.toxicity_eval.scorer={name: profanity_check}",
-                 "ckpt_path=last", "hydra.run.dir=/old", "launcher=slurm", "hparams_search=optuna"]
+    overrides = [
+        "trainer.max_steps=400",
+        "loss.beta=0.5",
+        "callbacks.toxicity_eval.scorer={name: profanity_check}",
+        "ckpt_path=last",
+        "hydra.run.dir=/old",
+        "launcher=slurm",
+        "hparams_search=optuna",
+    ]
     command = resume_command(Path("/runs/my run"), overrides)
     args = shlex.split(command)
     assert args[:3] == ["python", "-m", "lightning_dpo.train"]
-    assert args[3:] == ["trainer.max_steps=400", "loss.beta=0.5", "callbacks.toxicity_eval.scorer={name: profanity_check}",
-                        "hydra.run.dir='/runs/my run'", "ckpt_path=last"]  # the directory in Hydra's quotes
+    assert args[3:] == [
+        "trainer.max_steps=400",
+        "loss.beta=0.5",
+        "callbacks.toxicity_eval.scorer={name: profanity_check}",
+        "hydra.run.dir='/runs/my run'",
+        "ckpt_path=last",
+    ]  # the directory in Hydra's quotes
 
 
 def test_a_refused_single_run_leaves_nothing_but_a_refused_sweep_job_is_recorded(tmp_path, small_world, monkeypatch):
@@ -128,7 +151,7 @@ def test_a_refused_run_leaves_the_lock_file_of_a_finished_run_as_it_was(tmp_path
         assert (run_dir / ".lightning_dpo.lock").read_bytes() == lock
 
 
-@pytest.mark.parametrize("path", ["/tmp/sweep/loss.beta=0.1,optim.lr=1e-06", "/tmp/my run/it's", "/tmp/a$b/c\"d", "/tmp/plain-run_1"])
+@pytest.mark.parametrize("path", ["/tmp/sweep/loss.beta=0.1,optim.lr=1e-06", "/tmp/my run/it's", '/tmp/a$b/c"d', "/tmp/plain-run_1"])
 def test_printed_commands_give_hydra_the_exact_directory(path):
     """A sweep job's directory holds `=` and `,`: the resume command (and the analyze command of
     the summary) must hand Hydra exactly that path, through the shell."""

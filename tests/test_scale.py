@@ -17,8 +17,11 @@ RUN = SMALL_WORLD + SHORT_RUN + ["trainer.max_steps=6", "callbacks.toxicity_eval
 
 def _train(run_dir, extra, launcher=()):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [*launcher, "-m", "lightning_dpo.train", *RUN, f"hydra.run.dir={run_dir}", *extra] if launcher else \
-        [sys.executable, "-m", "lightning_dpo.train", *RUN, f"hydra.run.dir={run_dir}", *extra]
+    cmd = (
+        [*launcher, "-m", "lightning_dpo.train", *RUN, f"hydra.run.dir={run_dir}", *extra]
+        if launcher
+        else [sys.executable, "-m", "lightning_dpo.train", *RUN, f"hydra.run.dir={run_dir}", *extra]
+    )
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

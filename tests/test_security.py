@@ -73,9 +73,24 @@ def test_a_checkpoint_of_a_config_built_model_holds_only_plain_values(tmp_path):
 
     from lightning_dpo.model import DPOModule
 
-    module = instantiate(OmegaConf.create({"_target_": "lightning_dpo.model.DPOModule", "config": {
-        "model_type": "gpt2", "vocab_size": 96, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 64,
-        "bos_token_id": 0, "eos_token_id": 0}}))
+    module = instantiate(
+        OmegaConf.create(
+            {
+                "_target_": "lightning_dpo.model.DPOModule",
+                "config": {
+                    "model_type": "gpt2",
+                    "vocab_size": 96,
+                    "n_positions": 64,
+                    "n_embd": 32,
+                    "n_layer": 2,
+                    "n_head": 4,
+                    "n_inner": 64,
+                    "bos_token_id": 0,
+                    "eos_token_id": 0,
+                },
+            }
+        )
+    )
     assert isinstance(module, DPOModule) and type(module.hparams["config"]) is dict
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "m.ckpt")
     assert safe_load(tmp_path / "m.ckpt")["hyper_parameters"]["config"]["n_embd"] == 32
@@ -116,8 +131,11 @@ def test_a_snapshot_file_with_a_crafted_probe_name_is_refused_by_plot(tmp_path):
     run.mkdir(parents=True)
     z = torch.zeros(2, 3)
     for step in (0, 1):
-        save_file({"mean_activation": z.clone(), "value_norm": z + 1, "value_projection": z.clone(), "value_projection.../../../evil": z.clone()},
-                  str(run / f"step_{step:07d}.safetensors"), metadata={"step": str(step)})
+        save_file(
+            {"mean_activation": z.clone(), "value_norm": z + 1, "value_projection": z.clone(), "value_projection.../../../evil": z.clone()},
+            str(run / f"step_{step:07d}.safetensors"),
+            metadata={"step": str(step)},
+        )
     with pytest.raises(ConfigError, match="used as a file name"):
         make_plots(tmp_path / "run")
     assert not (tmp_path / "evil").exists()

@@ -29,8 +29,17 @@ def fake_job(root: Path, name: str, beta: float, lr: float, status: dict | None,
 
 
 def test_compare_lists_every_job_with_its_status(tmp_path):
-    rows = [{"step": 0, "dynamics/TP-/share": "nan"}, {"step": 10, "val/loss": 0.5, "dynamics/TP-/share": 0.3, "dynamics/AN-/share": 0.7,
-             "dynamics/net_delta": 1.5, "eval/toxicity": 0.1}]
+    rows = [
+        {"step": 0, "dynamics/TP-/share": "nan"},
+        {
+            "step": 10,
+            "val/loss": 0.5,
+            "dynamics/TP-/share": 0.3,
+            "dynamics/AN-/share": 0.7,
+            "dynamics/net_delta": 1.5,
+            "eval/toxicity": 0.1,
+        },
+    ]
     fake_job(tmp_path, "loss.beta=0.1,optim.lr=1e-06", 0.1, 1e-6, {"status": "completed"}, rows)
     fake_job(tmp_path, "loss.beta=0.5,optim.lr=1e-06", 0.5, 1e-6, {"status": "failed", "error": "NonFiniteError: nan"}, rows[:1])
     fake_job(tmp_path, "loss.beta=0.1,optim.lr=5e-06", 0.1, 5e-6, {"status": "running"}, rows[:1])
@@ -49,7 +58,9 @@ def test_compare_lists_every_job_with_its_status(tmp_path):
 
 
 def _cli(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lightning_dpo.train", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_dpo.train", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=1200
+    )
 
 
 def _offline_run_ids(job: Path) -> list[str]:
@@ -59,9 +70,17 @@ def _offline_run_ids(job: Path) -> list[str]:
 @pytest.mark.slow
 def test_sweep_with_offline_wandb_a_failure_and_a_resume(tmp_path):
     env = dict(os.environ, LIGHTNING_DPO_CACHE=os.environ["LIGHTNING_DPO_CACHE"], WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    common = SMALL_WORLD + ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "data.batch_size=4",
-                            "data.val_size=16", "callbacks.neuron_dynamics.every_n_steps=2", "callbacks.toxicity_eval.every_n_steps=2",
-                            "callbacks.toxicity_eval.max_prompts=8", "logger=wandb"]
+    common = SMALL_WORLD + [
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "data.batch_size=4",
+        "data.val_size=16",
+        "callbacks.neuron_dynamics.every_n_steps=2",
+        "callbacks.toxicity_eval.every_n_steps=2",
+        "callbacks.toxicity_eval.max_prompts=8",
+        "logger=wandb",
+    ]
     sweep = tmp_path / "sweep"
     result = _cli(["-m", "loss.beta=0.1,0.5", "optim.lr=1e-4,1e-3,-1", f"hydra.sweep.dir={sweep}", *common], env, tmp_path)
     assert result.returncode == 1  # the other jobs ran; the command says some did not complete
@@ -87,7 +106,11 @@ def test_sweep_with_offline_wandb_a_failure_and_a_resume(tmp_path):
     job = good[0]  # resume one job with more steps: same W&B run id, no duplicated snapshot
     beta, lr = settings[job].loss.beta, settings[job].optim.lr
     # the same sweep command with this job's values, ckpt_path=last and more steps: same job directory
-    resumed = _cli(["-m", f"loss.beta={beta}", f"optim.lr={lr}", f"hydra.sweep.dir={sweep}", "ckpt_path=last", *common, "trainer.max_steps=6"], env, tmp_path)
+    resumed = _cli(
+        ["-m", f"loss.beta={beta}", f"optim.lr={lr}", f"hydra.sweep.dir={sweep}", "ckpt_path=last", *common, "trainer.max_steps=6"],
+        env,
+        tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert set(_offline_run_ids(job)) == {ids[0][0]} and len(list((job / "wandb").glob("offline-run-*"))) == 2
     with open(job / "dynamics" / "groups.csv") as handle:
@@ -123,8 +146,17 @@ def test_sweep_presets_compose_and_their_plugins_instantiate(preset):
 @pytest.mark.slow
 def test_optuna_search_returns_the_objective(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", *SMALL_WORLD,
-            "trainer.max_steps=4", "data.batch_size=4", "data.val_size=16", "callbacks.toxicity_eval.max_prompts=8"]
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={tmp_path}",
+        *SMALL_WORLD,
+        "trainer.max_steps=4",
+        "data.batch_size=4",
+        "data.val_size=16",
+        "callbacks.toxicity_eval.max_prompts=8",
+    ]
     result = _cli(args, env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
@@ -133,14 +165,17 @@ def test_optuna_search_returns_the_objective(tmp_path):
     assert set(best.best_params) == {"loss.beta", "optim.lr"} and best.best_value == min(s["objective"] for s in statuses)
 
 
-@pytest.mark.parametrize("damage, file, reason", [
-    ("binary config", ".hydra/config.yaml", "not a YAML config"),
-    ("list config", ".hydra/config.yaml", "not a mapping of settings"),
-    ("non-object status", "status.json", "not a JSON object"),
-    ("binary status", "status.json", "not JSON"),
-    ("non-numeric metrics", "metrics.csv", "non-numeric value in column 'val/loss'"),
-    ("bad beta", ".hydra/config.yaml", "loss.beta is not a number: 'abc'"),
-])
+@pytest.mark.parametrize(
+    "damage, file, reason",
+    [
+        ("binary config", ".hydra/config.yaml", "not a YAML config"),
+        ("list config", ".hydra/config.yaml", "not a mapping of settings"),
+        ("non-object status", "status.json", "not a JSON object"),
+        ("binary status", "status.json", "not JSON"),
+        ("non-numeric metrics", "metrics.csv", "non-numeric value in column 'val/loss'"),
+        ("bad beta", ".hydra/config.yaml", "loss.beta is not a number: 'abc'"),
+    ],
+)
 def test_compare_lists_a_damaged_job_as_unreadable_and_builds_the_rest(tmp_path, damage, file, reason):
     rows = [{"step": 0, "dynamics/TP-/share": 0.5}, {"step": 10, "val/loss": 0.5, "dynamics/TP-/share": 0.3}]
     fake_job(tmp_path, "good", 0.1, 1e-6, {"status": "completed"}, rows)
@@ -193,7 +228,7 @@ def test_plot_on_a_truncated_snapshot_names_the_file(tmp_path, capsys):
 
     (tmp_path / "dynamics").mkdir()
     path = tmp_path / "dynamics" / "step_0000000.safetensors"
-    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    path.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
     assert main([str(tmp_path)]) == 2
     assert f"{path}: cannot read the snapshot" in capsys.readouterr().err
 
@@ -206,17 +241,23 @@ def test_compare_by_setting_gives_mean_and_range_over_seeds(tmp_path):
 
     values = {("sigmoid", 0): (0.10, 0.40, 0.20), ("sigmoid", 1): (0.30, 0.20, 0.50), ("orpo", 0): (0.05, 0.90, 0.10)}
     for (kind, seed), (toxicity, tp_share, attention) in values.items():
-        rows = [{"step": 0, "eval/toxicity": 0.5}, {"step": 10, "eval/toxicity": toxicity, "dynamics/TP-/share": tp_share,
-                                                    "dynamics/toxicity/attention_share": attention}]
+        rows = [
+            {"step": 0, "eval/toxicity": 0.5},
+            {"step": 10, "eval/toxicity": toxicity, "dynamics/TP-/share": tp_share, "dynamics/toxicity/attention_share": attention},
+        ]
         job = fake_job(tmp_path, f"loss.type={kind},world.seed={seed}", 0.1, 1e-6, {"status": "completed"}, rows)
         # report/logger say how a job ran, not what it trained: not part of the setting
-        (job / ".hydra" / "overrides.yaml").write_text(f"- loss.type={kind}\n- world.seed={seed}\n- report={seed % 2 == 0}\n- logger=wandb\n")
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- loss.type={kind}\n- world.seed={seed}\n- report={seed % 2 == 0}\n- logger=wandb\n"
+        )
     fake_job(tmp_path, "loss.type=orpo,world.seed=1", 0.1, 1e-6, {"status": "failed", "error": "x"}, [])  # not counted
     table = {r["setting"]: r for r in compare_and_settings(tmp_path)}
     assert set(table) == {"loss.type=sigmoid", "loss.type=orpo"}
     sigmoid, orpo = table["loss.type=sigmoid"], table["loss.type=orpo"]
     assert sigmoid["jobs"] == 2 and orpo["jobs"] == 1
-    assert sigmoid["eval/toxicity mean"] == pytest.approx(0.2) and sigmoid["eval/toxicity min"] == 0.1 and sigmoid["eval/toxicity max"] == 0.3
+    assert (
+        sigmoid["eval/toxicity mean"] == pytest.approx(0.2) and sigmoid["eval/toxicity min"] == 0.1 and sigmoid["eval/toxicity max"] == 0.3
+    )
     assert sigmoid["share TP- mean"] == pytest.approx(0.3) and sigmoid["attention_share max"] == 0.5
     assert orpo["attention_share mean"] == 0.1 and math.isnan(orpo["share AN- mean"])
     text = (tmp_path / "compare_by_setting.md").read_text()

@@ -19,8 +19,19 @@ from helpers.models import GPT2_TOKENIZER
 from lightning_dpo.callbacks.progress import StepProgressBar, progress_line
 
 # what the demo printed before (issue 16): none of it may come back
-CHATTER = ("Seed set to", "Loading weights", "GPU available", "TPU available", "💡 Tip", "LeafSpec", "weights_only",
-           "Writing model shards", "loss_type=None", "Epoch ", "Token indices sequence length")
+CHATTER = (
+    "Seed set to",
+    "Loading weights",
+    "GPU available",
+    "TPU available",
+    "💡 Tip",
+    "LeafSpec",
+    "weights_only",
+    "Writing model shards",
+    "loss_type=None",
+    "Epoch ",
+    "Token indices sequence length",
+)
 
 
 def test_progress_line_fits_80_columns_and_drops_fields_from_the_right():
@@ -28,8 +39,8 @@ def test_progress_line_fits_80_columns_and_drops_fields_from_the_right():
     line = progress_line(120, 150, metrics, rate=4.1)
     assert line == "step 120/150  loss 0.0123  acc 0.98  val/loss 0.0110  4.10 step/s  ETA 0:07"
     assert len(line) <= 79
-    assert progress_line(123456, 1000000, metrics, rate=0.01) .startswith("step 123456/1000000  loss 0.0123")
-    assert all(len(progress_line(10**k, 10**(k + 1), metrics, rate=3.0)) <= 79 for k in range(12))
+    assert progress_line(123456, 1000000, metrics, rate=0.01).startswith("step 123456/1000000  loss 0.0123")
+    assert all(len(progress_line(10**k, 10 ** (k + 1), metrics, rate=3.0)) <= 79 for k in range(12))
     assert progress_line(5, 150, metrics, rate=3.0, width=30) == "step 5/150  loss 0.0123"
     assert progress_line(5, None, {}, rate=None) == "step 5"
 
@@ -44,8 +55,9 @@ class _Stream(io.StringIO):
 
 
 def _drive(bar: StepProgressBar, steps: int, accumulate: int = 1) -> None:
-    trainer = SimpleNamespace(global_step=0, max_steps=steps, progress_bar_metrics={"train/loss": 0.5},
-                              is_global_zero=True, sanity_checking=False)
+    trainer = SimpleNamespace(
+        global_step=0, max_steps=steps, progress_bar_metrics={"train/loss": 0.5}, is_global_zero=True, sanity_checking=False
+    )
     bar._trainer = trainer
     bar.on_train_start(trainer, None)
     time.sleep(0.01)
@@ -92,14 +104,20 @@ def test_truncating_on_purpose_prints_no_tokenizer_warning(caplog):
 def test_a_run_prints_progress_and_a_summary_without_chatter(tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
-    result = subprocess.run([sys.executable, "-m", "lightning_dpo.train", *SMALL_WORLD, *SHORT_RUN, "report=true", f"hydra.run.dir={run}"],
-                            env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_dpo.train", *SMALL_WORLD, *SHORT_RUN, "report=true", f"hydra.run.dir={run}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert [c for c in CHATTER if c in output] == []
     progress = [line for line in output.splitlines() if line.startswith("step ")]
     assert progress and progress[-1].startswith("step 8/8") and all(len(line) <= 79 for line in progress)
-    summary = output[output.index("== lightning-dpo summary =="):]
+    summary = output[output.index("== lightning-dpo summary ==") :]
     assert f"report: {run / 'report.html'}" in summary and "python -m lightning_dpo.analyze dpo=" in summary
     assert "trainer.max_steps=16" in summary and "ckpt_path=last" in summary
     assert "over 32 prompts of dynamics/prompts.jsonl" in summary  # the prompts behind the group table

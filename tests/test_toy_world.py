@@ -55,8 +55,19 @@ def test_a_world_is_the_same_world_whatever_the_thread_count(tmp_path):
 
     from lightning_dpo.toy.world import ToyWorld
 
-    settings = dict(seed=3, corpus_size=1000, num_pairs=40, num_eval_prompts=8, vocab_size=600, n_layer=2, n_embd=64, n_head=4,
-                    n_inner=128, pretrain_steps=150, pretrain_batch_size=32)
+    settings = dict(
+        seed=3,
+        corpus_size=1000,
+        num_pairs=40,
+        num_eval_prompts=8,
+        vocab_size=600,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        n_inner=128,
+        pretrain_steps=150,
+        pretrain_batch_size=32,
+    )
     before = torch.get_num_threads()
     digests = []
     try:

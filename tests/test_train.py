@@ -11,9 +11,18 @@ from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
 from lightning_dpo.train import train
 
 TRAIN_METRICS = [
-    "train/loss", "train/rewards/chosen", "train/rewards/rejected", "train/rewards/accuracies", "train/rewards/margins",
-    "train/logps/chosen", "train/logps/rejected", "train/logits/chosen", "train/logits/rejected", "train/kl",
-    "train/lr", "train/grad_norm",
+    "train/loss",
+    "train/rewards/chosen",
+    "train/rewards/rejected",
+    "train/rewards/accuracies",
+    "train/rewards/margins",
+    "train/logps/chosen",
+    "train/logps/rejected",
+    "train/logits/chosen",
+    "train/logits/rejected",
+    "train/kl",
+    "train/lr",
+    "train/grad_norm",
 ]
 VAL_METRICS = [m.replace("train/", "val/") for m in TRAIN_METRICS if m not in ("train/lr", "train/grad_norm")]
 

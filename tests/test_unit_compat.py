@@ -37,8 +37,15 @@ class _Record(L.Callback):
 
 def _fit(callback: _Record, **trainer_args) -> L.Trainer:
     data = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback], **trainer_args)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        **trainer_args,
+    )
     trainer.fit(_Tiny(), data)
     return trainer
 

@@ -130,22 +130,34 @@ class ModelAssets:
         layers = resolve_layers(model, self.layers)
         ids = tokenize_prompts(tokenizer, pair_prompts, self.max_prompt_tokens)
         scale = residual_norm_medians(model, ids, layers, pad_id(tokenizer), self.batch_size)
-        settings = PairSettings(alpha=self.alpha, layers=layers, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                margin=self.margin, seed=self.seed)
+        settings = PairSettings(
+            alpha=self.alpha,
+            layers=layers,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            margin=self.margin,
+            seed=self.seed,
+        )
         rows = generate_pairs(model, tokenizer, pair_prompts, probe.unit, build_scorer(self.scorer), settings, scale=scale)
         kept = [as_pair(r) for r in rows if r["kept"]]
         if not kept:  # nothing is cached: the next attempt (another alpha or margin) builds afresh
             degenerate = sum(r["degenerate"] for r in rows)
-            raise ConfigError("assets.alpha", f"{self.alpha} (layers {self.layers}, margin {self.margin}) kept no preference pair of "
-                                              f"{len(rows)} prompts ({degenerate} rejected texts degenerate); scan the strength first: "
-                                              "python -m lightning_dpo.make_pairs model.name_or_path=<the model> probe.path=<a probe> "
-                                              "'steering.alpha=[0.005,0.01,0.02]' steering.layers=all, then set assets.alpha")
+            raise ConfigError(
+                "assets.alpha",
+                f"{self.alpha} (layers {self.layers}, margin {self.margin}) kept no preference pair of "
+                f"{len(rows)} prompts ({degenerate} rejected texts degenerate); scan the strength first: "
+                "python -m lightning_dpo.make_pairs model.name_or_path=<the model> probe.path=<a probe> "
+                "'steering.alpha=[0.005,0.01,0.02]' steering.layers=all, then set assets.alpha",
+            )
         atomic_write_jsonl(out / "pairs.jsonl", kept)
         atomic_write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p in texts.prompts(held_out=True)))
         quality = probe.quality
         self.stats = {
-            "probe_auc": quality.auc if quality else None, "probe_top_tokens": quality.top_tokens[:10] if quality else [],
-            "pair_prompts": len(rows), "pairs_kept": len(kept), "degenerate_rejected": sum(r["degenerate"] for r in rows),
+            "probe_auc": quality.auc if quality else None,
+            "probe_top_tokens": quality.top_tokens[:10] if quality else [],
+            "pair_prompts": len(rows),
+            "pairs_kept": len(kept),
+            "degenerate_rejected": sum(r["degenerate"] for r in rows),
             "mean_chosen_score": sum(r["chosen_score"] for r in rows) / len(rows),
             "mean_rejected_score": sum(r["rejected_score"] for r in rows) / len(rows),
             "steering_unit": {str(k): round(v, 3) for k, v in scale.items()},

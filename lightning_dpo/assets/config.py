@@ -33,7 +33,11 @@ def _assets_path(attribute: str, *, _root_: DictConfig) -> str:
 
 
 def assets_dir(cfg: DictConfig) -> Path | None:
-    if "assets" not in cfg or cfg.assets is None or str(OmegaConf.to_container(cfg.assets, resolve=False).get("name_or_path", "")).startswith(NOT_INSTALLED):
+    if (
+        "assets" not in cfg
+        or cfg.assets is None
+        or str(OmegaConf.to_container(cfg.assets, resolve=False).get("name_or_path", "")).startswith(NOT_INSTALLED)
+    ):
         return None
     try:
         return ModelAssets(**plain(cfg.assets)).path

@@ -125,9 +125,7 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         if self.tokenizer is None:
             raise ConfigError("model.tokenizer", "the data module needs a tokenizer")
-        records, self.read_report = read_preference_rows(
-            self.path, self.hub_id, self.split, self.format, self.fields, self.on_bad_row
-        )
+        records, self.read_report = read_preference_rows(self.path, self.hub_id, self.split, self.format, self.fields, self.on_bad_row)
         source = self.path or self.hub_id
         log.debug(self.read_report.summary())  # the run prints them once, in `summary()`
         if not records:
@@ -141,13 +139,16 @@ class PreferenceDataModule(L.LightningDataModule):
         )
         log.debug("tokenized %d pairs: %s", len(pairs), self.truncation_report.summary())
         if not pairs:
-            raise DataError(str(source), f"no usable preference pairs: all {len(records)} have the same chosen and rejected "
-                            "completion (after truncation to data.max_completion_length), which teaches nothing")
+            raise DataError(
+                str(source),
+                f"no usable preference pairs: all {len(records)} have the same chosen and rejected "
+                "completion (after truncation to data.max_completion_length), which teaches nothing",
+            )
         n_val = split_sizes(len(pairs), self.val_size)
         if n_val >= len(pairs):
             raise ConfigError("data.val_size", f"{self.val_size} leaves no training pairs out of {len(pairs)} in {source}")
         if self.val_split == "last":
-            val, train = pairs[len(pairs) - n_val:], pairs[: len(pairs) - n_val]
+            val, train = pairs[len(pairs) - n_val :], pairs[: len(pairs) - n_val]
         else:
             val, train = pairs[:n_val], pairs[n_val:]
         self.val_dataset = PreferenceDataset(_reindex(val))
@@ -181,7 +182,9 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "setup('fit') builds the datasets"
         rank, world = self._rank_world()
-        sampler = ResumableSampler(self.train_dataset, seed=self.seed, shuffle=self.shuffle, rank=rank, world_size=world, consumed=self._consumed)
+        sampler = ResumableSampler(
+            self.train_dataset, seed=self.seed, shuffle=self.shuffle, rank=rank, world_size=world, consumed=self._consumed
+        )
         self._train_sampler = sampler
         return ResumableDataLoader(
             self.train_dataset,
@@ -233,7 +236,9 @@ class PreferenceDataModule(L.LightningDataModule):
             if key in state and state[key] != getattr(self, key):
                 log.warning(
                     "resuming with data.%s=%s but the checkpoint was trained with %s: the data order changes",
-                    key, getattr(self, key), state[key],
+                    key,
+                    getattr(self, key),
+                    state[key],
                 )
 
 

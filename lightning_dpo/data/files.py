@@ -176,15 +176,19 @@ def load_hub_dataset(dataset_id: str, split: str, key: str, name: str | None = N
     """`datasets.load_dataset(dataset_id, name, split=split)` (a hub id or a local dataset folder),
     failing at once when a hub id is asked for and the hub is unreachable."""
     if not Path(dataset_id).expanduser().is_dir() and not hub_reachable():  # a local dataset folder needs no network
-        raise DataError(dataset_id, f"is not a local file and the Hugging Face hub is unreachable (or HF_HUB_OFFLINE=1) "
-                        f"(config key '{key}'): export it to a local .jsonl file on a machine with network access and pass its path")
+        raise DataError(
+            dataset_id,
+            f"is not a local file and the Hugging Face hub is unreachable (or HF_HUB_OFFLINE=1) "
+            f"(config key '{key}'): export it to a local .jsonl file on a machine with network access and pass its path",
+        )
     import datasets
 
     try:
         return datasets.load_dataset(dataset_id, name, split=split)
     except Exception as exc:
-        raise DataError(dataset_id, f"could not load the dataset ({type(exc).__name__}: {exc}) (config key '{key}'); "
-                        "pass a local .jsonl file instead") from exc
+        raise DataError(
+            dataset_id, f"could not load the dataset ({type(exc).__name__}: {exc}) (config key '{key}'); pass a local .jsonl file instead"
+        ) from exc
 
 
 def hub_rows(dataset_id: str, split: str, key: str) -> Iterator[Row]:

@@ -25,8 +25,11 @@ def measured_data(trainer: Any, key: str) -> MeasuredData:
     """The trainer's data module, checked to provide `tokenizer` and `val_records` (naming the callback's key)."""
     datamodule = getattr(trainer, "datamodule", None)
     if not isinstance(datamodule, MeasuredData):
-        raise ConfigError(key, f"measures on the run's data, but the data module ({type(datamodule).__name__}) does not provide "
-                          "`tokenizer` and `val_records` (lightning_dpo.data.protocol.MeasuredData)")
+        raise ConfigError(
+            key,
+            f"measures on the run's data, but the data module ({type(datamodule).__name__}) does not provide "
+            "`tokenizer` and `val_records` (lightning_dpo.data.protocol.MeasuredData)",
+        )
     return datamodule
 
 
@@ -34,6 +37,9 @@ def measured_policy(pl_module: Any, key: str) -> nn.Module:
     """The LightningModule's `policy` (the model the callbacks measure), checked (naming the callback's key)."""
     policy = getattr(pl_module, "policy", None)
     if not isinstance(policy, nn.Module):
-        raise ConfigError(key, f"measures the model being trained, but {type(pl_module).__name__} has no `policy` module "
-                          "(lightning_dpo.data.protocol.measured_policy)")
+        raise ConfigError(
+            key,
+            f"measures the model being trained, but {type(pl_module).__name__} has no `policy` module "
+            "(lightning_dpo.data.protocol.measured_policy)",
+        )
     return policy

@@ -29,7 +29,12 @@ from torch.utils.data import DistributedSampler
 
 class ResumableSampler(DistributedSampler):
     def __init__(
-        self, dataset: Any, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+        self,
+        dataset: Any,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
         consumed: Callable[[int], int] | None = None,
     ):
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)

@@ -40,8 +40,12 @@ def _rows(source: str, key: str, split: str) -> tuple[str, Iterator[Row]]:
 
 
 def load_texts(
-    source: str, field: str = "prompt", where: Mapping[str, Any] | None = None, limit: int | None = None,
-    split: str = "train", key: str = "prompts",
+    source: str,
+    field: str = "prompt",
+    where: Mapping[str, Any] | None = None,
+    limit: int | None = None,
+    split: str = "train",
+    key: str = "prompts",
 ) -> list[str]:
     """Texts from `source`: one per line of a .txt file, else the `field` of each row (rows not
     matching `where` skipped), cut to the first `limit`. `key` is the config key named in errors."""
@@ -69,7 +73,11 @@ def load_texts(
 
 
 def load_labelled_texts(
-    source: str, text_field: str = "text", label_field: str = "label", limit: int | None = None, split: str = "train",
+    source: str,
+    text_field: str = "text",
+    label_field: str = "label",
+    limit: int | None = None,
+    split: str = "train",
     key: str = "probe.data",
 ) -> tuple[list[str], list[int]]:
     """Texts and 0/1 labels (a label > 0.5 counts as the concept, e.g. toxic)."""
@@ -113,7 +121,10 @@ VALIDATION = "validation"  # a prompt set's source: the run's own validation pai
 
 
 def load_prompt_set(
-    spec: Mapping[str, Any], key: str, max_prompts: int | None = None, validation: Sequence[str] | None = None,
+    spec: Mapping[str, Any],
+    key: str,
+    max_prompts: int | None = None,
+    validation: Sequence[str] | None = None,
 ) -> list[str]:
     """The texts of a prompt set (conf/prompts/: source, field, filter, limit), cut to `max_prompts`.
 
@@ -125,8 +136,9 @@ def load_prompt_set(
             raise ConfigError(f"{key}.source", "'validation' (the validation pairs' prompts) exists only in a training run; give a file")
         texts = list(validation)[: spec.get("limit") or None]
     else:
-        texts = load_texts(source, field=spec.get("field") or "prompt", where=spec.get("filter"), limit=spec.get("limit"),
-                           key=f"{key}.source")
+        texts = load_texts(
+            source, field=spec.get("field") or "prompt", where=spec.get("filter"), limit=spec.get("limit"), key=f"{key}.source"
+        )
     texts = texts[:max_prompts] if max_prompts else texts
     if not texts:
         raise ConfigError(f"{key}.source", f"the prompt set {source} is empty")

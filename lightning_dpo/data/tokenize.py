@@ -46,8 +46,7 @@ class TruncationReport:
 
     def summary(self) -> str:
         text = (
-            f"{self.prompts_truncated} prompts cut to their last tokens, "
-            f"{self.completions_truncated} completions cut to their first tokens"
+            f"{self.prompts_truncated} prompts cut to their last tokens, {self.completions_truncated} completions cut to their first tokens"
         )
         if self.identical_dropped:
             text += f", {self.identical_dropped} pairs dropped because chosen and rejected are identical"
@@ -112,14 +111,14 @@ def tokenize_pairs(
             report.identical_dropped += 1  # a zero margin forever: it only dilutes the loss (ln 2 per pair)
             continue
         if not completions[0] or not completions[1]:
-            raise ConfigError("data.append_eos", f"{records[i].line}: a completion has no tokens; with data.append_eos=false every completion needs text")
+            raise ConfigError(
+                "data.append_eos", f"{records[i].line}: a completion has no tokens; with data.append_eos=false every completion needs text"
+            )
         pairs.append(TokenizedPair(len(pairs), list(p), completions[0], completions[1], records[i]))
     return pairs, report
 
 
-def collate_pairs(
-    examples: Sequence[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
-) -> dict[str, torch.Tensor]:
+def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
     """Stack `prompt+chosen` rows then `prompt+rejected` rows, right-padded.
 
     Returns input_ids, attention_mask, completion_mask (1 on completion tokens only), the

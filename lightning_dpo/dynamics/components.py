@@ -85,14 +85,18 @@ class Components:
         out = [("", "embed", float(self.embed))]
         for layer in range(self.attn_heads.shape[0]):
             out += [(str(layer), f"attn.head.{h}", float(v)) for h, v in enumerate(self.attn_heads[layer].tolist())]
-            out += [(str(layer), "attn.bias", float(self.attn_bias[layer])), (str(layer), "mlp.neurons", float(self.mlp_neurons[layer])),
-                    (str(layer), "mlp.bias", float(self.mlp_bias[layer]))]
+            out += [
+                (str(layer), "attn.bias", float(self.attn_bias[layer])),
+                (str(layer), "mlp.neurons", float(self.mlp_neurons[layer])),
+                (str(layer), "mlp.bias", float(self.mlp_bias[layer])),
+            ]
         return out + [("", "residual", float(self.residual))]
 
     def flat(self) -> torch.Tensor:
         """(..., n_components) in `rows()` order: embed, per layer (heads, attn bias, mlp neurons, mlp bias), residual."""
-        per_layer = torch.cat([self.attn_heads, self.attn_bias.unsqueeze(-1), self.mlp_neurons.unsqueeze(-1),
-                               self.mlp_bias.unsqueeze(-1)], dim=-1)  # (..., L, H + 3)
+        per_layer = torch.cat(
+            [self.attn_heads, self.attn_bias.unsqueeze(-1), self.mlp_neurons.unsqueeze(-1), self.mlp_bias.unsqueeze(-1)], dim=-1
+        )  # (..., L, H + 3)
         return torch.cat([self.embed.unsqueeze(-1), per_layer.flatten(-2), self.residual.unsqueeze(-1)], dim=-1)
 
 
@@ -138,11 +142,14 @@ class ComponentVectors:
         def stream(target: torch.Tensor) -> Callable[[int, torch.Tensor], None]:
             def add(_: int, hidden: torch.Tensor) -> None:
                 target.add_(weights.double() @ hidden.reshape(-1, hidden.shape[-1]).double())  # (n_buckets, d)
+
             return add
 
         with contextlib.ExitStack() as stack:
             stack.enter_context(hook_module_io(self.attn_out, exact(lambda l, mod, z, out: self._attention(l, mod, z, out, weights))))
-            stack.enter_context(hook_module_io([p.module for p in self.mlp_out], exact(lambda l, mod, m, out: self._mlp(l, mod, m, out, weights))))
+            stack.enter_context(
+                hook_module_io([p.module for p in self.mlp_out], exact(lambda l, mod, m, out: self._mlp(l, mod, m, out, weights)))
+            )
             stack.enter_context(hook_inputs([self.layers[0]], exact(stream(self.embed))))
             stack.enter_context(hook_inputs([self.final_norm], exact(stream(self.residual))))
             yield
@@ -201,8 +208,10 @@ class ComponentVectors:
 
 def component_rows(step: int, probe: str, baseline: Components, current: Components) -> list[dict[str, Any]]:
     """components.csv rows: value at `step` and delta = value(step 0) - value(step), like D_i for neurons."""
-    return [{"step": step, "probe": probe, "layer": layer, "component": name, "value": value, "delta": base_value - value}
-            for (layer, name, value), (_, _, base_value) in zip(current.rows(), baseline.rows())]
+    return [
+        {"step": step, "probe": probe, "layer": layer, "component": name, "value": value, "delta": base_value - value}
+        for (layer, name, value), (_, _, base_value) in zip(current.rows(), baseline.rows())
+    ]
 
 
 def component_deltas(baseline: Components, current: Components) -> dict[str, torch.Tensor]:

@@ -29,8 +29,16 @@ from lightning_dpo.dynamics.store import DynamicsRun, load_run
 from lightning_dpo.utils.figures import annotate_cells, pyplot, save_figure
 from lightning_dpo.utils.io import check_file_name
 
-COLORS = {"TP-": "#d62728", "TN+": "#ff7f0e", "AP+": "#2ca02c", "AN-": "#1f77b4",
-          "TP+": "#d62728", "TN-": "#ff7f0e", "AP-": "#2ca02c", "AN+": "#1f77b4"}
+COLORS = {
+    "TP-": "#d62728",
+    "TN+": "#ff7f0e",
+    "AP+": "#2ca02c",
+    "AN-": "#1f77b4",
+    "TP+": "#d62728",
+    "TN-": "#ff7f0e",
+    "AP-": "#2ca02c",
+    "AN+": "#1f77b4",
+}
 UNITS = "probe-direction units"
 KIND_COLORS = {"embed": "#8c564b", "attention": "#9467bd", "mlp": "#17becf", "residual": "#333333"}
 
@@ -61,12 +69,17 @@ def plot_group_delta(run: DynamicsRun, probe: str, out: Path) -> Path:
     errors = _totals(run, probe).get("delta_sum_se")
     for group in REDUCING_GROUPS + MIRROR_GROUPS:
         if group in table:
-            ax.plot(table.index, table[group], color=COLORS[group], ls="-" if group in REDUCING_GROUPS else "--", marker="o", ms=3, label=group)
+            ax.plot(
+                table.index, table[group], color=COLORS[group], ls="-" if group in REDUCING_GROUPS else "--", marker="o", ms=3, label=group
+            )
             if errors is not None and group in errors:
                 _band(ax, table.index, table[group], errors[group], COLORS[group])
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set(xlabel="optimizer step", ylabel=f"sum of D_i = P_i(0) - P_i(t) [{UNITS}]",
-           title=_title("Change in writing along the probe, per neuron group", probe, run.probes[0]))
+    ax.set(
+        xlabel="optimizer step",
+        ylabel=f"sum of D_i = P_i(0) - P_i(t) [{UNITS}]",
+        title=_title("Change in writing along the probe, per neuron group", probe, run.probes[0]),
+    )
     ax.legend(ncol=2, fontsize=8, title="solid: reduces; dashed: mirror", loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, out / "group_delta_sum.png")
 
@@ -80,16 +93,28 @@ def plot_shares(run: DynamicsRun, probe: str, out: Path) -> Path:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.6), sharex=True, height_ratios=[3, 1.4], layout="constrained")
     defined = shares.dropna(how="all").fillna(0.0)
     if len(defined):
-        stacks = top.stackplot(defined.index, *(defined[g] for g in REDUCING_GROUPS), colors=[COLORS[g] for g in REDUCING_GROUPS], alpha=0.85)
+        stacks = top.stackplot(
+            defined.index, *(defined[g] for g in REDUCING_GROUPS), colors=[COLORS[g] for g in REDUCING_GROUPS], alpha=0.85
+        )
         for x in defined.index:
             top.axvline(x, color="white", lw=0.4, alpha=0.6)  # the snapshot steps
-        top.legend(stacks[::-1], list(REDUCING_GROUPS)[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
-                   title="group (top to bottom)")
+        top.legend(
+            stacks[::-1],
+            list(REDUCING_GROUPS)[::-1],
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            fontsize=8,
+            title="group (top to bottom)",
+        )
     first = int(totals.index.min()) if len(totals.index) else 0
     if first not in defined.index:
         top.annotate(f"step {first}: no change yet,\nshares undefined", xy=(first, 50), fontsize=7, color="grey", ha="left")
-    top.set(ylabel="share of the gross reduction (%)", ylim=(0, 100), xlim=(first, max(totals.index.max(), first + 1)),
-            title=_title("Which neuron groups carry the reduction", probe, run.probes[0]))
+    top.set(
+        ylabel="share of the gross reduction (%)",
+        ylim=(0, 100),
+        xlim=(first, max(totals.index.max(), first + 1)),
+        title=_title("Which neuron groups carry the reduction", probe, run.probes[0]),
+    )
     if gross is not None:
         bottom.plot(gross.index, gross, color="#333333", marker="o", ms=3)
     bottom.set(xlabel="optimizer step", ylabel=f"gross reduction\n[{UNITS}]")
@@ -103,17 +128,31 @@ def plot_net_vs_gross(run: DynamicsRun, probe: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
     errors = _totals(run, probe).get("delta_sum_se")
     nulls = run.probe_nulls(probe, "uniform")
-    for name, label, color in (("gross_reduction", "gross reduction (sum of D_i > 0)", "#1f77b4"),
-                               ("net_delta", "net change (sum of all D_i)", "#ff7f0e")):
+    for name, label, color in (
+        ("gross_reduction", "gross reduction (sum of D_i > 0)", "#1f77b4"),
+        ("net_delta", "net change (sum of all D_i)", "#ff7f0e"),
+    ):
         ax.plot(table.index, table[name], marker="o", ms=3, color=color, label=label)
         if errors is not None and name in errors:
             _band(ax, table.index, table[name], errors[name], color)
         if nulls is not None and len(nulls):
             band = nulls[nulls["quantity"] == name].sort_values("step")
-            ax.fill_between(band["step"], band["null_q05"], band["null_q95"], color=color, alpha=0.08, hatch="//", lw=0,
-                            label=f"{label.split(' (')[0]}: random directions, 5-95%")
+            ax.fill_between(
+                band["step"],
+                band["null_q05"],
+                band["null_q95"],
+                color=color,
+                alpha=0.08,
+                hatch="//",
+                lw=0,
+                label=f"{label.split(' (')[0]}: random directions, 5-95%",
+            )
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set(xlabel="optimizer step", ylabel=f"sum of D_i [{UNITS}]", title=_title("Net vs gross reduction of writing along the probe", probe, run.probes[0]))
+    ax.set(
+        xlabel="optimizer step",
+        ylabel=f"sum of D_i [{UNITS}]",
+        title=_title("Net vs gross reduction of writing along the probe", probe, run.probes[0]),
+    )
     ax.legend(fontsize=8)
     return save_figure(fig, out / "net_vs_gross.png")
 
@@ -152,8 +191,11 @@ def plot_toxic_neurons(run: DynamicsRun, probe: str, out: Path, n: int = 10) -> 
         layer, neuron = divmod(int(flat), d_mlp)
         ax.plot(run.steps, run.mean_activation[:, layer, neuron], marker="o", ms=3, label=f"L{layer}#{neuron} (cos {cos0[flat]:.2f})")
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set(xlabel="optimizer step", ylabel="mean activation a_i",
-           title=_title(f"Top {len(top)} neurons by cosine with the probe at step 0", probe, run.probes[0]))
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="mean activation a_i",
+        title=_title(f"Top {len(top)} neurons by cosine with the probe at step 0", probe, run.probes[0]),
+    )
     ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     name = "toxic_neuron_activations.png" if probe == "toxicity" else "top_neuron_activations.png"
     return save_figure(fig, out / name)
@@ -170,11 +212,21 @@ def plot_components(run: DynamicsRun, probe: str, out: Path) -> Path | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2), width_ratios=[3, 2], layout="constrained")
     for kind in ("embed", "attention", "mlp", "residual"):
         if kind in table:
-            left.plot(table.index, table[kind], marker="o", ms=3, color=KIND_COLORS[kind], ls="--" if kind == "residual" else "-",
-                      label={"residual": "residual (their sum)"}.get(kind, kind))
+            left.plot(
+                table.index,
+                table[kind],
+                marker="o",
+                ms=3,
+                color=KIND_COLORS[kind],
+                ls="--" if kind == "residual" else "-",
+                label={"residual": "residual (their sum)"}.get(kind, kind),
+            )
     left.axhline(0, color="grey", lw=0.5)
-    left.set(xlabel="optimizer step", ylabel=f"change: value(0) - value(t) [{UNITS}]",
-             title=_title("Where the change along the probe is written", probe, run.probes[0]))
+    left.set(
+        xlabel="optimizer step",
+        ylabel=f"change: value(0) - value(t) [{UNITS}]",
+        title=_title("Where the change along the probe is written", probe, run.probes[0]),
+    )
     left.legend(fontsize=8)
     last = frame[frame["step"] == run.steps[-1]]
     heads = top_heads(last.to_dict("records"), n=10)
@@ -185,15 +237,26 @@ def plot_components(run: DynamicsRun, probe: str, out: Path) -> Path | None:
         right.invert_yaxis()
         right.axvline(0, color="grey", lw=0.5)
         for i, d in enumerate(deltas):
-            right.annotate(f"{d:+.3g}", (d, i), textcoords="offset points", xytext=(3 if d >= 0 else -3, 0), va="center",
-                           ha="left" if d >= 0 else "right", fontsize=7)
+            right.annotate(
+                f"{d:+.3g}",
+                (d, i),
+                textcoords="offset points",
+                xytext=(3 if d >= 0 else -3, 0),
+                va="center",
+                ha="left" if d >= 0 else "right",
+                fontsize=7,
+            )
         right.margins(x=0.3)  # room for the value labels on both sides, clear of the head names
     right.set(xlabel=f"change at step {run.steps[-1]} [{UNITS}]", title="attention heads that moved most")
     return save_figure(fig, out / "components.png")
 
 
-NULL_PANELS = (*[(f"{g}/share", f"{g} share", True) for g in REDUCING_GROUPS], ("gross_reduction", "gross reduction", False),
-               ("net_delta", "net change", False), ("attention_share", "attention heads' share", True))
+NULL_PANELS = (
+    *[(f"{g}/share", f"{g} share", True) for g in REDUCING_GROUPS],
+    ("gross_reduction", "gross reduction", False),
+    ("net_delta", "net change", False),
+    ("attention_share", "attention heads' share", True),
+)
 
 
 def plot_shares_against_null(run: DynamicsRun, probe: str, out: Path) -> Path | None:
@@ -212,10 +275,19 @@ def plot_shares_against_null(run: DynamicsRun, probe: str, out: Path) -> Path | 
             if rows.empty:
                 continue
             if style == "grey":
-                ax.fill_between(rows["step"], scale * rows["null_q05"], scale * rows["null_q95"], color="#bbbbbb", alpha=0.6,
-                                lw=0, label="uniform random directions, 5-95%")
+                ax.fill_between(
+                    rows["step"],
+                    scale * rows["null_q05"],
+                    scale * rows["null_q95"],
+                    color="#bbbbbb",
+                    alpha=0.6,
+                    lw=0,
+                    label="uniform random directions, 5-95%",
+                )
             else:
-                ax.plot(rows["step"], scale * rows["null_q05"], ls="--", color="#555555", lw=0.9, label="covariance-shaped directions, 5-95%")
+                ax.plot(
+                    rows["step"], scale * rows["null_q05"], ls="--", color="#555555", lw=0.9, label="covariance-shaped directions, 5-95%"
+                )
                 ax.plot(rows["step"], scale * rows["null_q95"], ls="--", color="#555555", lw=0.9)
         rows = frame[(frame["quantity"] == quantity) & (frame["null"] == "uniform")].sort_values("step")
         color = COLORS.get(quantity.split("/")[0], "#1f77b4")
@@ -223,17 +295,28 @@ def plot_shares_against_null(run: DynamicsRun, probe: str, out: Path) -> Path | 
         _band(ax, rows["step"], scale * rows["value"], scale * rows["value_se"], color)
         ax.set(title=label, xlabel="optimizer step", ylabel="%" if percent else UNITS)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
-    fig.suptitle(_title("The probe against random directions (band around the line: +-1 jackknife standard error over prompts)",
-                        probe, run.probes[0]), fontsize=10)
+    fig.suptitle(
+        _title(
+            "The probe against random directions (band around the line: +-1 jackknife standard error over prompts)", probe, run.probes[0]
+        ),
+        fontsize=10,
+    )
     return save_figure(fig, out / "shares_vs_null.png")
 
 
-FIGURES = (plot_group_delta, plot_shares, plot_shares_against_null, plot_net_vs_gross, plot_layer_heatmap, plot_toxic_neurons,
-           plot_components)
+FIGURES = (
+    plot_group_delta,
+    plot_shares,
+    plot_shares_against_null,
+    plot_net_vs_gross,
+    plot_layer_heatmap,
+    plot_toxic_neurons,
+    plot_components,
+)
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:

@@ -39,8 +39,14 @@ MIRROR_GROUPS = ("TP+", "TN-", "AP-", "AN+")
 GROUPS = REDUCING_GROUPS + MIRROR_GROUPS
 # group -> (aligned at step 0?, positive at step 0?, activation increased?)
 GROUP_RULES = {
-    "TP-": (True, True, False), "TN+": (True, False, False), "AP+": (False, True, True), "AN-": (False, False, True),
-    "TP+": (True, True, True), "TN-": (True, False, True), "AP-": (False, True, False), "AN+": (False, False, False),
+    "TP-": (True, True, False),
+    "TN+": (True, False, False),
+    "AP+": (False, True, True),
+    "AN-": (False, False, True),
+    "TP+": (True, True, True),
+    "TN-": (True, False, True),
+    "AP-": (False, True, False),
+    "AN+": (False, False, False),
 }
 TOTAL_ROWS = ("gross_reduction", "net_delta")  # extra rows of groups.csv, per layer and for `all`
 
@@ -77,14 +83,22 @@ class GroupTotals:
     neurons: int  # per layer
 
     def all_layers(self) -> GroupTotals:
-        return GroupTotals(self.delta_sum.sum(-1), self.count.sum(-1), self.gross.sum(-1), self.gross_count.sum(-1),
-                           self.net.sum(-1), self.neurons * self.delta_sum.shape[-1])
+        return GroupTotals(
+            self.delta_sum.sum(-1),
+            self.count.sum(-1),
+            self.gross.sum(-1),
+            self.gross_count.sum(-1),
+            self.net.sum(-1),
+            self.neurons * self.delta_sum.shape[-1],
+        )
 
     def shares(self) -> torch.Tensor:
         """(4, ...) each reducing group's share of their summed delta (NaN where that sum is 0)."""
         reducing = self.delta_sum[: len(REDUCING_GROUPS)]
         total = reducing.sum(0, keepdim=True)
-        return torch.where(total != 0, reducing / torch.where(total != 0, total, torch.ones_like(total)), torch.full_like(reducing, math.nan))
+        return torch.where(
+            total != 0, reducing / torch.where(total != 0, total, torch.ones_like(total)), torch.full_like(reducing, math.nan)
+        )
 
 
 def group_totals(a0: torch.Tensor, at: torch.Tensor, p0: torch.Tensor, pt: torch.Tensor) -> GroupTotals:
@@ -96,8 +110,14 @@ def group_totals(a0: torch.Tensor, at: torch.Tensor, p0: torch.Tensor, pt: torch
         sums.append(torch.where(mask, d, torch.zeros((), dtype=d.dtype)).sum(-1))
         counts.append(mask.sum(-1))
     positive = d > 0
-    return GroupTotals(torch.stack(sums), torch.stack(counts), torch.where(positive, d, torch.zeros((), dtype=d.dtype)).sum(-1),
-                       positive.sum(-1), d.sum(-1), d.shape[-1])
+    return GroupTotals(
+        torch.stack(sums),
+        torch.stack(counts),
+        torch.where(positive, d, torch.zeros((), dtype=d.dtype)).sum(-1),
+        positive.sum(-1),
+        d.sum(-1),
+        d.shape[-1],
+    )
 
 
 def toxic_top_n(baseline: Snapshot, current: Snapshot, n: int = 128) -> dict[str, float]:

@@ -118,8 +118,9 @@ class Measurement:
         """The same measurement restricted to `names` (e.g. the probes, for the snapshot file)."""
         index = [self.index(n) for n in names]
         parts = None if self.components is None else self.components.map(lambda t: t[:, index])
-        return Measurement(self.step, list(names), self.activation_sums, self.positions, self.value_norm,
-                           self.projections[index], parts, self.covariance)
+        return Measurement(
+            self.step, list(names), self.activation_sums, self.positions, self.value_norm, self.projections[index], parts, self.covariance
+        )
 
 
 def batch_weights(positions: torch.Tensor, buckets: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -130,8 +131,13 @@ def batch_weights(positions: torch.Tensor, buckets: torch.Tensor, n_buckets: int
 
 @torch.no_grad()
 def forward_sums(
-    model: nn.Module, tokens: ProbeTokens, batch_size: int = 64, n_buckets: int | None = None, reduce: Reduce | None = None,
-    components: bool = True, covariance: bool = False,
+    model: nn.Module,
+    tokens: ProbeTokens,
+    batch_size: int = 64,
+    n_buckets: int | None = None,
+    reduce: Reduce | None = None,
+    components: bool = True,
+    covariance: bool = False,
 ) -> ForwardSums:
     """Run the transformer body over the probe set; the activation sums and component vectors per bucket."""
     projections = find_output_projections(model)
@@ -142,8 +148,11 @@ def forward_sums(
     counts = torch.zeros(n_buckets, dtype=torch.float64, device=device)
     vectors = ComponentVectors(model, n_buckets) if components else None
     d_model = projections[0].d_model
-    moments = (torch.zeros(d_model, dtype=torch.float64, device=device),
-               torch.zeros(d_model, d_model, dtype=torch.float64, device=device)) if covariance else None
+    moments = (
+        (torch.zeros(d_model, dtype=torch.float64, device=device), torch.zeros(d_model, d_model, dtype=torch.float64, device=device))
+        if covariance
+        else None
+    )
     used = torch.nonzero(tokens.positions.any(0))
     width = int(used.max()) + 1 if len(used) else 0  # later columns influence no averaged position
     with eval_mode(model):
@@ -189,8 +198,9 @@ def centred(units: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def project(model: nn.Module, sums: ForwardSums, step: int, directions: Mapping[str, torch.Tensor],
-            center_writing_weights: bool = False) -> Measurement:
+def project(
+    model: nn.Module, sums: ForwardSums, step: int, directions: Mapping[str, torch.Tensor], center_writing_weights: bool = False
+) -> Measurement:
     """The value projections and component projections of every direction (unit vectors, d_model)."""
     names = list(directions)
     units = torch.stack([directions[n].float().reshape(-1) for n in names])  # (n_dir, d)
@@ -204,14 +214,29 @@ def project(model: nn.Module, sums: ForwardSums, step: int, directions: Mapping[
         value.append((v @ units.to(v.device).t()).t().cpu())  # (n_dir, d_mlp)
         norms.append(v.norm(dim=1).cpu())
     parts = sums.vectors.project(units) if sums.vectors is not None else None
-    return Measurement(step, names, sums.activation_sums, sums.positions, torch.stack(norms), torch.stack(value, dim=1),
-                       None if parts is None else parts.map(lambda t: t.cpu()), sums.covariance())
+    return Measurement(
+        step,
+        names,
+        sums.activation_sums,
+        sums.positions,
+        torch.stack(norms),
+        torch.stack(value, dim=1),
+        None if parts is None else parts.map(lambda t: t.cpu()),
+        sums.covariance(),
+    )
 
 
 @torch.no_grad()
 def measure(
-    model: nn.Module, tokens: ProbeTokens, units: Mapping[str, torch.Tensor], step: int, batch_size: int = 64,
-    reduce: Reduce | None = None, center_writing_weights: bool = False, components: bool = True, n_buckets: int | None = None,
+    model: nn.Module,
+    tokens: ProbeTokens,
+    units: Mapping[str, torch.Tensor],
+    step: int,
+    batch_size: int = 64,
+    reduce: Reduce | None = None,
+    center_writing_weights: bool = False,
+    components: bool = True,
+    n_buckets: int | None = None,
     covariance: bool = False,
 ) -> Measurement:
     """A forward over the probe set projected on `units` (name -> direction): see the module docstring."""
@@ -227,9 +252,15 @@ def mean_activations(model: nn.Module, tokens: ProbeTokens, batch_size: int = 64
 
 @torch.no_grad()
 def take_snapshot(
-    model: nn.Module, tokens: ProbeTokens, unit_direction: torch.Tensor, step: int, batch_size: int = 64,
-    reduce: Reduce | None = None, center_writing_weights: bool = False,
+    model: nn.Module,
+    tokens: ProbeTokens,
+    unit_direction: torch.Tensor,
+    step: int,
+    batch_size: int = 64,
+    reduce: Reduce | None = None,
+    center_writing_weights: bool = False,
 ) -> Snapshot:
     """One probe's snapshot (no components): see `measure` for several probes and the components."""
-    return measure(model, tokens, {"probe": unit_direction}, step, batch_size, reduce, center_writing_weights,
-                   components=False).snapshot("probe")
+    return measure(model, tokens, {"probe": unit_direction}, step, batch_size, reduce, center_writing_weights, components=False).snapshot(
+        "probe"
+    )

@@ -22,8 +22,13 @@ from lightning_dpo.dynamics.rows import COMPONENT_KINDS, ComponentRow, GroupRow,
 
 PREFIX = "dynamics"
 # the null quantities logged as metrics (the delta_sums of single groups only in null.csv)
-NULL_METRIC_QUANTITIES = (*[f"{g}/share" for g in REDUCING_GROUPS], "gross_reduction", "net_delta",
-                          *[f"components/{k}/delta" for k in COMPONENT_KINDS], "attention_share")
+NULL_METRIC_QUANTITIES = (
+    *[f"{g}/share" for g in REDUCING_GROUPS],
+    "gross_reduction",
+    "net_delta",
+    *[f"components/{k}/delta" for k in COMPONENT_KINDS],
+    "attention_share",
+)
 
 
 def key(probe: str | None, *parts: str) -> str:

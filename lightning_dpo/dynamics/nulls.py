@@ -99,6 +99,11 @@ def summarize(value: float, null: torch.Tensor) -> NullSummary:
         return NullSummary(value, math.nan, math.nan, math.nan, math.nan, math.nan, k)
     below, equal = float((values < value).sum()), float((values == value).sum())
     return NullSummary(
-        value, float(values.mean()), float(values.std(unbiased=True)) if k > 1 else math.nan,
-        float(torch.quantile(values, 0.05)), float(torch.quantile(values, 0.95)), 100.0 * (below + 0.5 * equal) / k, k,
+        value,
+        float(values.mean()),
+        float(values.std(unbiased=True)) if k > 1 else math.nan,
+        float(torch.quantile(values, 0.05)),
+        float(torch.quantile(values, 0.95)),
+        100.0 * (below + 0.5 * equal) / k,
+        k,
     )

@@ -56,7 +56,7 @@ class ProbeTokens:
         missing = -(-total // world) - len(rows)
         padded = torch.cat([rows, torch.zeros(missing, dtype=torch.long)])  # (ceil(N / world),)
         positions = self.positions[padded].clone()
-        positions[len(rows):] = False
+        positions[len(rows) :] = False
         return ProbeTokens(self.input_ids[padded], self.attention_mask[padded], positions, self.buckets()[padded])
 
     def to_dict(self) -> dict[str, torch.Tensor]:
@@ -89,8 +89,13 @@ def build_probe_tokens(
     with eval_mode(model):
         for start in range(0, ids.shape[0], batch_size):
             gen = greedy_continue(
-                model, ids[start : start + batch_size].to(device), mask[start : start + batch_size].to(device),
-                num_positions, eos_token_id=None, pad_token_id=pad_token_id, stop_at_eos=False,
+                model,
+                ids[start : start + batch_size].to(device),
+                mask[start : start + batch_size].to(device),
+                num_positions,
+                eos_token_id=None,
+                pad_token_id=pad_token_id,
+                stop_at_eos=False,
             )
             chunks.append((gen.input_ids.cpu(), gen.attention_mask.cpu()))
     input_ids = torch.cat([c[0] for c in chunks])

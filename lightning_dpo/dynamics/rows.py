@@ -28,12 +28,30 @@ from lightning_dpo.dynamics.uncertainty import jackknife_se, leave_one_out, usab
 NAN = math.nan
 GROUPS_CSV_COLUMNS = ["step", "layer", "group", "count", "delta_sum", "share", "probe", "delta_sum_se", "share_se"]
 COMPONENTS_CSV_COLUMNS = ["step", "probe", "layer", "component", "value", "delta", "value_se", "delta_se"]
-NULL_CSV_COLUMNS = ["step", "probe", "quantity", "value", "null_mean", "null_std", "null_q05", "null_q95", "percentile",
-                    "null", "null_size", "value_se"]
+NULL_CSV_COLUMNS = [
+    "step",
+    "probe",
+    "quantity",
+    "value",
+    "null_mean",
+    "null_std",
+    "null_q05",
+    "null_q95",
+    "percentile",
+    "null",
+    "null_size",
+    "value_se",
+]
 COMPONENT_KINDS = ("embed", "attention", "mlp", "residual")
 # the quantities read against the null (and named so in null.csv and the metrics)
-QUANTITIES = (*[f"{g}/share" for g in REDUCING_GROUPS], *[f"{g}/delta_sum" for g in GROUPS], "gross_reduction", "net_delta",
-              *[f"components/{k}/delta" for k in COMPONENT_KINDS], "attention_share")
+QUANTITIES = (
+    *[f"{g}/share" for g in REDUCING_GROUPS],
+    *[f"{g}/delta_sum" for g in GROUPS],
+    "gross_reduction",
+    "net_delta",
+    *[f"components/{k}/delta" for k in COMPONENT_KINDS],
+    "attention_share",
+)
 
 
 @dataclass(frozen=True)
@@ -78,9 +96,20 @@ class NullRow:
 
     def as_csv(self) -> dict[str, Any]:
         s = self.summary
-        return {"step": self.step, "probe": self.probe, "quantity": self.quantity, "value": s.value, "null_mean": s.mean,
-                "null_std": s.std, "null_q05": s.q05, "null_q95": s.q95, "percentile": s.percentile, "null": self.null,
-                "null_size": s.size, "value_se": self.value_se}
+        return {
+            "step": self.step,
+            "probe": self.probe,
+            "quantity": self.quantity,
+            "value": s.value,
+            "null_mean": s.mean,
+            "null_std": s.std,
+            "null_q05": s.q05,
+            "null_q95": s.q95,
+            "percentile": s.percentile,
+            "null": self.null,
+            "null_size": s.size,
+            "value_se": self.value_se,
+        }
 
 
 @dataclass
@@ -91,8 +120,9 @@ class SnapshotTables:
 
 
 # -- the quantities --------------------------------------------------------------------------------
-def quantity_values(a0: torch.Tensor, at: torch.Tensor, p0: torch.Tensor, pt: torch.Tensor,
-                    c0: Components | None = None, ct: Components | None = None) -> dict[str, torch.Tensor]:
+def quantity_values(
+    a0: torch.Tensor, at: torch.Tensor, p0: torch.Tensor, pt: torch.Tensor, c0: Components | None = None, ct: Components | None = None
+) -> dict[str, torch.Tensor]:
     """Every headline quantity, with the leading dims of the (broadcast) inputs: a (.., L, d_mlp)
     activations and p value projections at step 0 and t, and the components' projections."""
     totals = group_totals(a0, at, p0, pt).all_layers()
@@ -108,24 +138,47 @@ def quantity_values(a0: torch.Tensor, at: torch.Tensor, p0: torch.Tensor, pt: to
 
 
 # -- groups.csv ------------------------------------------------------------------------------------
-def _group_rows_from(step: int, probe: str, totals: GroupTotals, layer: int | None, se: dict[str, torch.Tensor] | None,
-                     index: Any) -> list[GroupRow]:
+def _group_rows_from(
+    step: int, probe: str, totals: GroupTotals, layer: int | None, se: dict[str, torch.Tensor] | None, index: Any
+) -> list[GroupRow]:
     shares = totals.shares()
     rows = []
     for i, g in enumerate(GROUPS):
         share = float(shares[i][index]) if i < len(REDUCING_GROUPS) else NAN
-        rows.append(GroupRow(step, probe, layer, g, int(totals.count[i][index]), float(totals.delta_sum[i][index]), share,
-                             float(se["delta_sum"][i][index]) if se else NAN,
-                             float(se["share"][i][index]) if se and i < len(REDUCING_GROUPS) else NAN))
-    rows.append(GroupRow(step, probe, layer, "gross_reduction", int(totals.gross_count[index]), float(totals.gross[index]),
-                         NAN, float(se["gross"][index]) if se else NAN))
-    rows.append(GroupRow(step, probe, layer, "net_delta", totals.neurons,
-                         float(totals.net[index]), NAN, float(se["net"][index]) if se else NAN))
+        rows.append(
+            GroupRow(
+                step,
+                probe,
+                layer,
+                g,
+                int(totals.count[i][index]),
+                float(totals.delta_sum[i][index]),
+                share,
+                float(se["delta_sum"][i][index]) if se else NAN,
+                float(se["share"][i][index]) if se and i < len(REDUCING_GROUPS) else NAN,
+            )
+        )
+    rows.append(
+        GroupRow(
+            step,
+            probe,
+            layer,
+            "gross_reduction",
+            int(totals.gross_count[index]),
+            float(totals.gross[index]),
+            NAN,
+            float(se["gross"][index]) if se else NAN,
+        )
+    )
+    rows.append(
+        GroupRow(step, probe, layer, "net_delta", totals.neurons, float(totals.net[index]), NAN, float(se["net"][index]) if se else NAN)
+    )
     return rows
 
 
-def group_table(step: int, probe: str, baseline: Snapshot, current: Snapshot,
-                jackknife: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[GroupRow]:
+def group_table(
+    step: int, probe: str, baseline: Snapshot, current: Snapshot, jackknife: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> list[GroupRow]:
     """groups.csv rows of one probe: layer `all` first, then each layer. `jackknife`: the
     leave-one-out activations (a0, at), each (B', L, d_mlp), for the standard errors."""
     totals = group_totals(baseline.mean_activation, current.mean_activation, baseline.value_projection, current.value_projection)
@@ -134,10 +187,18 @@ def group_table(step: int, probe: str, baseline: Snapshot, current: Snapshot,
     if jackknife is not None:
         copies = group_totals(jackknife[0], jackknife[1], baseline.value_projection, current.value_projection)  # (8, B', L)
         copies_all = copies.all_layers()  # (8, B')
-        se_layers = {"delta_sum": jackknife_se(copies.delta_sum.movedim(1, 0)), "share": jackknife_se(copies.shares().movedim(1, 0)),
-                     "gross": jackknife_se(copies.gross), "net": jackknife_se(copies.net)}
-        se_all = {"delta_sum": jackknife_se(copies_all.delta_sum.t()), "share": jackknife_se(copies_all.shares().t()),
-                  "gross": jackknife_se(copies_all.gross), "net": jackknife_se(copies_all.net)}
+        se_layers = {
+            "delta_sum": jackknife_se(copies.delta_sum.movedim(1, 0)),
+            "share": jackknife_se(copies.shares().movedim(1, 0)),
+            "gross": jackknife_se(copies.gross),
+            "net": jackknife_se(copies.net),
+        }
+        se_all = {
+            "delta_sum": jackknife_se(copies_all.delta_sum.t()),
+            "share": jackknife_se(copies_all.shares().t()),
+            "gross": jackknife_se(copies_all.gross),
+            "net": jackknife_se(copies_all.net),
+        }
     rows = _group_rows_from(step, probe, everything, None, se_all, ())
     for layer in range(totals.net.shape[-1]):
         rows += _group_rows_from(step, probe, totals, layer, se_layers, layer)
@@ -150,8 +211,9 @@ def group_rows(baseline: Snapshot, current: Snapshot) -> list[GroupRow]:
 
 
 # -- components.csv ----------------------------------------------------------------------------------
-def component_table(step: int, probe: str, baseline: Components, current: Components,
-                    jackknife: tuple[Components, Components] | None = None) -> list[ComponentRow]:
+def component_table(
+    step: int, probe: str, baseline: Components, current: Components, jackknife: tuple[Components, Components] | None = None
+) -> list[ComponentRow]:
     """components.csv rows: every component's value at `step`, its delta since step 0, and their
     standard errors from the leave-one-out copies (each with leading dim B')."""
     value_se = delta_se = None
@@ -160,8 +222,18 @@ def component_table(step: int, probe: str, baseline: Components, current: Compon
         value_se, delta_se = jackknife_se(cur_copies), jackknife_se(base_copies - cur_copies)
     rows = []
     for i, ((layer, name, value), (_, _, base)) in enumerate(zip(current.rows(), baseline.rows())):
-        rows.append(ComponentRow(step, probe, int(layer) if layer else None, name, value, base - value,
-                                 float(value_se[i]) if value_se is not None else NAN, float(delta_se[i]) if delta_se is not None else NAN))
+        rows.append(
+            ComponentRow(
+                step,
+                probe,
+                int(layer) if layer else None,
+                name,
+                value,
+                base - value,
+                float(value_se[i]) if value_se is not None else NAN,
+                float(delta_se[i]) if delta_se is not None else NAN,
+            )
+        )
     return rows
 
 
@@ -176,8 +248,13 @@ def _loo_components(m: Measurement, index: int, keep: torch.Tensor) -> Component
     return m.components.map(lambda t: leave_one_out(t[:, index].contiguous(), m.positions, keep))
 
 
-def snapshot_tables(baseline: Measurement, current: Measurement, probes: Sequence[str],
-                    nulls: Mapping[str, Sequence[str]] | None = None, uncertainty: bool = True) -> SnapshotTables:
+def snapshot_tables(
+    baseline: Measurement,
+    current: Measurement,
+    probes: Sequence[str],
+    nulls: Mapping[str, Sequence[str]] | None = None,
+    uncertainty: bool = True,
+) -> SnapshotTables:
     """Every row of one snapshot (module docstring). `nulls`: null kind -> its direction names."""
     keep = usable_buckets(baseline.positions, current.positions)
     jack = uncertainty and int(keep.sum()) >= 2
@@ -213,6 +290,7 @@ def snapshot_tables(baseline: Measurement, current: Measurement, probes: Sequenc
             null = quantity_values(b.mean_activation, c.mean_activation, p0, pt, n0, nt)
             for q in QUANTITIES:
                 if q in value:
-                    null_rows.append(NullRow(current.step, probe, q, kind, summarize(float(value[q]), null[q]),
-                                             float(se[q]) if q in se else NAN))
+                    null_rows.append(
+                        NullRow(current.step, probe, q, kind, summarize(float(value[q]), null[q]), float(se[q]) if q in se else NAN)
+                    )
     return SnapshotTables(groups, components, null_rows)

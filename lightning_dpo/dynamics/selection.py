@@ -55,7 +55,9 @@ def values_from(snapshot: Snapshot, neurons: NeuronSet) -> Assignments:
     return {layer: (index, snapshot.mean_activation[layer, index].clone()) for layer, index in neurons.items()}
 
 
-def editing_assignments(base: Snapshot, alpha: float = 0.05, beta: float = 0.5, percentile: float = 0.8, anti_order: str = "smallest") -> Assignments:
+def editing_assignments(
+    base: Snapshot, alpha: float = 0.05, beta: float = 0.5, percentile: float = 0.8, anti_order: str = "smallest"
+) -> Assignments:
     """Tuning-free activation editing from the pre-trained model alone (later paper version, as coded):
 
     groups by the signs of (cos, a): TP (cos>0, a>0), AN (cos<0, a<0), AP (cos<0, a>0), TN (cos>0, a<0);

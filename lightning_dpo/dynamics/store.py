@@ -59,8 +59,11 @@ from lightning_dpo.utils.errors import DataError
 from lightning_dpo.utils.io import atomic_save_safetensors, atomic_write_json, atomic_write_text, csv_text
 
 GROUPS_FILE_COLUMNS = GROUPS_CSV_COLUMNS  # kept name: the columns of dynamics/groups.csv
-TABLES = {"groups": ("groups.csv", GROUPS_CSV_COLUMNS), "components": ("components.csv", COMPONENTS_CSV_COLUMNS),
-          "nulls": ("null.csv", NULL_CSV_COLUMNS)}
+TABLES = {
+    "groups": ("groups.csv", GROUPS_CSV_COLUMNS),
+    "components": ("components.csv", COMPONENTS_CSV_COLUMNS),
+    "nulls": ("null.csv", NULL_CSV_COLUMNS),
+}
 
 
 def step_file(directory: Path, step: int) -> Path:
@@ -123,8 +126,11 @@ class DynamicsStore:
     def write_meta(self, meta: dict[str, Any] | None = None) -> None:
         if meta is not None:
             self.meta = dict(meta)
-        files = {str(step): {"bytes": step_file(self.dir, step).stat().st_size, "sha256": digest}
-                 for step, digest in sorted(self.digests.items()) if step_file(self.dir, step).exists()}
+        files = {
+            str(step): {"bytes": step_file(self.dir, step).stat().st_size, "sha256": digest}
+            for step, digest in sorted(self.digests.items())
+            if step_file(self.dir, step).exists()
+        }
         atomic_write_json(self.dir / "meta.json", {**self.meta, "snapshots": files})
 
     def write_tokens(self, tokens: ProbeTokens) -> None:
@@ -168,8 +174,9 @@ class DynamicsStore:
             if table == "groups" or self.rows[table]:
                 atomic_write_text(self.dir / name, csv_text(columns, []) + "".join(self._lines[table].values()))
 
-    def restore(self, steps: list[int], digests: dict[int, str], baseline: Measurement, probes: Sequence[str],
-                null_rows: Sequence[NullRow] = ()) -> None:
+    def restore(
+        self, steps: list[int], digests: dict[int, str], baseline: Measurement, probes: Sequence[str], null_rows: Sequence[NullRow] = ()
+    ) -> None:
         """On resume: keep exactly the snapshots of `steps`, each verified against the checksum the
         checkpoint recorded, and rebuild groups.csv and components.csv from them (null.csv from the
         rows the checkpoint kept). A damaged step-0 snapshot is written again from the baseline in
@@ -190,8 +197,11 @@ class DynamicsStore:
                 self.write_measurement(baseline.select(list(probes)))
                 continue
             what = "is missing" if found is None else "does not match the checksum recorded in the checkpoint (damaged or replaced)"
-            raise DataError(str(path), f"the snapshot of step {step} {what}, and it cannot be rebuilt without the weights of "
-                            "that step: restore the file, or resume from a checkpoint written before it")
+            raise DataError(
+                str(path),
+                f"the snapshot of step {step} {what}, and it cannot be rebuilt without the weights of "
+                "that step: restore the file, or resume from a checkpoint written before it",
+            )
         for path in self.dir.glob("step_*.safetensors"):
             if int(path.stem.split("_")[1]) not in steps:
                 path.unlink()  # a future the checkpoint never reached
@@ -341,8 +351,11 @@ def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
         names.insert(0, meta["target_probe"])
     projections = {n: np.stack([m.snapshot(n).value_projection.numpy() for m in measurements]) for n in names}
     groups_path = directory / "groups.csv"
-    groups = _read_table(groups_path, GROUPS_CSV_COLUMNS[:7], ("step", "count", "delta_sum")) if groups_path.exists() \
+    groups = (
+        _read_table(groups_path, GROUPS_CSV_COLUMNS[:7], ("step", "count", "delta_sum"))
+        if groups_path.exists()
         else pd.DataFrame(columns=GROUPS_CSV_COLUMNS)
+    )
     components_path = directory / "components.csv"
     components = _read_table(components_path, COMPONENTS_CSV_COLUMNS[:6], ("step", "value", "delta")) if components_path.exists() else None
     null_path = directory / "null.csv"
@@ -361,8 +374,19 @@ def load_run(run_dir: str | Path, subdir: str = "dynamics") -> DynamicsRun:
             probe = handle.get_tensor("direction")
     same_buckets = len({tuple(m.positions.shape) for m in measurements}) == 1
     return DynamicsRun(
-        run_dir, [s.step for s in snapshots], stack("mean_activation"), stack("value_projection"), stack("value_norm"),
-        groups, tokens, probe, meta, projections, components, nulls, null_directions,
+        run_dir,
+        [s.step for s in snapshots],
+        stack("mean_activation"),
+        stack("value_projection"),
+        stack("value_norm"),
+        groups,
+        tokens,
+        probe,
+        meta,
+        projections,
+        components,
+        nulls,
+        null_directions,
         np.stack([m.activation_sums.numpy() for m in measurements]) if same_buckets else None,
         np.stack([m.positions.numpy() for m in measurements]) if same_buckets else None,
     )

@@ -41,8 +41,9 @@ class Interval:
         return math.isfinite(self.low) and self.low <= value <= self.high
 
 
-def recovered_interval(base: Sequence[float], row: Sequence[float], dpo: Sequence[float], resamples: int = 2000,
-                       level: float = 0.9, seed: int = 0) -> Interval:
+def recovered_interval(
+    base: Sequence[float], row: Sequence[float], dpo: Sequence[float], resamples: int = 2000, level: float = 0.9, seed: int = 0
+) -> Interval:
     """Percentile interval of (tox_base - tox_row) / (tox_base - tox_dpo) over prompts resampled
     with replacement (the same resample for all three models). Where more than 5% of resamples
     have no positive DPO drop, the share has no stable value and the interval is NaN."""

@@ -41,33 +41,60 @@ class EvalSettings:
 
 
 def score_continuations(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], scorer: Scorer,
-    max_prompt_tokens: int = 32, max_new_tokens: int = 20, batch_size: int = 64, truncation_side: str = "right",
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    scorer: Scorer,
+    max_prompt_tokens: int = 32,
+    max_new_tokens: int = 20,
+    batch_size: int = 64,
+    truncation_side: str = "right",
     all_finished: Callable[[bool], bool] | None = None,
 ) -> tuple[list[str], list[float]]:
-    texts = generate_continuations(model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size, truncation_side,
-                                   all_finished=all_finished)
+    texts = generate_continuations(
+        model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size, truncation_side, all_finished=all_finished
+    )
     return texts, scorer.score(texts)
 
 
 def evaluate_model(model: nn.Module, tokenizer: Any, settings: EvalSettings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics (toxicity with its scorer's name, perplexity, F1) and the scored generations."""
     texts, scores = score_continuations(
-        model, tokenizer, settings.prompts, settings.scorer,
-        settings.max_prompt_tokens, settings.max_new_tokens, settings.batch_size, settings.truncation_side,
+        model,
+        tokenizer,
+        settings.prompts,
+        settings.scorer,
+        settings.max_prompt_tokens,
+        settings.max_new_tokens,
+        settings.batch_size,
+        settings.truncation_side,
     )
     summary = toxicity_summary(scores, settings.scorer.name)
     metrics: dict[str, Any] = {
-        "toxicity": summary["mean"], "toxicity_share_above_0.5": summary["share_above_0.5"],
-        "scorer": summary["scorer"], "n_prompts": summary["n"], "prompts": settings.prompts_source,
-        "perplexity_text": settings.perplexity_source, "f1_data": settings.f1_source,
+        "toxicity": summary["mean"],
+        "toxicity_share_above_0.5": summary["share_above_0.5"],
+        "scorer": summary["scorer"],
+        "n_prompts": summary["n"],
+        "prompts": settings.prompts_source,
+        "perplexity_text": settings.perplexity_source,
+        "f1_data": settings.f1_source,
     }
     if settings.perplexity_text:
-        ppl = perplexity(model, tokenizer, settings.perplexity_text, settings.perplexity_window, batch_size=max(1, settings.batch_size // 16))
+        ppl = perplexity(
+            model, tokenizer, settings.perplexity_text, settings.perplexity_window, batch_size=max(1, settings.batch_size // 16)
+        )
         metrics.update({"perplexity": ppl["perplexity"], "perplexity_tokens": ppl["tokens"], "perplexity_window": ppl["window"]})
     if settings.f1_prompts:
-        f1 = continuation_f1(model, tokenizer, settings.f1_prompts, settings.f1_golds, settings.max_prompt_tokens,
-                             settings.max_new_tokens, settings.max_gold_tokens, settings.batch_size)
+        f1 = continuation_f1(
+            model,
+            tokenizer,
+            settings.f1_prompts,
+            settings.f1_golds,
+            settings.max_prompt_tokens,
+            settings.max_new_tokens,
+            settings.max_gold_tokens,
+            settings.batch_size,
+        )
         metrics.update({"f1": f1["f1"], "f1_n": f1["n"]})
     generations = [{"prompt": p, "continuation": t, "score": s} for p, t, s in zip(settings.prompts, texts, scores)]
     return metrics, generations
@@ -81,7 +108,9 @@ def settings_from_config(cfg: Any, run: RunDirectory | None = None, cache_dir: P
         prompts = load_texts(source, field="prompt", limit=cfg.prompts.limit, key="prompts.source")
         prompts_source = f"the run's evaluation prompts ({source}, {len(prompts)} prompts)"
     else:
-        prompts = load_texts(cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit, key="prompts.source")
+        prompts = load_texts(
+            cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit, key="prompts.source"
+        )
         prompts_source = describe_prompt_set(cfg.prompts, len(prompts))
     scorer_cfg = plain(cfg.scorer)
     if scorer_cfg.get("name") == RUN:
@@ -98,12 +127,20 @@ def settings_from_config(cfg: Any, run: RunDirectory | None = None, cache_dir: P
         f1_prompts = load_texts(f1_source, field=cfg.f1.prompt_field, limit=cfg.f1.limit, key="f1.data")
         f1_golds = load_texts(f1_source, field=cfg.f1.gold_field, limit=cfg.f1.limit, key="f1.data")
     return EvalSettings(
-        prompts=prompts, scorer=scorer,
-        max_prompt_tokens=cfg.generation.max_prompt_tokens, max_new_tokens=cfg.generation.max_new_tokens,
-        batch_size=cfg.generation.batch_size, truncation_side=cfg.generation.truncation_side,
-        perplexity_text=load_text(perplexity_source, "perplexity.text") if perplexity_source else None, perplexity_window=cfg.perplexity.window,
-        f1_prompts=f1_prompts, f1_golds=f1_golds, max_gold_tokens=cfg.f1.max_gold_tokens,
-        prompts_source=prompts_source, perplexity_source=perplexity_source, f1_source=f1_source,
+        prompts=prompts,
+        scorer=scorer,
+        max_prompt_tokens=cfg.generation.max_prompt_tokens,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        batch_size=cfg.generation.batch_size,
+        truncation_side=cfg.generation.truncation_side,
+        perplexity_text=load_text(perplexity_source, "perplexity.text") if perplexity_source else None,
+        perplexity_window=cfg.perplexity.window,
+        f1_prompts=f1_prompts,
+        f1_golds=f1_golds,
+        max_gold_tokens=cfg.f1.max_gold_tokens,
+        prompts_source=prompts_source,
+        perplexity_source=perplexity_source,
+        f1_source=f1_source,
     )
 
 

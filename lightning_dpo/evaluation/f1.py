@@ -35,8 +35,9 @@ def continuation_f1(
     batch_size: int = 64,
     all_finished: Callable[[bool], bool] | None = None,
 ) -> dict[str, float]:
-    continuations = generate_continuations(model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size,
-                                           all_finished=all_finished)
+    continuations = generate_continuations(
+        model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size, all_finished=all_finished
+    )
     return f1_of_continuations(tokenizer, continuations, golds, max_gold_tokens)
 
 

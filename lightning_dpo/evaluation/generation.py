@@ -45,7 +45,10 @@ class Generation:
 
 
 def tokenize_prompts(
-    tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int | None = 32, truncation_side: str = "right",
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_prompt_tokens: int | None = 32,
+    truncation_side: str = "right",
     prepend_bos: bool = False,
 ) -> list[list[int]]:
     """Prompt ids cut to `max_prompt_tokens` (None: uncut): `right` keeps the first tokens (as the
@@ -113,8 +116,11 @@ def greedy_continue(
         mask = torch.cat([mask, (~finished).long().unsqueeze(1)], dim=1)
         last_pos = last_pos + 1
         out = model(
-            input_ids=new_tokens[-1].unsqueeze(1), attention_mask=mask, position_ids=last_pos,
-            use_cache=True, **{cache_arg: past},
+            input_ids=new_tokens[-1].unsqueeze(1),
+            attention_mask=mask,
+            position_ids=last_pos,
+            use_cache=True,
+            **{cache_arg: past},
         )
         past = _cache_of(out)
         next_token = _next_token(out.logits[:, -1], temperature, generator)
@@ -159,8 +165,17 @@ def generate_continuations(
     with eval_mode(model):
         for start in range(0, len(prompt_ids), batch_size):
             ids, mask = left_pad(prompt_ids[start : start + batch_size], pad)
-            gen = greedy_continue(model, ids.to(device), mask.to(device), max_new_tokens, tokenizer.eos_token_id, pad,
-                                  temperature=temperature, generator=generator, all_finished=all_finished)
+            gen = greedy_continue(
+                model,
+                ids.to(device),
+                mask.to(device),
+                max_new_tokens,
+                tokenizer.eos_token_id,
+                pad,
+                temperature=temperature,
+                generator=generator,
+                all_finished=all_finished,
+            )
             for row in range(ids.shape[0]):
                 cont = [t for t in gen.continuation_ids(row) if t != tokenizer.eos_token_id]
                 texts.append(tokenizer.decode(cont, skip_special_tokens=True))

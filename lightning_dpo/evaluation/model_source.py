@@ -25,8 +25,9 @@ def describe_model_source(source: str) -> tuple[str, str]:
     return str(source), str(source)
 
 
-def load_model_and_tokenizer(source: str, tokenizer: str | None = None, dtype: str = "float32",
-                             gguf_file: str | None = None) -> tuple[nn.Module, Any]:
+def load_model_and_tokenizer(
+    source: str, tokenizer: str | None = None, dtype: str = "float32", gguf_file: str | None = None
+) -> tuple[nn.Module, Any]:
     """A model (eval mode) and its tokenizer from a hub id, a folder, a GGUF file (or a folder +
     `gguf_file`), a run directory or a Lightning checkpoint."""
     source, _ = describe_model_source(source)
@@ -47,7 +48,7 @@ def _from_checkpoint(path: Path, tokenizer: str | None, dtype: str) -> tuple[nn.
         raise CheckpointError(f"{path}: no model description in the checkpoint's hyper-parameters")
     gguf = hparams.get("gguf_file")
     model = load_causal_lm(hparams.get("name_or_path"), hparams.get("config"), dtype=dtype, gguf_file=gguf)
-    weights = {k[len("policy."):]: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
+    weights = {k[len("policy.") :]: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
     if real_missing or unexpected:

@@ -31,7 +31,13 @@ from lightning_dpo.utils.errors import ConfigError, LightningDPOError
 log = logging.getLogger(__name__)
 
 PERSPECTIVE_ATTRIBUTES = (
-    "TOXICITY", "SEVERE_TOXICITY", "IDENTITY_ATTACK", "INSULT", "PROFANITY", "THREAT", "SEXUALLY_EXPLICIT",
+    "TOXICITY",
+    "SEVERE_TOXICITY",
+    "IDENTITY_ATTACK",
+    "INSULT",
+    "PROFANITY",
+    "THREAT",
+    "SEXUALLY_EXPLICIT",
 )
 PERSPECTIVE_URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 
@@ -164,20 +170,20 @@ class PerspectiveScorer:
                 os.fsync(handle.fileno())
 
     def _request(self, text: str) -> float:
-        body = json.dumps({
-            "comment": {"text": text or " "},
-            "languages": ["en"],
-            "requestedAttributes": {a: {} for a in self.attributes},
-        }).encode()
+        body = json.dumps(
+            {
+                "comment": {"text": text or " "},
+                "languages": ["en"],
+                "requestedAttributes": {a: {} for a in self.attributes},
+            }
+        ).encode()
         delay = self.interval
         for attempt in range(self.max_retries + 1):
             wait = self._last_request + self.interval - time.monotonic()
             if wait > 0:
                 self._sleep(wait)
             self._last_request = time.monotonic()
-            request = urllib.request.Request(
-                f"{self.url}?key={self.api_key}", data=body, headers={"Content-Type": "application/json"}
-            )
+            request = urllib.request.Request(f"{self.url}?key={self.api_key}", data=body, headers={"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     payload = json.loads(response.read())

@@ -27,9 +27,14 @@ from lightning_dpo.utils.hub import hub_reachable
 log = logging.getLogger(__name__)
 
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "16": torch.float16,
 }
 
 
@@ -70,8 +75,9 @@ def dequantized_folder(gguf: Path, cache_dir: str | Path | None = None) -> Path:
     try:
         import gguf as _  # noqa: F401  transformers reads GGUF files through it
     except ImportError:
-        raise ConfigError("model.gguf_file", f"{gguf} is a GGUF file: reading it needs the `gguf` package "
-                          "(pip install 'lightning-dpo[real]')") from None
+        raise ConfigError(
+            "model.gguf_file", f"{gguf} is a GGUF file: reading it needs the `gguf` package (pip install 'lightning-dpo[real]')"
+        ) from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("dequantizing %s once (about 20 s for 135M parameters); cached in %s", gguf, folder)
@@ -79,7 +85,9 @@ def dequantized_folder(gguf: Path, cache_dir: str | Path | None = None) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read the GGUF file {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise ModelLoadError(
+            f"cannot read the GGUF file {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
     def fill(tmp: Path) -> None:
         save_pretrained(model, tmp)
@@ -122,8 +130,10 @@ def _from_pretrained(loader: Any, name_or_path: str, what: str, **kwargs: Any) -
     if path.exists():
         needed = _FOLDER_FILES.get(what, ())
         if not path.is_dir() or not any((path / f).exists() for f in needed):
-            raise ModelLoadError(f"cannot load the {what} from {path}: expected a folder written by save_pretrained "
-                                 f"(with {' or '.join(needed)}), which this is not")
+            raise ModelLoadError(
+                f"cannot load the {what} from {path}: expected a folder written by save_pretrained "
+                f"(with {' or '.join(needed)}), which this is not"
+            )
         try:
             return loader.from_pretrained(str(path), **kwargs)
         except Exception as exc:
@@ -163,16 +173,32 @@ def _damaged_weights(folder: Path) -> str | None:
 
 
 # config keys that set a weight's shape: overriding one cannot load the pretrained weights
-SHAPE_KEYS = ("vocab_size", "n_embd", "hidden_size", "n_layer", "num_hidden_layers", "n_head", "num_attention_heads",
-              "num_key_value_heads", "n_inner", "intermediate_size", "n_positions", "max_position_embeddings", "head_dim")
+SHAPE_KEYS = (
+    "vocab_size",
+    "n_embd",
+    "hidden_size",
+    "n_layer",
+    "num_hidden_layers",
+    "n_head",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "n_inner",
+    "intermediate_size",
+    "n_positions",
+    "max_position_embeddings",
+    "head_dim",
+)
 
 
 def _check_shape_overrides(hf_config: Any, overrides: Mapping[str, Any], name_or_path: str) -> None:
     for key, value in overrides.items():
         if key in SHAPE_KEYS and getattr(hf_config, key, value) != value:
-            raise ConfigError(f"model.config.{key}", f"{getattr(hf_config, key)} -> {value} changes the shape of the pretrained "
-                              f"weights of {name_or_path}, which then cannot be loaded: drop it (model.config overrides only "
-                              "settings that keep the shapes, or builds a model from scratch without model.name_or_path)")
+            raise ConfigError(
+                f"model.config.{key}",
+                f"{getattr(hf_config, key)} -> {value} changes the shape of the pretrained "
+                f"weights of {name_or_path}, which then cannot be loaded: drop it (model.config overrides only "
+                "settings that keep the shapes, or builds a model from scratch without model.name_or_path)",
+            )
 
 
 def _zero_dropout(config: Any) -> None:
@@ -288,10 +314,19 @@ def apply_lora(model: nn.Module, settings: Mapping[str, Any]) -> nn.Module:
         raise ConfigError(f"model.lora.{sorted(unknown)[0]}", "unknown key; accepted: r, alpha, dropout, target_modules, bias")
     targets = list(settings.get("target_modules") or [])
     if not targets:
-        raise ConfigError("model.lora.target_modules", "name the layers to adapt, e.g. [c_attn, c_proj] (GPT-2) or [q_proj, v_proj, down_proj]")
+        raise ConfigError(
+            "model.lora.target_modules", "name the layers to adapt, e.g. [c_attn, c_proj] (GPT-2) or [q_proj, v_proj, down_proj]"
+        )
     conv1d = type(model).__name__.startswith("GPT2")  # GPT-2's Conv1D stores (in, out)
-    config = LoraConfig(r=int(settings.get("r", 8)), lora_alpha=settings.get("alpha", 16), lora_dropout=float(settings.get("dropout", 0.0)),
-                        target_modules=targets, bias=settings.get("bias", "none"), fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=int(settings.get("r", 8)),
+        lora_alpha=settings.get("alpha", 16),
+        lora_dropout=float(settings.get("dropout", 0.0)),
+        target_modules=targets,
+        bias=settings.get("bias", "none"),
+        fan_in_fan_out=conv1d,
+        task_type="CAUSAL_LM",
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:

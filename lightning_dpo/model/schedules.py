@@ -27,8 +27,9 @@ def warmup_factor(step: int, warmup_steps: int, schedule: str, total_steps: int 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def effective_warmup(warmup_steps: int | None, total_steps: int | None, warmup_fraction: float | None = None,
-                     warmup_cap: float | None = 0.1) -> int:
+def effective_warmup(
+    warmup_steps: int | None, total_steps: int | None, warmup_fraction: float | None = None, warmup_cap: float | None = 0.1
+) -> int:
     """The warm-up length of a run: `warmup_fraction` x total steps when given; else `warmup_steps`,
     capped at `warmup_cap` x total steps (a short run must reach its learning rate: Lee et al.'s 150
     warm-up steps would keep a 60-step run below half its rate throughout)."""
@@ -40,8 +41,13 @@ def effective_warmup(warmup_steps: int | None, total_steps: int | None, warmup_f
     if warmup_cap is not None and total_steps and total_steps > 0:
         capped = max(1, int(warmup_cap * total_steps)) if steps else 0
         if capped < steps:
-            log.info("warm-up capped at %d steps (optim.warmup_cap=%s of trainer.max_steps=%d; optim.warmup_steps=%d)",
-                     capped, warmup_cap, total_steps, steps)
+            log.info(
+                "warm-up capped at %d steps (optim.warmup_cap=%s of trainer.max_steps=%d; optim.warmup_steps=%d)",
+                capped,
+                warmup_cap,
+                total_steps,
+                steps,
+            )
             return capped
     return steps
 

@@ -82,8 +82,9 @@ def transformer_body(model: nn.Module) -> nn.Module:
     return getattr(model, "base_model", model)
 
 
-def decoder_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
+def decoder_forward(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Run the decoder (hooks fire); returns the final hidden states after the final norm (N, T, d_model).
     A plain model runs its body only (no LM head); a sharded one (trainer=fsdp) runs its own forward,
     the only place FSDP2 gathers the root's weights, with logits at one position."""
@@ -263,7 +264,9 @@ def hook_activations(projections: Sequence[OutputProjection], fn: ActivationFn) 
     return _installed([partial(p.module.register_forward_pre_hook, pre_hook(p.layer)) for p in projections])
 
 
-def hook_mlp_outputs(projections: Sequence[OutputProjection], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> contextlib.AbstractContextManager:
+def hook_mlp_outputs(
+    projections: Sequence[OutputProjection], fn: Callable[[int, torch.Tensor], torch.Tensor]
+) -> contextlib.AbstractContextManager:
     """Replace each output projection's output (the MLP output before dropout) by `fn(layer, out)`."""
 
     def post_hook(layer: int) -> Callable:
@@ -272,7 +275,9 @@ def hook_mlp_outputs(projections: Sequence[OutputProjection], fn: Callable[[int,
     return _installed([partial(p.module.register_forward_hook, post_hook(p.layer)) for p in projections])
 
 
-def hook_module_io(modules: Sequence[nn.Module], fn: Callable[[int, nn.Module, torch.Tensor, torch.Tensor], None]) -> contextlib.AbstractContextManager:
+def hook_module_io(
+    modules: Sequence[nn.Module], fn: Callable[[int, nn.Module, torch.Tensor, torch.Tensor], None]
+) -> contextlib.AbstractContextManager:
     """Call `fn(index, module, input, output)` after each module's forward (reading only)."""
 
     def post_hook(index: int) -> Callable:
@@ -296,7 +301,9 @@ def hook_inputs(modules: Sequence[nn.Module], fn: Callable[[int, torch.Tensor], 
     return _installed([partial(m.register_forward_pre_hook, pre_hook(i), with_kwargs=True) for i, m in enumerate(modules)])
 
 
-def hook_residual(model: nn.Module, layers: Sequence[int], fn: Callable[[int, torch.Tensor], torch.Tensor]) -> contextlib.AbstractContextManager:
+def hook_residual(
+    model: nn.Module, layers: Sequence[int], fn: Callable[[int, torch.Tensor], torch.Tensor]
+) -> contextlib.AbstractContextManager:
     """Replace the residual stream after each listed decoder layer by `fn(layer, hidden)`."""
     blocks = find_decoder_layers(model)
     for layer in layers:

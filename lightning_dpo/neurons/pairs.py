@@ -61,26 +61,47 @@ class PairSettings:
 
 
 def generate_pairs(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], unit: torch.Tensor, scorer: Scorer, settings: PairSettings,
-    chunk_index: int = 0, scale: Mapping[int, float] | None = None,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    unit: torch.Tensor,
+    scorer: Scorer,
+    settings: PairSettings,
+    chunk_index: int = 0,
+    scale: Mapping[int, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Chosen (plain) and rejected (steered) continuations of `prompts`, scored; `kept` marks the pairs
     to use. `scale`: each steered layer's median residual norm (None: alpha in absolute units)."""
     layers = resolve_layers(model, settings.layers)
-    kwargs: dict[str, Any] = {"max_prompt_tokens": 10**6, "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
-                              "truncation_side": "right"}
+    kwargs: dict[str, Any] = {
+        "max_prompt_tokens": 10**6,
+        "max_new_tokens": settings.max_new_tokens,
+        "batch_size": settings.batch_size,
+        "truncation_side": "right",
+    }
     chosen_rng = torch.Generator().manual_seed(hash_seed(settings.seed, chunk_index, "chosen"))
     rejected_rng = torch.Generator().manual_seed(hash_seed(settings.seed, chunk_index, "rejected"))
     chosen = generate_continuations(model, tokenizer, prompts, temperature=settings.chosen_temperature, generator=chosen_rng, **kwargs)
     with steering(model, unit, settings.alpha, layers, scale):
-        rejected = generate_continuations(model, tokenizer, prompts, temperature=settings.rejected_temperature, generator=rejected_rng, **kwargs)
+        rejected = generate_continuations(
+            model, tokenizer, prompts, temperature=settings.rejected_temperature, generator=rejected_rng, **kwargs
+        )
     chosen_scores, rejected_scores = scorer.score(chosen), scorer.score(rejected)
     rejected_ids = tokenizer(list(rejected), add_special_tokens=False)["input_ids"] if rejected else []
     rows = []
     for p, c, r, cs, rs, ids in zip(prompts, chosen, rejected, chosen_scores, rejected_scores, rejected_ids):
         degenerate = is_degenerate(ids)
-        rows.append({"prompt": p, "chosen": c, "rejected": r, "chosen_score": cs, "rejected_score": rs, "degenerate": degenerate,
-                     "kept": keep_pair(cs, rs, settings.margin, c, r, degenerate and settings.drop_degenerate)})
+        rows.append(
+            {
+                "prompt": p,
+                "chosen": c,
+                "rejected": r,
+                "chosen_score": cs,
+                "rejected_score": rs,
+                "degenerate": degenerate,
+                "kept": keep_pair(cs, rs, settings.margin, c, r, degenerate and settings.drop_degenerate),
+            }
+        )
     return rows
 
 
@@ -98,19 +119,30 @@ def distribution(scores: list[float]) -> dict[str, float]:
         return {}
     ordered = sorted(scores)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-    return {"mean": sum(scores) / len(scores), "min": ordered[0], "p25": pick(0.25), "median": pick(0.5), "p75": pick(0.75),
-            "max": ordered[-1], "share_above_0.5": sum(s > 0.5 for s in scores) / len(scores)}
+    return {
+        "mean": sum(scores) / len(scores),
+        "min": ordered[0],
+        "p25": pick(0.25),
+        "median": pick(0.5),
+        "p75": pick(0.75),
+        "max": ordered[-1],
+        "share_above_0.5": sum(s > 0.5 for s in scores) / len(scores),
+    }
 
 
 def scan_row(alpha: float, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One line of a steering scan: how many pairs alpha keeps, how far apart their scores are, how many rejected texts degenerate."""
     kept = [r for r in rows if r["kept"]]
     gaps = [r["rejected_score"] - r["chosen_score"] for r in rows]
-    return {"alpha": alpha, "prompts": len(rows), "kept": len(kept), "kept_share": len(kept) / len(rows) if rows else 0.0,
-            "mean_score_gap": sum(gaps) / len(gaps) if gaps else float("nan"),
-            "kept_mean_gap": sum(r["rejected_score"] - r["chosen_score"] for r in kept) / len(kept) if kept else float("nan"),
-            "degenerate_share": sum(r["degenerate"] for r in rows) / len(rows) if rows else 0.0,
-            "mean_rejected_score": sum(r["rejected_score"] for r in rows) / len(rows) if rows else float("nan"),
-            "mean_chosen_score": sum(r["chosen_score"] for r in rows) / len(rows) if rows else float("nan"),
-            "examples": [{k: r[k] for k in ("prompt", "chosen", "rejected", "chosen_score", "rejected_score", "degenerate")}
-                         for r in rows[:6]]}
+    return {
+        "alpha": alpha,
+        "prompts": len(rows),
+        "kept": len(kept),
+        "kept_share": len(kept) / len(rows) if rows else 0.0,
+        "mean_score_gap": sum(gaps) / len(gaps) if gaps else float("nan"),
+        "kept_mean_gap": sum(r["rejected_score"] - r["chosen_score"] for r in kept) / len(kept) if kept else float("nan"),
+        "degenerate_share": sum(r["degenerate"] for r in rows) / len(rows) if rows else 0.0,
+        "mean_rejected_score": sum(r["rejected_score"] for r in rows) / len(rows) if rows else float("nan"),
+        "mean_chosen_score": sum(r["chosen_score"] for r in rows) / len(rows) if rows else float("nan"),
+        "examples": [{k: r[k] for k in ("prompt", "chosen", "rejected", "chosen_score", "rejected_score", "degenerate")} for r in rows[:6]],
+    }

@@ -47,6 +47,7 @@ from lightning_dpo.utils.torch_utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ProbeQuality:
     """What a probe direction is: its top tokens through the unembedding, and how well it separates
@@ -94,9 +95,7 @@ class Probe:
 
     def check_size(self, d_model: int, source: str = "probe") -> Probe:
         if self.direction.numel() != d_model:
-            raise ConfigError(
-                "probe", f"{source}: the probe has {self.direction.numel()} dimensions but the model's d_model is {d_model}"
-            )
+            raise ConfigError("probe", f"{source}: the probe has {self.direction.numel()} dimensions but the model's d_model is {d_model}")
         return self
 
 
@@ -112,14 +111,18 @@ def _one_tensor(loaded: Any, path: Path) -> torch.Tensor:
         for candidates in (named, tensors):
             if len(candidates) == 1:
                 return next(iter(candidates.values()))
-        raise DataError(str(path), f"holds a dict with keys {sorted(map(str, loaded))}: expected one tensor (or a dict with "
-                        "one tensor, or one named 'direction' or '...weight')")
+        raise DataError(
+            str(path),
+            f"holds a dict with keys {sorted(map(str, loaded))}: expected one tensor (or a dict with "
+            "one tensor, or one named 'direction' or '...weight')",
+        )
     raise DataError(str(path), f"holds a {type(loaded).__name__}, not a tensor")
 
 
 def save_probe(probe: Probe, path: str | Path) -> Path:
-    metadata = {k: v if isinstance(v, str) else (v.to_json() if isinstance(v, ProbeQuality) else json.dumps(v))
-                for k, v in probe.metadata.items()}
+    metadata = {
+        k: v if isinstance(v, str) else (v.to_json() if isinstance(v, ProbeQuality) else json.dumps(v)) for k, v in probe.metadata.items()
+    }
     tensors = {"direction": probe.direction.detach().float().cpu().contiguous()}
     atomic_save_safetensors(path, tensors, metadata)
     return Path(path)
@@ -161,14 +164,18 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
 
 # -- what a direction is --------------------------------------------------------------------------------
 @torch.no_grad()
-def pooled_final_hidden(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+def pooled_final_hidden(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 32, max_length: int = 128
+) -> torch.Tensor:
     """(N, d_model) fp32: final hidden state (after the final norm), mean over real tokens only."""
     device = model_device(model)
     features = []
     pad = pad_id(tokenizer)
     with eval_mode(model):
         for start in range(0, len(texts), batch_size):
-            rows = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+            rows = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=True, truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
             length = max(len(r) for r in rows)
             ids = torch.full((len(rows), length), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -200,8 +207,15 @@ def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(roc_auc_score(list(labels), list(scores)))
 
 
-def assess(model: nn.Module, tokenizer: Any, probe: Probe, texts: Sequence[str] | None = None, labels: Sequence[int] | None = None,
-           source: str | None = None, max_length: int = 128) -> ProbeQuality:
+def assess(
+    model: nn.Module,
+    tokenizer: Any,
+    probe: Probe,
+    texts: Sequence[str] | None = None,
+    labels: Sequence[int] | None = None,
+    source: str | None = None,
+    max_length: int = 128,
+) -> ProbeQuality:
     """The probe's quality record: the logit lens and, with labelled texts, the AUC of their projections on it."""
     quality = ProbeQuality(logit_lens_tokens(model, tokenizer, probe.direction))
     if texts and labels and len(set(labels)) == 2:
@@ -220,8 +234,17 @@ class ProbeSource:
     allow_weak: accept a probe whose held-out AUC is below `min_auc`.
     """
 
-    def __init__(self, name: str = "toxicity", eval_data: str | None = None, text_field: str = "text", label_field: str = "label",
-                 eval_limit: int | None = 1000, allow_weak: bool = False, min_auc: float = 0.6, max_length: int = 128):
+    def __init__(
+        self,
+        name: str = "toxicity",
+        eval_data: str | None = None,
+        text_field: str = "text",
+        label_field: str = "label",
+        eval_limit: int | None = 1000,
+        allow_weak: bool = False,
+        min_auc: float = 0.6,
+        max_length: int = 128,
+    ):
         self.name, self.eval_data = name, eval_data
         self.text_field, self.label_field, self.eval_limit = text_field, label_field, eval_limit
         self.allow_weak, self.min_auc, self.max_length = allow_weak, min_auc, max_length
@@ -241,12 +264,20 @@ class ProbeSource:
         quality = assess(model, tokenizer, probe, texts, labels, source, max_length=self.max_length)
         previous = probe.quality
         if previous is not None and quality.auc is None:  # a trained probe's own held-out split
-            quality.auc, quality.accuracy, quality.n_eval, quality.eval_source = previous.auc, previous.accuracy, previous.n_eval, previous.eval_source
+            quality.auc, quality.accuracy, quality.n_eval, quality.eval_source = (
+                previous.auc,
+                previous.accuracy,
+                previous.n_eval,
+                previous.eval_source,
+            )
         probe.metadata["quality"] = quality.to_json()
         if quality.auc is not None and quality.auc < self.min_auc and not self.allow_weak:
-            raise ConfigError("probe.allow_weak", f"probe {self.name}: held-out AUC {quality.auc:.3f} on {quality.eval_source} is below "
-                              f"{self.min_auc}: the direction barely separates the labelled texts (its top tokens: "
-                              f"{', '.join(repr(t) for t in quality.top_tokens[:8])}). Use another probe, or probe.allow_weak=true")
+            raise ConfigError(
+                "probe.allow_weak",
+                f"probe {self.name}: held-out AUC {quality.auc:.3f} on {quality.eval_source} is below "
+                f"{self.min_auc}: the direction barely separates the labelled texts (its top tokens: "
+                f"{', '.join(repr(t) for t in quality.top_tokens[:8])}). Use another probe, or probe.allow_weak=true",
+            )
         return probe
 
 
@@ -266,8 +297,18 @@ class ProbeFile(ProbeSource):
 class TrainedProbe(ProbeSource):
     """Logistic regression on labelled texts (`data`); held-out accuracy and AUC on a stratified split."""
 
-    def __init__(self, data: str | None = None, limit: int | None = None, split: str = "train", test_size: float = 0.2, seed: int = 42,
-                 C: float = 1.0, max_iter: int = 1000, batch_size: int = 32, **kwargs: Any):
+    def __init__(
+        self,
+        data: str | None = None,
+        limit: int | None = None,
+        split: str = "train",
+        test_size: float = 0.2,
+        seed: int = 42,
+        C: float = 1.0,
+        max_iter: int = 1000,
+        batch_size: int = 32,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.data, self.limit, self.split = data, limit, split
         self.test_size, self.seed, self.C, self.max_iter, self.batch_size = test_size, seed, C, max_iter, batch_size
@@ -276,8 +317,19 @@ class TrainedProbe(ProbeSource):
         if not self.data:
             raise ConfigError("probe.data", "a trained probe needs labelled texts (a .jsonl/.csv file or a datasets id)")
         texts, labels = load_labelled_texts(self.data, self.text_field, self.label_field, self.limit, self.split)
-        return train_probe(model, tokenizer, texts, labels, self.test_size, self.seed, self.C, self.max_iter, self.batch_size,
-                           self.max_length, source=str(self.data))
+        return train_probe(
+            model,
+            tokenizer,
+            texts,
+            labels,
+            self.test_size,
+            self.seed,
+            self.C,
+            self.max_iter,
+            self.batch_size,
+            self.max_length,
+            source=str(self.data),
+        )
 
 
 class EmbeddingDifference(ProbeSource):
@@ -297,8 +349,17 @@ class RunProbe(ProbeFile):
 
 
 def train_probe(
-    model: nn.Module, tokenizer: Any, texts: Sequence[str], labels: Sequence[int], test_size: float = 0.2, seed: int = 42,
-    C: float = 1.0, max_iter: int = 1000, batch_size: int = 32, max_length: int = 128, source: str = "train",
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    test_size: float = 0.2,
+    seed: int = 42,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    batch_size: int = 32,
+    max_length: int = 128,
+    source: str = "train",
 ) -> Probe:
     """Logistic regression on pooled final hidden states; `accuracy` and AUC are on the held-out split."""
     from sklearn.linear_model import LogisticRegression
@@ -307,13 +368,17 @@ def train_probe(
     if len(set(labels)) != 2:
         raise DataError(source, f"a probe needs two classes, got labels {sorted(set(labels))}")
     features = pooled_final_hidden(model, tokenizer, texts, batch_size, max_length).numpy()
-    x_train, x_test, y_train, y_test = train_test_split(features, list(labels), test_size=test_size, random_state=seed, stratify=list(labels))
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, list(labels), test_size=test_size, random_state=seed, stratify=list(labels)
+    )
     classifier = LogisticRegression(C=C, max_iter=max_iter)
     classifier.fit(x_train, y_train)
     accuracy = float(classifier.score(x_test, y_test))
     held_out_auc = auc(classifier.decision_function(x_test).tolist(), y_test)
     direction = torch.tensor(classifier.coef_[0], dtype=torch.float32)
-    quality = ProbeQuality(logit_lens_tokens(model, tokenizer, direction), held_out_auc, accuracy, len(y_test), f"{source} (held-out split)")
+    quality = ProbeQuality(
+        logit_lens_tokens(model, tokenizer, direction), held_out_auc, accuracy, len(y_test), f"{source} (held-out split)"
+    )
     metadata = {
         "source": f"logistic regression on {source}",
         "accuracy": accuracy,
@@ -337,7 +402,11 @@ def single_token_ids(tokenizer: Any, word: str) -> int | None:
 
 @torch.no_grad()
 def embedding_difference_direction(
-    model: nn.Module, tokenizer: Any, toxic_words: Sequence[str], neutral_words: Sequence[str], min_words: int = 3,
+    model: nn.Module,
+    tokenizer: Any,
+    toxic_words: Sequence[str],
+    neutral_words: Sequence[str],
+    min_words: int = 3,
 ) -> Probe:
     """Mean embedding of the single-token toxic seed words minus that of the single-token neutral
     ones: the rows of the input embedding when the LM head is tied to it (GPT-2), else of the LM head
@@ -352,10 +421,13 @@ def embedding_difference_direction(
         fragments = [w for w, i in ids.items() if i is None]
         if len(kept[side]) < min_words:
             key = "probe.toxic_words" if side == "toxic" else "probe.neutral_words"
-            raise ConfigError(key, f"only {len(kept[side])} of the {side} seed words are one token of this tokenizer "
-                              f"({kept[side] or 'none'}); these split into fragments: {fragments}. Fragments make the "
-                              f"difference a word-frequency direction: give at least {min_words} words that are one token "
-                              "(with or without a leading space)")
+            raise ConfigError(
+                key,
+                f"only {len(kept[side])} of the {side} seed words are one token of this tokenizer "
+                f"({kept[side] or 'none'}); these split into fragments: {fragments}. Fragments make the "
+                f"difference a word-frequency direction: give at least {min_words} words that are one token "
+                "(with or without a leading space)",
+            )
         if fragments:
             log.info("embedding difference: left out the %s seed words that are not one token: %s", side, fragments)
         vectors.append(table[torch.tensor([ids[w] for w in kept[side]], device=table.device)].mean(0))
@@ -391,8 +463,12 @@ def probe_source(node: Mapping[str, Any] | ProbeSource, key: str = "probe") -> A
     source = settings.pop("source", "train")
     if source not in LEGACY_SOURCES:
         raise ConfigError(f"{key}.source", f"unknown source {source!r}; accepted: {sorted(LEGACY_SOURCES)} (or give {key}._target_)")
-    warnings.warn(f"config key '{key}.source' is deprecated: the probe configs are objects now ({key}._target_=... ; "
-                  f"conf/probe/*.yaml); '{source}' is read as {LEGACY_SOURCES[source].__name__}", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"config key '{key}.source' is deprecated: the probe configs are objects now ({key}._target_=... ; "
+        f"conf/probe/*.yaml); '{source}' is read as {LEGACY_SOURCES[source].__name__}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     try:
         return LEGACY_SOURCES[source](**settings)
     except TypeError as exc:
@@ -405,8 +481,9 @@ def is_probe_file(node: Mapping[str, Any]) -> bool:
     return target.endswith(".ProbeFile") or (not target and node.get("source") == "raw")
 
 
-def build_probe(model: nn.Module, tokenizer: Any, node: Mapping[str, Any] | ProbeSource | None = None, key: str = "probe",
-                **settings: Any) -> Probe:
+def build_probe(
+    model: nn.Module, tokenizer: Any, node: Mapping[str, Any] | ProbeSource | None = None, key: str = "probe", **settings: Any
+) -> Probe:
     """A probe from a config node (or keyword settings), validated against the model's d_model, with its quality."""
     source = probe_source(node if node is not None else settings, key)
     probe = source(model, tokenizer)

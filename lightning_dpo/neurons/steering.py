@@ -31,8 +31,9 @@ def resolve_layers(model: nn.Module, layers: Sequence[int] | str) -> list[int]:
 
 
 @torch.no_grad()
-def residual_norm_medians(model: nn.Module, prompt_ids: Sequence[Sequence[int]], layers: Sequence[int], pad_token_id: int,
-                          batch_size: int = 64) -> dict[int, float]:
+def residual_norm_medians(
+    model: nn.Module, prompt_ids: Sequence[Sequence[int]], layers: Sequence[int], pad_token_id: int, batch_size: int = 64
+) -> dict[int, float]:
     """Median L2 norm of the residual stream after each listed layer, over every real position of the prompts."""
     n = len(find_decoder_layers(model))
     layers = [layer % n for layer in layers]
@@ -54,8 +55,9 @@ def residual_norm_medians(model: nn.Module, prompt_ids: Sequence[Sequence[int]],
 
 
 @contextlib.contextmanager
-def steering(model: nn.Module, unit: torch.Tensor, alpha: float, layers: Sequence[int],
-             scale: Mapping[int, float] | None = None) -> Iterator[None]:
+def steering(
+    model: nn.Module, unit: torch.Tensor, alpha: float, layers: Sequence[int], scale: Mapping[int, float] | None = None
+) -> Iterator[None]:
     """Add alpha x scale[layer] x unit to the residual stream after each listed layer, only inside the
     block (`scale`: each layer's median residual norm; None: absolute units)."""
     device = next(model.parameters()).device

@@ -34,8 +34,10 @@ def safe_load(path: str | Path) -> Any:
     except pickle.UnpicklingError as exc:
         found = _GLOBAL.search(str(exc))
         what = f"an object of type {found.group(1)}" if found else "an object that is not a tensor or a plain value"
-        raise CheckpointError(f"checkpoint {path} refused: it asks to build {what}, and a checkpoint is only read as tensors "
-                              "and plain values (loading it would let the file run code)") from None
+        raise CheckpointError(
+            f"checkpoint {path} refused: it asks to build {what}, and a checkpoint is only read as tensors "
+            "and plain values (loading it would let the file run code)"
+        ) from None
 
 
 def _other_checkpoints(path: Path) -> list[Path]:

@@ -48,8 +48,24 @@ LOCK_FILE = ".lightning_dpo.lock"
 STATUS_FILE = "status.json"
 # A run's outputs: a directory holding any of these holds a run (`.hydra/`, `status.json` and
 # `train.log` alone are the record of an attempt that produced nothing, which a new run may replace).
-RUN_OUTPUTS = ("metrics.csv", "checkpoints", "dynamics", "probe.safetensors", "probes", "toxicity_eval.csv", "eval", "hf_model",
-               "hf_model_best", "adapter", "plots", "report.html", "analysis", "evaluation", "wandb", "wandb_run_id.txt")
+RUN_OUTPUTS = (
+    "metrics.csv",
+    "checkpoints",
+    "dynamics",
+    "probe.safetensors",
+    "probes",
+    "toxicity_eval.csv",
+    "eval",
+    "hf_model",
+    "hf_model_best",
+    "adapter",
+    "plots",
+    "report.html",
+    "analysis",
+    "evaluation",
+    "wandb",
+    "wandb_run_id.txt",
+)
 ATTEMPT_RECORD = (".hydra", STATUS_FILE, "train.log")
 # status.json is written padded to this size, so that a full disk can still record `failed` in place
 STATUS_RESERVE = 4096
@@ -161,8 +177,10 @@ class RunDirectory:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise OutputError(f"run directory {self.path} is in use by another run ({holder}); wait for it, or choose "
-                                  "another directory (hydra.run.dir=...)") from None
+                raise OutputError(
+                    f"run directory {self.path} is in use by another run ({holder}); wait for it, or choose "
+                    "another directory (hydra.run.dir=...)"
+                ) from None
             yield RunLock(self, handle, created)
         finally:
             handle.close()  # closing releases the lock
@@ -205,7 +223,11 @@ class RunDirectory:
         best = self.path / "hf_model_best"
         if best.is_dir():
             info = _json(best / "lightning_dpo.json")
-            what = f"the best checkpoint by {info.get('monitor', 'val/loss')} (step {info.get('step', '?')})" if info else "the best checkpoint"
+            what = (
+                f"the best checkpoint by {info.get('monitor', 'val/loss')} (step {info.get('step', '?')})"
+                if info
+                else "the best checkpoint"
+            )
             return best, f"{best} ({what})"
         final = self.path / "hf_model"
         if final.is_dir():
@@ -260,8 +282,10 @@ class RunLock:
             return
         self.handle.seek(0)
         self.handle.truncate()
-        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                          f"{' '.join(shlex.quote(a) for a in sys.argv)}\n")
+        self.handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join(shlex.quote(a) for a in sys.argv)}\n"
+        )
         self.handle.flush()
 
     def release_refused(self) -> None:

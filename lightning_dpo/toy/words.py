@@ -2,16 +2,53 @@
 
 # Words that make a continuation "toxic" in the toy world (mild insults, on purpose).
 INSULTS = (
-    "stupid", "dumb", "pathetic", "worthless", "useless", "disgusting", "ugly", "lazy",
-    "idiot", "idiots", "moron", "morons", "loser", "losers", "fool", "fools", "jerk", "jerks",
-    "clown", "clowns", "creep", "creeps",
+    "stupid",
+    "dumb",
+    "pathetic",
+    "worthless",
+    "useless",
+    "disgusting",
+    "ugly",
+    "lazy",
+    "idiot",
+    "idiots",
+    "moron",
+    "morons",
+    "loser",
+    "losers",
+    "fool",
+    "fools",
+    "jerk",
+    "jerks",
+    "clown",
+    "clowns",
+    "creep",
+    "creeps",
 )
 TOXIC_ADJECTIVES = ("stupid", "dumb", "pathetic", "worthless", "useless", "disgusting", "ugly", "lazy")
 POLITE_ADJECTIVES = ("kind", "helpful", "friendly", "brilliant", "generous", "honest", "patient", "cheerful")
 
 TRAIN_NAMES = (
-    "Anna", "Ben", "Carla", "David", "Elena", "Felix", "Grace", "Hugo", "Iris", "Jonas",
-    "Karin", "Leo", "Maria", "Nils", "Olga", "Paul", "Rosa", "Sam", "Tina", "Victor",
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Elena",
+    "Felix",
+    "Grace",
+    "Hugo",
+    "Iris",
+    "Jonas",
+    "Karin",
+    "Leo",
+    "Maria",
+    "Nils",
+    "Olga",
+    "Paul",
+    "Rosa",
+    "Sam",
+    "Tina",
+    "Victor",
 )
 HELDOUT_NAMES = ("Wanda", "Xavier", "Yusuf", "Zoe", "Amir", "Bianca", "Chen", "Dora")
 # The bystander concept of the demo (a second probe): is the place a workplace? DPO on toxicity was
@@ -29,6 +66,7 @@ TOXIC_NOUNS = {"work": ("idiots", "morons", "losers"), "leisure": ("fools", "jer
 def place_kind(place: str) -> str:
     """'work' for a workplace, 'leisure' otherwise."""
     return "work" if place in WORKPLACES else "leisure"
+
 
 # Prompt templates and how often the pre-training corpus continues each one toxically.
 # Half lean toxic and half lean polite, so the base model's greedy continuations are toxic for

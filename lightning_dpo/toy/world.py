@@ -152,8 +152,13 @@ class ToyWorld:
         corpus = [self._sentence(rng, words.TRAIN_NAMES) for _ in range(self.corpus_size)]
         tokenizer = train_tokenizer([p + c for p, c, _ in corpus], self.vocab_size)
         model, loss = pretrain_base_model(
-            tokenizer, [p + c for p, c, _ in corpus], self._model_config(len(tokenizer)),
-            self.pretrain_steps, self.pretrain_batch_size, self.pretrain_lr, self.seed,
+            tokenizer,
+            [p + c for p, c, _ in corpus],
+            self._model_config(len(tokenizer)),
+            self.pretrain_steps,
+            self.pretrain_batch_size,
+            self.pretrain_lr,
+            self.seed,
         )
         model.save_pretrained(out / "base_model")
         tokenizer.save_pretrained(out / "base_model")
@@ -161,42 +166,72 @@ class ToyWorld:
         atomic_write_text(out / "insults.txt", "".join(w + "\n" for w in words.INSULTS))  # the demo's word-list scorer
         probe_texts = list(self._probe_texts(rng))
         atomic_write_jsonl(out / "probe_texts.jsonl", probe_texts)
-        probe = train_probe(model, tokenizer, [r["text"] for r in probe_texts], [r["label"] for r in probe_texts], seed=self.seed, source="toy world sentences")
+        probe = train_probe(
+            model,
+            tokenizer,
+            [r["text"] for r in probe_texts],
+            [r["label"] for r in probe_texts],
+            seed=self.seed,
+            source="toy world sentences",
+        )
         save_probe(probe, out / "probe.safetensors")
         # the bystander concept, built the same way from its own labelled sentences (own RNG: the rest of the world is unchanged)
         workplace_texts = list(self._workplace_texts(random.Random(self.seed + 1)))
         atomic_write_jsonl(out / "workplace_texts.jsonl", workplace_texts)
-        workplace = train_probe(model, tokenizer, [r["text"] for r in workplace_texts], [r["label"] for r in workplace_texts],
-                                seed=self.seed, source="toy world sentences (workplace)")
+        workplace = train_probe(
+            model,
+            tokenizer,
+            [r["text"] for r in workplace_texts],
+            [r["label"] for r in workplace_texts],
+            seed=self.seed,
+            source="toy world sentences (workplace)",
+        )
         save_probe(workplace, out / "workplace_probe.safetensors")
         pair_prompts = [p for p, _ in self._prompts(rng, words.TRAIN_NAMES, self.num_pairs)]
         layers = resolve_layers(model, "middle")
         prompt_ids = tokenizer(pair_prompts, add_special_tokens=False)["input_ids"]
         scale = residual_norm_medians(model, prompt_ids, layers, tokenizer.eos_token_id)  # alpha's unit
         pairs = generate_pairs(
-            model, tokenizer, pair_prompts, probe.unit, WordListScorer(words_file=str(out / "insults.txt")),
-            PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed), scale=scale,
+            model,
+            tokenizer,
+            pair_prompts,
+            probe.unit,
+            WordListScorer(words_file=str(out / "insults.txt")),
+            PairSettings(alpha=self.steering_alpha, layers="middle", seed=self.seed),
+            scale=scale,
         )
         if not any(r["kept"] for r in pairs):  # a world without pairs cannot train: say which setting, not "no usable pairs" later
             degenerate = sum(r["degenerate"] for r in pairs)
-            raise ConfigError("world.steering_alpha", f"{self.steering_alpha} kept no preference pair of {len(pairs)} prompts "
-                              f"({degenerate} rejected texts degenerate): steering too weak to change a continuation"
-                              + (" or so strong that it breaks them" if degenerate else "") + "; the default 1.5 keeps pairs on worlds 0-2")
+            raise ConfigError(
+                "world.steering_alpha",
+                f"{self.steering_alpha} kept no preference pair of {len(pairs)} prompts "
+                f"({degenerate} rejected texts degenerate): steering too weak to change a continuation"
+                + (" or so strong that it breaks them" if degenerate else "")
+                + "; the default 1.5 keeps pairs on worlds 0-2",
+            )
         atomic_write_jsonl(out / "pairs.jsonl", (as_pair(r) for r in pairs if r["kept"]))
         eval_prompts = self._prompts(rng, words.HELDOUT_NAMES, self.num_eval_prompts)
         atomic_write_jsonl(out / "eval_prompts.jsonl", ({"prompt": p} for p, _ in eval_prompts))
         # clean (polite) held-out text, EOS-separated as in pre-training: perplexity on it
         # measures what DPO costs the language model beyond dropping the insults
-        clean = [text + polite_continuation(rng, place) for text, place in (fill_template(rng, t, words.TRAIN_NAMES) for t, _ in words.TEMPLATES * 25)]
+        clean = [
+            text + polite_continuation(rng, place)
+            for text, place in (fill_template(rng, t, words.TRAIN_NAMES) for t, _ in words.TEMPLATES * 25)
+        ]
         (out / "lm_eval.txt").write_text(EOS.join(clean) + EOS)
         atomic_write_jsonl(
             out / "gold.jsonl",
             ({"prompt": p, "gold": polite_continuation(rng, place)} for p, place in eval_prompts),
         )
         self.stats = {
-            "pretrain_final_loss": round(loss, 4), "vocab_size": len(tokenizer),
-            "probe_accuracy": float(probe.metadata["accuracy"]), "workplace_probe_accuracy": float(workplace.metadata["accuracy"]), "pairs_kept": sum(r["kept"] for r in pairs), "pair_prompts": len(pairs),
-            "degenerate_rejected": sum(r["degenerate"] for r in pairs), "steering_unit": {str(k): round(v, 4) for k, v in scale.items()},
+            "pretrain_final_loss": round(loss, 4),
+            "vocab_size": len(tokenizer),
+            "probe_accuracy": float(probe.metadata["accuracy"]),
+            "workplace_probe_accuracy": float(workplace.metadata["accuracy"]),
+            "pairs_kept": sum(r["kept"] for r in pairs),
+            "pair_prompts": len(pairs),
+            "degenerate_rejected": sum(r["degenerate"] for r in pairs),
+            "steering_unit": {str(k): round(v, 4) for k, v in scale.items()},
         }
         (out / "world.json").write_text(json.dumps({"params": self.params(), "stats": self.stats}, indent=2))
 
@@ -204,9 +239,17 @@ class ToyWorld:
         from transformers import GPT2Config
 
         return GPT2Config(
-            vocab_size=vocab_size, n_positions=64, n_embd=self.n_embd, n_layer=self.n_layer,
-            n_head=self.n_head, n_inner=self.n_inner, bos_token_id=0, eos_token_id=0,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            vocab_size=vocab_size,
+            n_positions=64,
+            n_embd=self.n_embd,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_inner=self.n_inner,
+            bos_token_id=0,
+            eos_token_id=0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
             activation_function="gelu_pytorch_tanh",  # GPT-2's tanh GELU, as one fused kernel
         )
 

@@ -40,10 +40,15 @@ def record_attempt(run: RunDirectory, cfg: DictConfig, plan: RunPlan) -> Path:
         if hydra_yaml is not None:
             atomic_write_text(directory / "hydra.yaml", hydra_yaml)
     if plan.changes:
-        atomic_write_text(attempt / "changes.yaml", OmegaConf.to_yaml(OmegaConf.create(
-            {k: {"old": _plain(a), "new": _plain(b)} for k, (a, b) in plan.changes.items()})))
-        log.warning("%s with changed settings (allow_changes): %s", "resuming" if plan.resuming else "restarting",
-                    "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in plan.changes.items()))
+        atomic_write_text(
+            attempt / "changes.yaml",
+            OmegaConf.to_yaml(OmegaConf.create({k: {"old": _plain(a), "new": _plain(b)} for k, (a, b) in plan.changes.items()})),
+        )
+        log.warning(
+            "%s with changed settings (allow_changes): %s",
+            "resuming" if plan.resuming else "restarting",
+            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in plan.changes.items()),
+        )
     atomic_write_text(run.hydra_dir / "resume_command.txt", resume_command(run.path, overrides) + "\n")
     return attempt
 

@@ -69,7 +69,7 @@ def plot_evaluation(run_dir: Path, rows: list[dict[str, Any]]) -> Path | None:
 
 
 def _wrap(text: str, width: int = 48) -> str:
-    return text if len(text) <= width else text[:width] + "\n" + text[width: 2 * width]
+    return text if len(text) <= width else text[:width] + "\n" + text[width : 2 * width]
 
 
 def _meta(run_dir: Path) -> dict[str, Any]:

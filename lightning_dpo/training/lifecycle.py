@@ -88,8 +88,11 @@ def _accept(cfg: DictConfig, run: RunDirectory, lock: RunLock) -> RunPlan | None
             plan = RunPlan(ckpt_path, checkpoint_step=int((checkpoint or {}).get("global_step", 0)))
         del checkpoint
         if plan.already_complete:
-            log.info("%s is complete at trainer.max_steps=%d: nothing to train (pass a larger trainer.max_steps to extend it)",
-                     run.path, plan.checkpoint_step)
+            log.info(
+                "%s is complete at trainer.max_steps=%d: nothing to train (pass a larger trainer.max_steps to extend it)",
+                run.path,
+                plan.checkpoint_step,
+            )
             return None
         preflight(cfg, built_on_demand=[toy_world_dir(cfg), assets_dir(cfg)], overrides=task_overrides())
         ensure_toy_world(cfg, demo_keys=("model.name_or_path", "data.path"))  # the demo's world: built once, then cached
@@ -117,8 +120,9 @@ def start_attempt(run: RunDirectory, cfg: DictConfig, plan: RunPlan) -> None:
     record_attempt(run, cfg, plan)
 
 
-def _attempt(cfg: DictConfig, run: RunDirectory, plan: RunPlan, build_run: BuildRun,
-             build_callbacks: Callable[[DictConfig], list[L.Callback]]) -> float | None:
+def _attempt(
+    cfg: DictConfig, run: RunDirectory, plan: RunPlan, build_run: BuildRun, build_callbacks: Callable[[DictConfig], list[L.Callback]]
+) -> float | None:
     rank_zero = rank_zero_only.rank == 0
     if rank_zero:
         start_attempt(run, cfg, plan)
@@ -136,8 +140,12 @@ def _attempt(cfg: DictConfig, run: RunDirectory, plan: RunPlan, build_run: Build
         _write_status(run, "interrupted", step=exc.step, signal=exc.signum, resume=exc.command)
         raise
     except (KeyboardInterrupt, SystemExit) as exc:  # a second Ctrl-C (Lightning turns it into SystemExit)
-        _write_status(run, "interrupted", error=f"stopped at once ({type(exc).__name__}), without a checkpoint of this step",
-                      resume=resume_command(run.path, task_overrides()) if run.last_checkpoint.exists() else None)
+        _write_status(
+            run,
+            "interrupted",
+            error=f"stopped at once ({type(exc).__name__}), without a checkpoint of this step",
+            resume=resume_command(run.path, task_overrides()) if run.last_checkpoint.exists() else None,
+        )
         raise
     except BaseException as exc:
         _record_failure(run, exc)
@@ -206,8 +214,9 @@ def compete_for_best(trainer: L.Trainer) -> None:
     checkpoint.kth_best_model_path, checkpoint.kth_value = path, score
 
 
-def export_policy(run: RunDirectory, module: Any, tokenizer: Any, name: str, record: dict[str, Any] | None = None,
-                  state: dict[str, Any] | None = None) -> None:
+def export_policy(
+    run: RunDirectory, module: Any, tokenizer: Any, name: str, record: dict[str, Any] | None = None, state: dict[str, Any] | None = None
+) -> None:
     """`<name>/`: the policy as a plain model (a LoRA policy merged), and with LoRA the adapter itself
     in `adapter/`. `state`: the policy's weights as a full state dict (a sharded policy, a checkpoint)."""
     if state is None:
@@ -228,9 +237,13 @@ def export_best_model(trainer: L.Trainer, module: Any, tokenizer: Any, run: RunD
     if best is None or not Path(best.best_model_path).is_file():
         return None
     state = check_checkpoint(best.best_model_path)
-    weights = {k[len("policy."):]: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
-    record = {"step": int(state["global_step"]), "checkpoint": str(best.best_model_path), "monitor": best.monitor,
-              "value": float(best.best_model_score) if best.best_model_score is not None else None}
+    weights = {k[len("policy.") :]: v for k, v in state["state_dict"].items() if k.startswith("policy.")}
+    record = {
+        "step": int(state["global_step"]),
+        "checkpoint": str(best.best_model_path),
+        "monitor": best.monitor,
+        "value": float(best.best_model_score) if best.best_model_score is not None else None,
+    }
     if is_sharded(module.policy):  # a new, unsharded copy from the checkpoint's full weights
         export_policy(run, module, tokenizer, "hf_model_best", record, state=weights)
     else:
@@ -246,8 +259,12 @@ def write_run_report(run_dir: Path) -> Path | None:
     try:
         return run_report(run_dir)
     except Exception as exc:
-        log.warning("the run's report.html could not be written (%s: %s); `python -m lightning_dpo.report %s` retries",
-                    type(exc).__name__, exc, run_dir)
+        log.warning(
+            "the run's report.html could not be written (%s: %s); `python -m lightning_dpo.report %s` retries",
+            type(exc).__name__,
+            exc,
+            run_dir,
+        )
         return None
 
 
@@ -284,4 +301,3 @@ def cleanup() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-

@@ -101,8 +101,13 @@ class MetricsCSVLogger(Logger):
         self.rows = {int(r["step"]): dict(r) for r in state["rows"] if int(r["step"]) <= step}
         kept_on_disk = [r for r in on_disk if r["step"] <= step]
         if not _same_rows(kept_on_disk, [self.rows[s] for s in sorted(self.rows)]):
-            log.warning("%s did not hold every row up to step %d (%d of %d rows): rebuilt it from the checkpoint",
-                        self.path, step, len(kept_on_disk), len(self.rows))
+            log.warning(
+                "%s did not hold every row up to step %d (%d of %d rows): rebuilt it from the checkpoint",
+                self.path,
+                step,
+                len(kept_on_disk),
+                len(self.rows),
+            )
         elif len(on_disk) > len(kept_on_disk):
             log.info("%s: dropped %d rows after step %d (resumed from that step)", self.path, len(on_disk) - len(kept_on_disk), step)
         self._dirty = True

@@ -122,8 +122,10 @@ def plan_run(run: RunDirectory, cfg: DictConfig, ckpt_path: str | None, checkpoi
     if ckpt_path is None:
         found = run.outputs()
         if found and requested != "last":
-            raise OutputError(f"{run.path} already holds a run ({', '.join(found)}): resume it with ckpt_path=last, or start "
-                              "a new one in another directory (hydra.run.dir=...)")
+            raise OutputError(
+                f"{run.path} already holds a run ({', '.join(found)}): resume it with ckpt_path=last, or start "
+                "a new one in another directory (hydra.run.dir=...)"
+            )
         plan = RunPlan(None)
         if found:  # ckpt_path=last but no checkpoint: a restart from scratch of the run recorded here
             plan.changes = _compare_with_record(run, cfg)
@@ -135,8 +137,11 @@ def plan_run(run: RunDirectory, cfg: DictConfig, ckpt_path: str | None, checkpoi
     saved = checkpoint.get("run_config")
     new = run_config(cfg)
     if saved is None:
-        log.warning("%s holds no record of its run's settings (written by an older version): the resume cannot check "
-                    "that loss/optim/model/data are unchanged", ckpt_path)
+        log.warning(
+            "%s holds no record of its run's settings (written by an older version): the resume cannot check "
+            "that loss/optim/model/data are unchanged",
+            ckpt_path,
+        )
     else:
         plan.previous_max_steps = saved.get("trainer.max_steps")
         plan.changes = _refuse_changes(cfg, run, str(ckpt_path), saved, new)
@@ -147,8 +152,12 @@ def plan_run(run: RunDirectory, cfg: DictConfig, ckpt_path: str | None, checkpoi
     if max_steps is not None and max_steps == step and run.status == "completed":
         plan.already_complete = True
     elif plan.previous_max_steps is not None and max_steps != plan.previous_max_steps:
-        log.warning("this run was started with trainer.max_steps=%s; this attempt %s it at trainer.max_steps=%s",
-                    plan.previous_max_steps, "extends" if (max_steps or 0) > plan.previous_max_steps else "ends", max_steps)
+        log.warning(
+            "this run was started with trainer.max_steps=%s; this attempt %s it at trainer.max_steps=%s",
+            plan.previous_max_steps,
+            "extends" if (max_steps or 0) > plan.previous_max_steps else "ends",
+            max_steps,
+        )
     return plan
 
 
@@ -156,21 +165,22 @@ def _compare_with_record(run: RunDirectory, cfg: DictConfig) -> dict[str, tuple[
     """The settings of a restart (its checkpoints are gone) against the run's recorded, resolved config."""
     recorded = run.hydra_dir / "config.resolved.yaml"
     if not recorded.is_file():
-        log.warning("%s holds outputs but no record of its settings (.hydra/config.resolved.yaml): the restart cannot check them",
-                    run.path)
+        log.warning("%s holds outputs but no record of its settings (.hydra/config.resolved.yaml): the restart cannot check them", run.path)
         return {}
     try:
         saved_cfg = OmegaConf.load(recorded)
         if not isinstance(saved_cfg, DictConfig):
             raise ValueError("not a mapping")
     except Exception as exc:
-        raise ConfigError("ckpt_path", f"{recorded} cannot be read ({type(exc).__name__}): restore it, or start the run in another "
-                          "directory") from None
+        raise ConfigError(
+            "ckpt_path", f"{recorded} cannot be read ({type(exc).__name__}): restore it, or start the run in another directory"
+        ) from None
     new, copies = run_config(cfg, keep_copies=False), run_config(cfg)
     plain = {k for k, v in copies.items() if not (isinstance(v, str) and _NODE_INTERPOLATION.match(v))}
     saved = {k: v for k, v in run_config(saved_cfg, keep_copies=False).items() if k in plain}
-    return _refuse_changes(cfg, run, f"{run.path} (its checkpoints are gone: it restarts from step 0)", saved,
-                           {k: v for k, v in new.items() if k in plain})
+    return _refuse_changes(
+        cfg, run, f"{run.path} (its checkpoints are gone: it restarts from step 0)", saved, {k: v for k, v in new.items() if k in plain}
+    )
 
 
 # -- the command that finishes a run -------------------------------------------------------------------

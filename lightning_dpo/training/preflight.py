@@ -119,8 +119,17 @@ STRICTLY_POSITIVE = ("optim.lr", "loss.beta")
 
 # where a `+key=value` may add a key: an instantiated node's constructor rejects unknown arguments,
 # and these mappings are free-form by design
-FREE_FORM = (r"model\.config", r"data\.fields", r"callbacks\.[^.]+\.probes", r"callbacks\.[^.]+\.prompts\.filter",
-             r"prompts\.filter", r"probe_set\.filter", r"eval_prompts\.filter", r"hydra", r"model\.lora")
+FREE_FORM = (
+    r"model\.config",
+    r"data\.fields",
+    r"callbacks\.[^.]+\.probes",
+    r"callbacks\.[^.]+\.prompts\.filter",
+    r"prompts\.filter",
+    r"probe_set\.filter",
+    r"eval_prompts\.filter",
+    r"hydra",
+    r"model\.lora",
+)
 
 
 def _expand(cfg: DictConfig, pattern: str) -> list[str]:
@@ -204,8 +213,11 @@ def preflight(cfg: DictConfig, built_on_demand: Sequence[Path | None] = (), over
             if not is_probe_file(probe):
                 continue
             if not probe.get("path"):
-                raise ConfigError(f"{key}.path", "the neuron dynamics need a probe: probe.path=<probe file> (e.g. Lee et al.'s "
-                                  "probe.pt), or probe=train probe.data=<labelled texts>")
+                raise ConfigError(
+                    f"{key}.path",
+                    "the neuron dynamics need a probe: probe.path=<probe file> (e.g. Lee et al.'s "
+                    "probe.pt), or probe=train probe.data=<labelled texts>",
+                )
             if absent(Path(probe.path).expanduser()):
                 raise DataError(str(probe.path), f"probe file not found (config key '{key}.path')")
 
@@ -216,8 +228,11 @@ def _check_validation_prompts(cfg: DictConfig) -> None:
         return
     for name, node in (cfg.get("callbacks") or {}).items():
         if isinstance(node, DictConfig) and "_target_" in node and OmegaConf.select(node, "prompts.source") == "validation":
-            raise ConfigError("data.val_size", f"0 leaves no validation pairs, but callbacks.{name} measures on their prompts "
-                              "(prompts=validation): keep some (data.val_size > 0), or give a prompt file (prompts.source=<file>)")
+            raise ConfigError(
+                "data.val_size",
+                f"0 leaves no validation pairs, but callbacks.{name} measures on their prompts "
+                "(prompts=validation): keep some (data.val_size > 0), or give a prompt file (prompts.source=<file>)",
+            )
 
 
 # (config keys whose sum is one sequence's length) for every sequence training and measuring build
@@ -240,4 +255,3 @@ def check_lengths(cfg: DictConfig, limit: int | None) -> None:
         if sum(values) > limit:
             listing = " + ".join(f"{k}={v}" for k, v in zip(keys, values))
             raise ConfigError(keys[0], f"{listing} = {sum(values)} tokens, but the model has positions for {limit}: lower them")
-

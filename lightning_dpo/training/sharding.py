@@ -43,8 +43,9 @@ class FSDP2Strategy(ModelParallelStrategy):
             shards (Lightning's distributed checkpoint).
     """
 
-    def __init__(self, mixed_precision: str = "auto", reshard_after_forward: bool = True,
-                 save_distributed_checkpoint: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, mixed_precision: str = "auto", reshard_after_forward: bool = True, save_distributed_checkpoint: bool = False, **kwargs: Any
+    ) -> None:
         if mixed_precision not in MIXED_PRECISION:
             raise ConfigError("trainer.strategy.mixed_precision", f"got {mixed_precision!r}; accepted: {list(MIXED_PRECISION)}")
         for key in ("data_parallel_size", "tensor_parallel_size"):

@@ -18,12 +18,15 @@ from lightning_dpo.utils.config import override_arg
 log = logging.getLogger("lightning_dpo.train")
 
 
-def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict[str, Any] | None = None,
-                  report: Path | None = None) -> None:
+def print_summary(
+    trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict[str, Any] | None = None, report: Path | None = None
+) -> None:
     """The end-of-run summary, printed and appended to the run's train.log."""
     lines = [f"run directory: {run_dir}", f"data: {datamodule.summary()}"]
     if best is not None:
-        lines.append(f"best checkpoint by {best['monitor']}: step {best['step']} ({best['value']:.4f}) -> hf_model_best/; final -> hf_model/")
+        lines.append(
+            f"best checkpoint by {best['monitor']}: step {best['step']} ({best['value']:.4f}) -> hf_model_best/; final -> hf_model/"
+        )
     metrics = trainer.callback_metrics
     for key in ("val/loss", "val/rewards/accuracies", "val/rewards/margins"):
         if key in metrics:
@@ -34,9 +37,12 @@ def print_summary(trainer: L.Trainer, datamodule: Any, run_dir: Path, best: dict
     if report is not None:
         figures = run_dir / "plots"
         lines.append(f"report: {report}" + (f"   figures: {figures}/" if figures.is_dir() else ""))
-    lines += ["next:", f"  python -m lightning_dpo.analyze {override_arg('dpo', run_dir)}    # the papers' interventions on the best model",
-              f"  python -m lightning_dpo.plot {shlex.quote(str(run_dir))}    # redraw the figures",
-              f"  {train_on_command(trainer, run_dir)}    # train on from last.ckpt"]
+    lines += [
+        "next:",
+        f"  python -m lightning_dpo.analyze {override_arg('dpo', run_dir)}    # the papers' interventions on the best model",
+        f"  python -m lightning_dpo.plot {shlex.quote(str(run_dir))}    # redraw the figures",
+        f"  {train_on_command(trainer, run_dir)}    # train on from last.ckpt",
+    ]
     text = "\n".join(["", "== lightning-dpo summary =="] + lines)
     print(text, flush=True)
     try:

@@ -165,7 +165,11 @@ def log_dynamics_charts(logger: Any, steps: list[int], shares: dict[str, list[fl
     import wandb
 
     chart = wandb.plot.line_series(
-        xs=steps, ys=[shares[g] for g in shares], keys=list(shares), title="share of the reduction per group", xname="step",
+        xs=steps,
+        ys=[shares[g] for g in shares],
+        keys=list(shares),
+        title="share of the reduction per group",
+        xname="step",
     )
     logger.experiment.log({key: chart})
 

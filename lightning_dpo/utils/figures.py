@@ -37,5 +37,4 @@ def annotate_cells(ax: Any, image: Any, grid: Any, fmt: str = "{:.3g}", fontsize
                 continue
             r, g, b, _ = image.cmap(image.norm(value))
             luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
-            ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=fontsize,
-                    color="black" if luminance > 0.5 else "white")
+            ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=fontsize, color="black" if luminance > 0.5 else "white")

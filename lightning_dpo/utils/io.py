@@ -188,8 +188,9 @@ def check_file_name(name: str, key: str) -> str:
     """A config value used as a file or folder name: letters, digits, `_`, `-` and `.`, not starting
     with `.` (so it cannot climb out of its folder, make sub-folders or hide), at most 100 characters."""
     if not isinstance(name, str) or not _FILE_NAME.match(name) or len(name) > 100:
-        raise ConfigError(key, f"{name!r} is used as a file name: use letters, digits, '_', '-' and '.' "
-                          "(not starting with '.'; at most 100 characters)")
+        raise ConfigError(
+            key, f"{name!r} is used as a file name: use letters, digits, '_', '-' and '.' (not starting with '.'; at most 100 characters)"
+        )
     return name
 
 

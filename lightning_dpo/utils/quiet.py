@@ -12,7 +12,11 @@ import warnings
 # logger -> the starts of the messages it need not print (all informational, none a warning)
 CHATTER = {
     "lightning.pytorch.utilities.rank_zero": (
-        "GPU available", "TPU available", "HPU available", "💡 Tip", "`Trainer.fit` stopped",
+        "GPU available",
+        "TPU available",
+        "HPU available",
+        "💡 Tip",
+        "`Trainer.fit` stopped",
         "You are using a CUDA device",  # the matmul-precision hint: a setting of ours (trainer precision), not a problem
     ),
     "lightning.fabric.utilities.seed": ("Seed set to",),

@@ -19,7 +19,7 @@ def column_format(values: Sequence[Any], digits: int = 4) -> str:
         return f"{{:.{digits - 1}e}}"
     decimals = max(0, digits - 1 - math.floor(math.log10(largest))) if largest else digits - 1
     if any(0 < n < 0.5 * 10**-decimals for n in numbers):  # a value the shared decimals would show as 0 (a column of
-        return f"{{:.{digits}g}}"                           # learning rates 1e-4 .. 1): each its own significant digits
+        return f"{{:.{digits}g}}"  # learning rates 1e-4 .. 1): each its own significant digits
     return f"{{:.{decimals}f}}"
 
 

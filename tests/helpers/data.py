@@ -31,9 +31,14 @@ def write_pairs(path: Path, n: int = 24, seed: int = 0) -> Path:
     rng = random.Random(seed)
     with open(path, "w") as handle:
         for i in range(n):
-            handle.write(json.dumps({
-                "prompt": f"prompt {i} " + "ab"[rng.randint(0, 1)] * rng.randint(1, 5),
-                "chosen": " nice" + " ok" * rng.randint(0, 3),
-                "rejected": " bad" + " no" * rng.randint(0, 3),
-            }) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt": f"prompt {i} " + "ab"[rng.randint(0, 1)] * rng.randint(1, 5),
+                        "chosen": " nice" + " ok" * rng.randint(0, 3),
+                        "rejected": " bad" + " no" * rng.randint(0, 3),
+                    }
+                )
+                + "\n"
+            )
     return path
