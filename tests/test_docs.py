@@ -142,3 +142,26 @@ def test_the_presets_page_names_real_experiments():
     text = (DOCS / "presets.md").read_text() + (DOCS / "configuration.md").read_text()
     for name in re.findall(r"experiment=(\w+)", text):
         assert (ROOT / "conf" / "experiment" / f"{name}.yaml").is_file(), name
+
+
+def test_the_readme_extension_examples_work(tmp_path, monkeypatch):
+    """The README's "Extend it" block, as a user's module: the scorer scores, the probe source gives a
+    unit direction of the model's width, and the loss is found by its dotted path."""
+    import sys
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lightning_dpo.model.losses import lookup
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Extend it", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_ext.py").write_text(block)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_ext", None)
+    import my_ext
+
+    assert my_ext.ShoutScorer().score(["HELLO THERE", "hello"]) == [1.0, 0.0]
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    probe = my_ext.FirstAxisProbe().direction(model, None)
+    assert probe.direction.shape == (16,) and probe.direction[0] == 1
+    assert lookup("my_ext.margin_squared").fn is my_ext.margin_squared
