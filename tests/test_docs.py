@@ -102,7 +102,8 @@ def test_the_loss_table_is_the_registry():
     for line in text.splitlines():
         if line.startswith("| `"):
             documented |= set(re.findall(r"`(\w+)`", line.split("|")[1]))
-    assert documented == set(LOSSES), documented ^ set(LOSSES)
+    builtin = {name for name, spec in LOSSES.items() if spec.fn.__module__ == "lightning_dpo.model.losses"}  # not the tests' own
+    assert documented == builtin, documented ^ builtin
 
 
 def test_outputs_name_every_file_column_tensor_and_metric_of_the_contract():
