@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,49 @@ def test_decoding_stops_only_when_every_process_is_done():
     assert alone.new_tokens.shape[1] == 1 and synced.new_tokens.shape[1] == 4  # ran on, as another process asked
     assert torch.equal(synced.new_tokens[0, 1:], torch.zeros(3, dtype=torch.long))  # the finished row only pads
     assert synced.continuation_ids(0)[:1] == alone.continuation_ids(0)[:1]
+
+
+ARCHITECTURES = {  # the decoder families the presets name, at the toy world's width (its probes are 64 wide)
+    "llama": {"model_type": "llama"},
+    "mistral": {"model_type": "mistral", "sliding_window": None},
+    "gemma": {"model_type": "gemma", "head_dim": 16},
+    "gemma2": {"model_type": "gemma2", "head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_two_process_fsdp_equals_one_process_on_every_preset_architecture(tmp_path, small_world, architecture):
+    """fully_shard per decoder block of Llama, Mistral, Gemma and Gemma-2 (random tiny models on the demo
+    world's tokenizer and probes): the same run as one process, every dynamics file included."""
+    config = {
+        **ARCHITECTURES[architecture],
+        "vocab_size": 640,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
+    # the world's files copied out of it: a run on its own model may not take assets from inside the demo world
+    world = Path(shutil.copytree(small_world.path, tmp_path / "world"))
+    model = [
+        "model.name_or_path=null",
+        f"model.config={json.dumps(config).replace(chr(34), '')}",
+        f"model.tokenizer={world / 'base_model'}",
+        f"data.path={world / 'pairs.jsonl'}",
+        f"probe.path={world / 'probe.safetensors'}",
+        f"probe.eval_data={world / 'probe_texts.jsonl'}",
+        "probe.allow_weak=true",  # a random model reads the trained probe's texts no better than chance
+        f"prompts.source={world / 'eval_prompts.jsonl'}",
+        f"scorer.words_file={world / 'insults.txt'}",
+        f"callbacks.neuron_dynamics.probes.workplace.path={world / 'workplace_probe.safetensors'}",
+        f"callbacks.neuron_dynamics.probes.workplace.eval_data={world / 'workplace_texts.jsonl'}",
+        "+callbacks.neuron_dynamics.probes.workplace.allow_weak=true",
+        f"callbacks.toxicity_eval.perplexity_text={world / 'lm_eval.txt'}",
+        f"callbacks.toxicity_eval.f1_data={world / 'gold.jsonl'}",
+    ]
+    _train(tmp_path / "single", SINGLE + model)
+    _train(tmp_path / "fsdp", FSDP + model)
+    _assert_same_run(tmp_path / "single", tmp_path / "fsdp")
