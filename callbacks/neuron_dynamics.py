@@ -217,7 +217,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
             or {k: {"directions": self.null_count, "first_seed": self.null_seed} for k in self.null_kinds},
             "buckets": self.buckets,
             "definitions": "P_i = a_i * p_i; D_i = P_i(0) - P_i(t); types frozen at step 0; component delta = value(0) - value(t); "
-            "null: the same quantities for random unit directions; *_se: jackknife over buckets of prompts; see README",
+            "null: the same quantities for random unit directions; *_se: jackknife over buckets of prompts; see docs/dynamics.md",
         }
 
     def _directions(self) -> dict[str, torch.Tensor]:

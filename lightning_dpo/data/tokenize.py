@@ -1,6 +1,6 @@
 """Tokenizing preference pairs and collating them into one concatenated batch.
 
-Truncation policy (documented in the README):
+Truncation policy (documented in docs/data.md):
 - the prompt and each completion are tokenized *separately* and their ids concatenated, so the
   completion tokens (and the completion mask) are exactly the completion's own tokens even
   where a byte-pair merge would have crossed the prompt/completion boundary;

@@ -1,6 +1,6 @@
 """From two snapshots to the paper's neuron groups and their shares of the reduction.
 
-Definitions (Yang et al.; the README's "Neuron dynamics" section):
+Definitions (Yang et al.; docs/dynamics.md):
 - contribution P_i(t) = a_i(t) * p_i(t); change D_i(t) = P_i(0) - P_i(t) (> 0: writes less
   along the direction than at step 0);
 - the neuron's *type* is frozen at step 0: T if p_i(0) > 0 (cos(v_i(0), w) > 0), A if < 0; P if
