@@ -19,6 +19,10 @@ Probes: `probes` names several ({toxicity: {...}, workplace: {...}}), the first 
 each extra direction costs only projections.
 
 Under DDP each rank takes a shard of the probe set and the sums are all-reduced.
+
+`cache_dir` (conf: paths.cache_dir) keeps the fixed continuation of the probe set
+(dynamics/probe_set.py: cached_probe_tokens), keyed by the model's weights and the prompts; null
+decodes it at every run's start.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from lightning_dpo.dynamics.nulls import (
     is_null_direction,
     uniform_directions,
 )
-from lightning_dpo.dynamics.probe_set import POSITION_MODES, ProbeTokens, assign_buckets, build_probe_tokens, prompt_ids_for
+from lightning_dpo.dynamics.probe_set import POSITION_MODES, ProbeTokens, assign_buckets, cached_probe_tokens, prompt_ids_for
 from lightning_dpo.dynamics.rows import NullRow, snapshot_tables
 from lightning_dpo.dynamics.store import DynamicsStore
 from lightning_dpo.model.wrappers import is_sharded
@@ -85,6 +89,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         null_seed: int = 0,
         buckets: int = 16,
         name: str | None = None,
+        cache_dir: str | None = None,
     ):
         super().__init__(every_n_steps, name=name)
         self.key = f"callbacks.{name or 'neuron_dynamics'}"
@@ -116,6 +121,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         self.positions = positions
         self.max_prompt_tokens, self.prepend_bos, self.num_positions = max_prompt_tokens, prepend_bos, num_positions
         self.center_writing_weights, self.components = center_writing_weights, components
+        self.cache_dir = cache_dir
         self.batch_size, self.top_n, self.buckets = batch_size, top_n, buckets
         self.run_dir = Path(output_dir)
         self.store = DynamicsStore(self.run_dir)
@@ -190,7 +196,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         tokenizer = measured_data(trainer, self.key).tokenizer
         ids = prompt_ids_for(tokenizer, self.prompts, self.max_prompt_tokens, self.prepend_bos)
         with trainer.precision_plugin.forward_context():
-            return build_probe_tokens(
+            return cached_probe_tokens(
                 measured_policy(pl_module, self.key),
                 ids,
                 pad_id(tokenizer),
@@ -198,6 +204,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
                 self.batch_size,
                 buckets=self.buckets,
                 seed=self.null_seed,
+                cache_dir=self.cache_dir if fixed else None,  # `generate`: the policy of this step, never the same twice
             )
 
     def _meta(self) -> dict[str, Any]:

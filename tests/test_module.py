@@ -121,7 +121,8 @@ def test_precomputed_reference_logps_equal_the_live_reference(tmp_path, char_tok
 
 
 def test_reference_cache_is_invalidated_by_data_or_model_changes(tmp_path, char_tokenizer):
-    from lightning_dpo.model.reference_cache import data_fingerprint, model_fingerprint
+    from lightning_dpo.model.fingerprint import model_fingerprint
+    from lightning_dpo.model.reference_cache import data_fingerprint
 
     (tmp_path / "a").mkdir()
     dm_a = make_data(tmp_path / "a", char_tokenizer)
@@ -134,6 +135,11 @@ def test_reference_cache_is_invalidated_by_data_or_model_changes(tmp_path, char_
     with torch.no_grad():
         next(model.parameters()).view(-1)[5] += 1e-3
     assert model_fingerprint(model) != before
+    swapped = build_tiny(tiny_gpt2_config())
+    with torch.no_grad():  # two neurons' value vectors swapped: same sums, same edges, another model
+        w = swapped.transformer.h[0].mlp.c_proj.weight
+        w[[3, 5]] = w[[5, 3]].clone()
+    assert model_fingerprint(swapped) != before
 
 
 def test_loading_a_hub_id_path_from_a_saved_folder(tmp_path):

@@ -218,3 +218,47 @@ def test_component_standard_errors_equal_a_leave_one_bucket_out_of_the_residual(
     residual = next(r for r in tables.components if r.component == "residual")
     assert residual.value == pytest.approx(sums.sum() / counts.sum(), rel=1e-4)
     assert residual.value_se == pytest.approx(se, rel=1e-3)
+
+
+def test_group_totals_equal_a_neuron_by_neuron_loop_with_ties_and_stacks():
+    """One pass over group codes equals summing neuron by neuron, p_i(0) = 0 and unchanged activations
+    falling in no group; the same for every member of a stack of directions."""
+    from lightning_dpo.dynamics.groups import GROUPS, group_totals
+
+    g = torch.Generator().manual_seed(0)
+    a0 = torch.randn(3, 7, generator=g).round(decimals=1)  # (L, d_mlp), rounded: some ties
+    at = torch.where(torch.rand(3, 7, generator=g) < 0.3, a0, torch.randn(3, 7, generator=g))  # a third unchanged
+    p0 = torch.randn(5, 3, 7, generator=g).round()  # (K, L, d_mlp): zeros among them
+    pt = p0 + 0.1 * torch.randn(5, 3, 7, generator=g)
+    totals = group_totals(a0, at, p0, pt)
+    for k in range(5):
+        for layer in range(3):
+            sums, counts = dict.fromkeys(GROUPS, 0.0), dict.fromkeys(GROUPS, 0)
+            for i in range(7):
+                x0, x1, v0 = float(a0[layer, i]), float(at[layer, i]), float(p0[k, layer, i])
+                if v0 == 0 or x1 == x0:
+                    continue
+                key = (int(v0 > 0), int(x0 >= 0), int(x1 > x0))
+                group = next(name for name, rule in RULES.items() if rule == key)
+                sums[group] += x0 * v0 - x1 * float(pt[k, layer, i])
+                counts[group] += 1
+            for j, group in enumerate(GROUPS):
+                assert float(totals.delta_sum[j, k, layer]) == pytest.approx(sums[group], abs=1e-9)
+                assert int(totals.count[j, k, layer]) == counts[group]
+
+
+def test_summarize_many_equals_one_quantity_at_a_time_and_numpy():
+    from lightning_dpo.dynamics.nulls import summarize_many
+
+    null = torch.tensor([[0.1, 0.5, math.nan, 0.4], [math.nan] * 4, [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    values = [0.4, 0.2, math.nan]
+    many = summarize_many(values, null)
+    finite = null[0][torch.isfinite(null[0])].numpy()
+    assert many[0].mean == pytest.approx(finite.mean()) and many[0].std == pytest.approx(finite.std(ddof=1))
+    assert many[0].q05 == pytest.approx(np.quantile(finite, 0.05)) and many[0].percentile == pytest.approx(100 * (1 + 0.5) / 3)
+    assert many[0].size == 3 and math.isnan(many[1].mean) and many[1].size == 0 and math.isnan(many[2].percentile)
+    for value, row, got in zip(values, null, many):
+        single = summarize(value, row)
+        assert single.size == got.size
+        for a, b in ((single.mean, got.mean), (single.std, got.std), (single.q95, got.q95), (single.percentile, got.percentile)):
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b)

@@ -51,13 +51,32 @@ GROUP_RULES = {
 TOTAL_ROWS = ("gross_reduction", "net_delta")  # extra rows of groups.csv, per layer and for `all`
 
 
+NO_GROUP = len(GROUPS)  # the code of a neuron in no group (p_i(0) = 0, or its activation unchanged)
+
+
+def _code_table() -> torch.Tensor:
+    """(8,) long: 4 * aligned + 2 * positive + increased -> the group's index in GROUPS."""
+    table = torch.empty(8, dtype=torch.long)
+    for index, group in enumerate(GROUPS):
+        aligned, positive, increased = GROUP_RULES[group]
+        table[4 * aligned + 2 * positive + increased] = index
+    return table
+
+
+_CODE_TABLE = _code_table()
+
+
+def group_codes(p0: torch.Tensor, a0: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """(..., L, d_mlp) long: each neuron's group as its index in GROUPS (NO_GROUP: none), from the
+    broadcast value projection p0 and activations a0, at (the definitions in the module docstring)."""
+    bits = 4 * (p0 > 0).long() + 2 * (a0 >= 0).long() + (at > a0).long()  # (..., L, d_mlp) in 0..7
+    none = (p0 == 0) | (at == a0)  # neither aligned nor anti-aligned, or neither increased nor decreased
+    return torch.where(none, NO_GROUP, _CODE_TABLE.to(bits.device)[bits])
+
+
 def masks_from(p0: torch.Tensor, a0: torch.Tensor, at: torch.Tensor, group: str) -> torch.Tensor:
     """Bool mask of `group` (broadcast over any leading dims; last two: layers, neurons)."""
-    aligned, positive, increased = GROUP_RULES[group]
-    kind = (p0 > 0) if aligned else (p0 < 0)
-    sign = (a0 >= 0) if positive else (a0 < 0)
-    change = (at > a0) if increased else (at < a0)
-    return kind & sign & change
+    return group_codes(p0, a0, at) == GROUPS.index(group)
 
 
 def group_masks(baseline: Snapshot, current: Snapshot) -> dict[str, torch.Tensor]:
@@ -104,15 +123,14 @@ class GroupTotals:
 def group_totals(a0: torch.Tensor, at: torch.Tensor, p0: torch.Tensor, pt: torch.Tensor) -> GroupTotals:
     """Group sums of D_i = a0 p0 - at pt over the neurons of each layer; all four broadcast to (..., L, d_mlp)."""
     d = a0.double() * p0.double() - at.double() * pt.double()  # (..., L, d_mlp)
-    sums, counts = [], []
-    for group in GROUPS:  # one group at a time: a (8, ..., L, d_mlp) float64 stack would not fit for large stacks
-        mask = masks_from(p0, a0, at, group).expand_as(d)
-        sums.append(torch.where(mask, d, torch.zeros((), dtype=d.dtype)).sum(-1))
-        counts.append(mask.sum(-1))
+    code = group_codes(p0, a0, at).expand_as(d)  # (..., L, d_mlp): one pass, not a mask per group
+    bins = (*d.shape[:-1], NO_GROUP + 1)  # the eight groups and "none"
+    sums = torch.zeros(bins, dtype=d.dtype, device=d.device).scatter_add_(-1, code, d)  # (..., L, 9)
+    counts = torch.zeros(bins, dtype=torch.long, device=d.device).scatter_add_(-1, code, torch.ones_like(code))
     positive = d > 0
     return GroupTotals(
-        torch.stack(sums),
-        torch.stack(counts),
+        sums[..., :NO_GROUP].movedim(-1, 0),  # (8, ..., L)
+        counts[..., :NO_GROUP].movedim(-1, 0),
         torch.where(positive, d, torch.zeros((), dtype=d.dtype)).sum(-1),
         positive.sum(-1),
         d.sum(-1),

@@ -22,6 +22,7 @@ Two nulls, both seeded (the seeds and the directions are kept in dynamics/null_d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,17 +94,27 @@ class NullSummary:
 
 def summarize(value: float, null: torch.Tensor) -> NullSummary:
     """The null's statistics for one quantity (NaN null values, e.g. undefined shares, left out)."""
-    values = null.double()[torch.isfinite(null.double())]
-    k = int(values.numel())
-    if k == 0 or not math.isfinite(value):
-        return NullSummary(value, math.nan, math.nan, math.nan, math.nan, math.nan, k)
-    below, equal = float((values < value).sum()), float((values == value).sum())
-    return NullSummary(
-        value,
-        float(values.mean()),
-        float(values.std(unbiased=True)) if k > 1 else math.nan,
-        float(torch.quantile(values, 0.05)),
-        float(torch.quantile(values, 0.95)),
-        100.0 * (below + 0.5 * equal) / k,
-        k,
-    )
+    return summarize_many([value], null.reshape(1, -1))[0]
+
+
+def summarize_many(values: Sequence[float], null: torch.Tensor) -> list[NullSummary]:
+    """`summarize` for Q quantities at once: `values` (Q,), `null` (Q, K), one row per quantity."""
+    null = null.double()  # (Q, K)
+    finite = torch.isfinite(null)
+    k = finite.sum(1)  # (Q,) usable null values per quantity
+    zeroed = torch.where(finite, null, torch.zeros((), dtype=null.dtype))
+    mean = zeroed.sum(1) / k.clamp(min=1)  # (Q,)
+    squares = torch.where(finite, (null - mean[:, None]) ** 2, torch.zeros((), dtype=null.dtype)).sum(1)
+    std = (squares / (k - 1).clamp(min=1)).sqrt()  # unbiased
+    quantiles = torch.nanquantile(torch.where(finite, null, math.nan), torch.tensor([0.05, 0.95], dtype=null.dtype), dim=1)  # (2, Q)
+    v = torch.tensor(list(values), dtype=torch.float64)[:, None]  # (Q, 1)
+    below, equal = (finite & (null < v)).sum(1), (finite & (null == v)).sum(1)
+    out = []
+    rows = zip(values, k.tolist(), mean.tolist(), std.tolist(), *quantiles.tolist(), below.tolist(), equal.tolist())
+    for value, size, m, sd, q05, q95, n_below, n_equal in rows:
+        if size == 0 or not math.isfinite(value):
+            out.append(NullSummary(value, math.nan, math.nan, math.nan, math.nan, math.nan, size))
+        else:
+            percentile = 100.0 * (n_below + 0.5 * n_equal) / size
+            out.append(NullSummary(value, m, sd if size > 1 else math.nan, q05, q95, percentile, size))
+    return out

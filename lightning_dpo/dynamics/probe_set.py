@@ -9,6 +9,10 @@ reads the same tokens, so a change in a_i is the neuron's own change, not a chan
 `generate` (the paper's convention): the current policy generates its own continuation at each
 snapshot, with the same position rule.
 
+The fixed continuation depends only on the reference model and the prompts: `cached_probe_tokens`
+keeps it in the cache folder (keyed by the model's class, config and weight checksums, the prompt
+ids and every setting of the decoding), so the jobs of a sweep and every demo run decode it once.
+
 Buckets: every prompt belongs to one of B buckets (a seeded shuffle dealt round-robin, so bucket
 sizes differ by at most one and the file's order does not decide them); every snapshot keeps its
 sums per bucket, from which the jackknife leaves one bucket out at a time (dynamics/uncertainty.py).
@@ -16,15 +20,23 @@ sums per bucket, from which the jackknife leaves one bucket out at a time (dynam
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_dpo.evaluation.generation import greedy_continue, tokenize_prompts
+from lightning_dpo.model.fingerprint import model_fingerprint
+from lightning_dpo.model.wrappers import is_sharded
+from lightning_dpo.utils.io import atomic_save_safetensors
 from lightning_dpo.utils.torch_utils import eval_mode, left_pad, model_device
+
+log = logging.getLogger(__name__)
 
 POSITION_MODES = ("fixed", "generate")
 
@@ -104,3 +116,77 @@ def build_probe_tokens(
     positions = torch.zeros_like(input_ids, dtype=torch.bool)
     positions[:, width - 1 : width - 1 + num_positions] = True
     return ProbeTokens(input_ids, attention_mask, positions, assign_buckets(len(prompt_ids), buckets, seed))
+
+
+TOKENS_CACHE_VERSION = 1  # bump when the decoding of the fixed continuation changes: older files are then not read
+
+
+def cached_probe_tokens(
+    model: nn.Module,
+    prompt_ids: list[list[int]],
+    pad_token_id: int,
+    num_positions: int = 20,
+    batch_size: int = 64,
+    buckets: int = 1,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> ProbeTokens:
+    """`build_probe_tokens`, read from `<cache_dir>/probe_tokens/` when the same model decoded the same
+    prompts with the same settings before (the key also holds the device, the thread count and the
+    autocast state, which can change a greedy token). A file that is not one this code wrote is
+    decoded again and replaced. A sharded model (trainer=fsdp) always decodes: every process must."""
+    if cache_dir is None or is_sharded(model):
+        return build_probe_tokens(model, prompt_ids, pad_token_id, num_positions, batch_size, buckets, seed)
+    path = Path(cache_dir) / "probe_tokens" / f"{_tokens_key(model, prompt_ids, pad_token_id, num_positions, batch_size)}.safetensors"
+    cached = _read_cached_tokens(path, len(prompt_ids), num_positions)
+    if cached is not None:
+        return ProbeTokens(*cached, assign_buckets(len(prompt_ids), buckets, seed))
+    tokens = build_probe_tokens(model, prompt_ids, pad_token_id, num_positions, batch_size, buckets, seed)
+    try:
+        atomic_save_safetensors(
+            path,
+            {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask, "positions": tokens.positions},
+            {"version": str(TOKENS_CACHE_VERSION)},
+        )
+    except OSError as exc:  # a read-only cache costs a decoding next time, nothing else
+        log.warning("probe tokens not cached (%s)", exc)
+    return tokens
+
+
+def _tokens_key(model: nn.Module, prompt_ids: list[list[int]], pad_token_id: int, num_positions: int, batch_size: int) -> str:
+    device = model_device(model)
+    autocast = torch.is_autocast_enabled(device.type) and str(torch.get_autocast_dtype(device.type))
+    settings = f"v{TOKENS_CACHE_VERSION}|{model_fingerprint(model)}|{device}|{torch.get_num_threads()}|{autocast}"
+    digest = hashlib.sha256(f"{settings}|{pad_token_id}|{num_positions}|{batch_size}".encode())
+    for row in prompt_ids:
+        digest.update(torch.tensor(row, dtype=torch.int64).numpy().tobytes() + b"|")
+    return digest.hexdigest()[:24]
+
+
+def _read_cached_tokens(path: Path, rows: int, num_positions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(input_ids, attention_mask, positions) of a cache file this code wrote, else None."""
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+            version = (handle.metadata() or {}).get("version")
+        ids, mask, positions = tensors["input_ids"], tensors["attention_mask"], tensors["positions"]
+        shape = ids.shape
+        if (
+            version == str(TOKENS_CACHE_VERSION)
+            and ids.dim() == 2
+            and shape[0] == rows
+            and mask.shape == shape
+            and positions.shape == shape
+            and ids.dtype == torch.long
+            and positions.dtype == torch.bool
+            and int(positions.sum()) == rows * num_positions
+        ):
+            return ids, mask, positions
+    except Exception:  # any file that is not a complete one of ours: decoded again
+        pass
+    log.info("probe tokens cache %s unreadable: decoded again", path)
+    return None

@@ -22,7 +22,7 @@ import torch
 from lightning_dpo.dynamics.components import Components, component_deltas
 from lightning_dpo.dynamics.groups import GROUPS, REDUCING_GROUPS, GroupTotals, group_totals
 from lightning_dpo.dynamics.measure import Measurement, Snapshot
-from lightning_dpo.dynamics.nulls import NullSummary, summarize
+from lightning_dpo.dynamics.nulls import NullSummary, summarize_many
 from lightning_dpo.dynamics.uncertainty import jackknife_se, leave_one_out, usable_buckets
 
 NAN = math.nan
@@ -141,38 +141,22 @@ def quantity_values(
 def _group_rows_from(
     step: int, probe: str, totals: GroupTotals, layer: int | None, se: dict[str, torch.Tensor] | None, index: Any
 ) -> list[GroupRow]:
-    shares = totals.shares()
-    rows = []
-    for i, g in enumerate(GROUPS):
-        share = float(shares[i][index]) if i < len(REDUCING_GROUPS) else NAN
-        rows.append(
-            GroupRow(
-                step,
-                probe,
-                layer,
-                g,
-                int(totals.count[i][index]),
-                float(totals.delta_sum[i][index]),
-                share,
-                float(se["delta_sum"][i][index]) if se else NAN,
-                float(se["share"][i][index]) if se and i < len(REDUCING_GROUPS) else NAN,
-            )
-        )
-    rows.append(
-        GroupRow(
-            step,
-            probe,
-            layer,
-            "gross_reduction",
-            int(totals.gross_count[index]),
-            float(totals.gross[index]),
-            NAN,
-            float(se["gross"][index]) if se else NAN,
-        )
-    )
-    rows.append(
-        GroupRow(step, probe, layer, "net_delta", totals.neurons, float(totals.net[index]), NAN, float(se["net"][index]) if se else NAN)
-    )
+    def values(t: torch.Tensor) -> list:  # (n, ...) -> the n values at `index`, as Python numbers
+        return t[(slice(None), *index)].tolist() if isinstance(index, tuple) else t[:, index].tolist()
+
+    n_reducing = len(REDUCING_GROUPS)
+    shares = values(totals.shares()) + [NAN] * (len(GROUPS) - n_reducing)
+    counts, sums = values(totals.count), values(totals.delta_sum)
+    sums_se = values(se["delta_sum"]) if se else [NAN] * len(GROUPS)
+    shares_se = values(se["share"]) + [NAN] * (len(GROUPS) - n_reducing) if se else [NAN] * len(GROUPS)
+    rows = [
+        GroupRow(step, probe, layer, g, int(counts[i]), float(sums[i]), float(shares[i]), float(sums_se[i]), float(shares_se[i]))
+        for i, g in enumerate(GROUPS)
+    ]
+    totals_row = values(torch.stack([totals.gross_count.double(), totals.gross, totals.net]))
+    gross_se, net_se = values(torch.stack([se["gross"], se["net"]])) if se else [NAN, NAN]
+    rows.append(GroupRow(step, probe, layer, "gross_reduction", int(totals_row[0]), float(totals_row[1]), NAN, float(gross_se)))
+    rows.append(GroupRow(step, probe, layer, "net_delta", totals.neurons, float(totals_row[2]), NAN, float(net_se)))
     return rows
 
 
@@ -288,9 +272,8 @@ def snapshot_tables(
             n0 = means0[index] if means0 is not None else None
             nt = means_t[[current.index(n) for n in names]] if means_t is not None else None
             null = quantity_values(b.mean_activation, c.mean_activation, p0, pt, n0, nt)
-            for q in QUANTITIES:
-                if q in value:
-                    null_rows.append(
-                        NullRow(current.step, probe, q, kind, summarize(float(value[q]), null[q]), float(se[q]) if q in se else NAN)
-                    )
+            measured = [q for q in QUANTITIES if q in value]
+            summaries = summarize_many(torch.stack([value[q] for q in measured]).tolist(), torch.stack([null[q] for q in measured]))
+            for q, summary in zip(measured, summaries):
+                null_rows.append(NullRow(current.step, probe, q, kind, summary, float(se[q]) if q in se else NAN))
     return SnapshotTables(groups, components, null_rows)

@@ -1,7 +1,7 @@
 """Precomputed reference log-probs, cached on disk so the reference need not stay in memory.
 
 The cache file is keyed by a fingerprint of the tokenized data (train and validation, in order)
-and of the reference model (class, config, dtype and a checksum of every parameter), so a change
+and of the reference model (class, config and a sha256 of every parameter), so a change
 to either computes a fresh file, and a resumed run finds the same one.
 """
 
@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_dpo.data.datamodule import PreferenceDataset
+from lightning_dpo.model.fingerprint import model_fingerprint
 from lightning_dpo.model.logprobs import sequence_logps
 from lightning_dpo.utils.io import atomic_save_safetensors
 
@@ -33,22 +34,6 @@ def data_fingerprint(*datasets: PreferenceDataset) -> str:
             for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
                 digest.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
                 digest.update(b"|")
-    return digest.hexdigest()[:16]
-
-
-@torch.no_grad()
-def model_fingerprint(model: nn.Module) -> str:
-    """Class, config, dtype and per-parameter checksums (sum, sum of squares, first and last values)."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    config = getattr(model, "config", None)
-    if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
-    for name, param in model.named_parameters():
-        flat = param.detach().reshape(-1).double()
-        stats = torch.stack([flat.sum(), (flat * flat).sum()]).cpu()
-        edges = torch.cat([flat[:8], flat[-8:]]).cpu()
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
-        digest.update(stats.numpy().tobytes() + edges.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -25,6 +25,7 @@ The command that writes a probe file: lightning_dpo/probe.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -39,10 +40,12 @@ from torch import nn
 
 from lightning_dpo.data.texts import load_labelled_texts
 from lightning_dpo.data.tokenize import pad_id
-from lightning_dpo.model.wrappers import full, gathered
+from lightning_dpo.model.fingerprint import model_fingerprint
+from lightning_dpo.model.wrappers import full, gathered, is_sharded
 from lightning_dpo.neurons.hooks import decoder_forward, find_final_norm
+from lightning_dpo.utils.cache import default_cache_dir
 from lightning_dpo.utils.errors import ConfigError, DataError
-from lightning_dpo.utils.io import atomic_save_safetensors
+from lightning_dpo.utils.io import atomic_save_safetensors, atomic_write_json
 from lightning_dpo.utils.torch_utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
@@ -163,19 +166,27 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
 
 
 # -- what a direction is --------------------------------------------------------------------------------
+def text_token_ids(tokenizer: Any, texts: Sequence[str], max_length: int = 128) -> list[list[int]]:
+    """Each text's token ids as the probe's features see them (special tokens added, truncated)."""
+    return [list(r) for r in tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]]
+
+
 @torch.no_grad()
 def pooled_final_hidden(
     model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 32, max_length: int = 128
 ) -> torch.Tensor:
     """(N, d_model) fp32: final hidden state (after the final norm), mean over real tokens only."""
+    return pooled_over_ids(model, text_token_ids(tokenizer, texts, max_length), pad_id(tokenizer), batch_size)
+
+
+@torch.no_grad()
+def pooled_over_ids(model: nn.Module, token_ids: Sequence[Sequence[int]], pad: int, batch_size: int = 32) -> torch.Tensor:
+    """(N, d_model) fp32: `pooled_final_hidden` of texts already tokenized."""
     device = model_device(model)
     features = []
-    pad = pad_id(tokenizer)
     with eval_mode(model):
-        for start in range(0, len(texts), batch_size):
-            rows = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=True, truncation=True, max_length=max_length)[
-                "input_ids"
-            ]
+        for start in range(0, len(token_ids), batch_size):
+            rows = token_ids[start : start + batch_size]
             length = max(len(r) for r in rows)
             ids = torch.full((len(rows), length), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -201,10 +212,19 @@ def logit_lens_tokens(model: nn.Module, tokenizer: Any, direction: torch.Tensor,
 
 
 def auc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """Area under the ROC curve of `scores` for the binary `labels` (ties counted half)."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(list(labels), list(scores)))
+    """Area under the ROC curve of `scores` for the binary `labels` (ties counted half): the
+    Mann-Whitney U of the positives' average ranks. In torch, not scikit-learn, whose import alone
+    took a second of the demo's training start."""
+    s = torch.as_tensor(list(scores), dtype=torch.float64)  # (N,)
+    positive = torch.as_tensor(list(labels)) == 1  # (N,) bool
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("the AUC needs both labels among the texts")
+    _, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)  # sorted distinct scores
+    first_rank = torch.cumsum(counts, 0) - counts + 1  # (U,) the 1-based rank of each value's first occurrence
+    average_rank = first_rank + (counts - 1) / 2  # (U,) tied scores share their mean rank
+    rank_sum = average_rank[inverse][positive].sum().item()
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def assess(
@@ -215,13 +235,76 @@ def assess(
     labels: Sequence[int] | None = None,
     source: str | None = None,
     max_length: int = 128,
+    cache_dir: str | Path | None = None,
 ) -> ProbeQuality:
-    """The probe's quality record: the logit lens and, with labelled texts, the AUC of their projections on it."""
+    """The probe's quality record: the logit lens and, with labelled texts, the AUC of their projections
+    on it (kept in `cache_dir` when given: `labelled_auc`)."""
     quality = ProbeQuality(logit_lens_tokens(model, tokenizer, probe.direction))
     if texts and labels and len(set(labels)) == 2:
-        scores = (pooled_final_hidden(model, tokenizer, texts, max_length=max_length) @ probe.direction.float()).tolist()
-        quality.auc, quality.n_eval, quality.eval_source = auc(scores, labels), len(texts), source
+        token_ids = text_token_ids(tokenizer, texts, max_length)
+        quality.auc, quality.n_eval, quality.eval_source = (
+            labelled_auc(model, token_ids, labels, probe, pad_id(tokenizer), cache_dir),
+            len(texts),
+            source,
+        )
     return quality
+
+
+QUALITY_CACHE_VERSION = 1  # bump when how the AUC is measured changes: older records are then not read
+
+
+def labelled_auc(
+    model: nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    probe: Probe,
+    pad: int,
+    cache_dir: str | Path | None = None,
+) -> float:
+    """The AUC of the texts' pooled final hidden states projected on the probe. With `cache_dir`, the
+    value is kept under `<cache_dir>/probe_quality/`, keyed by everything it depends on (the model's
+    class, config and weight checksums, the token ids, the labels, the direction, the device and the
+    thread count): a run that starts from the same model with the same probe and texts (every demo
+    run, every job of a sweep) reads it instead of a forward over every text. A sharded model is
+    always measured (its weights are not on one process)."""
+    path = None
+    if cache_dir is not None and not is_sharded(model):
+        path = Path(cache_dir) / "probe_quality" / f"{_quality_key(model, token_ids, labels, probe)}.json"
+        cached = _read_cached_auc(path)
+        if cached is not None:
+            return cached
+    scores = (pooled_over_ids(model, token_ids, pad) @ probe.direction.float()).tolist()  # (N,) projections
+    value = auc(scores, labels)
+    if path is not None:
+        try:
+            atomic_write_json(path, {"version": QUALITY_CACHE_VERSION, "auc": value, "n_eval": len(labels)})
+        except OSError as exc:  # a read-only cache costs a forward next time, nothing else
+            log.warning("probe quality not cached (%s)", exc)
+    return value
+
+
+def _quality_key(model: nn.Module, token_ids: Sequence[Sequence[int]], labels: Sequence[int], probe: Probe) -> str:
+    digest = hashlib.sha256(f"v{QUALITY_CACHE_VERSION}|{model_fingerprint(model)}|{model_device(model)}|{torch.get_num_threads()}".encode())
+    for row in token_ids:
+        digest.update(torch.tensor(list(row), dtype=torch.int64).numpy().tobytes() + b"|")
+    digest.update(bytes(int(label) for label in labels))
+    digest.update(probe.direction.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _read_cached_auc(path: Path) -> float | None:
+    """The cached AUC, or None when there is none or the file is not one this code wrote (then it is measured again)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        value = record["auc"]
+        if record.get("version") == QUALITY_CACHE_VERSION and isinstance(value, float) and 0.0 <= value <= 1.0:
+            return value
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    log.info("probe quality cache %s unreadable: measured again", path)
+    return None
 
 
 # -- sources (an extension point) -------------------------------------------------------------------------
@@ -232,6 +315,8 @@ class ProbeSource:
     name: what the direction stands for (metric prefix dynamics/<name>/..., file probes/<name>.safetensors).
     eval_data: labelled texts ({"text", "label"} rows) to measure the direction's held-out AUC on.
     allow_weak: accept a probe whose held-out AUC is below `min_auc`.
+    cache_quality: keep the held-out AUC in the cache folder (`labelled_auc`): a run from the same
+        model, probe and texts reads it instead of measuring it again.
     """
 
     def __init__(
@@ -244,10 +329,12 @@ class ProbeSource:
         allow_weak: bool = False,
         min_auc: float = 0.6,
         max_length: int = 128,
+        cache_quality: bool = True,
     ):
         self.name, self.eval_data = name, eval_data
         self.text_field, self.label_field, self.eval_limit = text_field, label_field, eval_limit
         self.allow_weak, self.min_auc, self.max_length = allow_weak, min_auc, max_length
+        self.cache_quality = cache_quality
 
     def direction(self, model: nn.Module, tokenizer: Any) -> Probe:
         raise NotImplementedError
@@ -261,7 +348,8 @@ class ProbeSource:
     def __call__(self, model: nn.Module, tokenizer: Any) -> Probe:
         probe = self.direction(model, tokenizer).check_size(model.get_input_embeddings().weight.shape[1])
         texts, labels, source = self.evaluation_texts() or (None, None, None)
-        quality = assess(model, tokenizer, probe, texts, labels, source, max_length=self.max_length)
+        cache_dir = default_cache_dir() if self.cache_quality else None
+        quality = assess(model, tokenizer, probe, texts, labels, source, max_length=self.max_length, cache_dir=cache_dir)
         previous = probe.quality
         if previous is not None and quality.auc is None:  # a trained probe's own held-out split
             quality.auc, quality.accuracy, quality.n_eval, quality.eval_source = (
