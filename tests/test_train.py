@@ -41,9 +41,17 @@ def weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_short_run_writes_the_public_outputs(tmp_path, small_world):
+def test_short_run_writes_the_public_outputs(tmp_path, small_world, monkeypatch):
+    import gc
+
+    from lightning_dpo.training import lifecycle
+
+    frozen = []
+    freeze = lifecycle.freeze_heap
+    monkeypatch.setattr(lifecycle, "freeze_heap", lambda: (freeze(), frozen.append(gc.get_freeze_count())))
     run_dir = tmp_path / "run"
     objective = run(run_dir)
+    assert frozen and frozen[0] > 0 and gc.get_freeze_count() == 0  # frozen for the fit, collectable again after it
     rows = read_csv(run_dir / "metrics.csv")
     final_val = [float(r["val/loss"]) for r in rows if r.get("val/loss")][-1]
     assert objective == final_val  # train() returns the final val/loss (what a search minimises)
