@@ -159,7 +159,7 @@ def test_the_paper_preset_rehearsed_offline(tmp_path, empty_cache):
     assert not any(empty_cache.iterdir())  # nothing of the demo world was built or read
 
 
-def test_a_run_on_your_own_model_pairs_probe_and_prompts_leaves_the_cache_empty(tmp_path, empty_cache):
+def test_a_run_on_your_own_model_pairs_probe_and_prompts_builds_no_demo_world(tmp_path, empty_cache):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     folder = tmp_path / "my_model"
@@ -203,7 +203,8 @@ def test_a_run_on_your_own_model_pairs_probe_and_prompts_leaves_the_cache_empty(
     assert "Item" in text and "idiot" not in text  # the prompts, not the completions
     assert eval_meta["prompts"] == f"{tmp_path / 'prompts.txt'} (10 prompts)"
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
-    assert not any(empty_cache.iterdir())
+    # no demo world built: the cache holds only the probe set's continuation, decoded once for this model
+    assert [p.name for p in empty_cache.iterdir()] == ["probe_tokens"]
 
 
 def test_a_run_that_keeps_demo_assets_with_its_own_model_is_refused_naming_them(tmp_path, small_world):
