@@ -88,12 +88,14 @@ def test_configuration_lists_the_real_group_options_and_the_callbacks_defaults(c
             "progress_bar",
             "early_stopping",
         }, (name, real - set(options))
-    # the callback table's defaults are the YAML's
-    dynamics = configs[0]["callbacks"]["neuron_dynamics"]
+    # the callback table's defaults are the YAML's, and "(the demo: x)" the demo's (the default composition)
+    base = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "callbacks" / "neuron_dynamics.yaml"))["neuron_dynamics"]
+    demo = configs[0]["callbacks"]["neuron_dynamics"]
     for line in text.splitlines():
-        match = re.match(r"\| `callbacks\.neuron_dynamics\.(\w+)` \| `?([^|`]+?)`? \|", line)
+        match = re.match(r"\| `callbacks\.neuron_dynamics\.(\w+)` \| `?([^|`(]+?)`?(?: \(the demo: (\w+)\))? \|", line)
         if match and match.group(1) in ("max_prompt_tokens", "num_positions", "every_n_steps", "top_n", "null_directions", "buckets"):
-            assert str(dynamics[match.group(1)]) == match.group(2).strip(), line
+            assert str(base[match.group(1)]) == match.group(2).strip(), line
+            assert str(demo[match.group(1)]) == (match.group(3) or match.group(2).strip()), line
 
 
 def test_the_loss_table_is_the_registry():
