@@ -3,7 +3,7 @@
 With no arguments it runs the embedded demo (the toy toxicity world, offline, on CPU). Every object
 is built from `conf/` with `hydra.utils.instantiate`; `build_run` wires them (tests and notebooks
 call it), and the run's life around them (lock, plan, checks, the attempt's record, status, the
-end-of-run work) is lightning_dpo/training/lifecycle.py. The run directory's contents:
+end-of-run work) is lightning_dpo/lifecycle/run.py. The run directory's contents:
 lightning_dpo/runs/directory.py.
 """
 
@@ -21,9 +21,9 @@ from omegaconf import DictConfig
 
 from lightning_dpo.callbacks.checkpoint_state import MetricsInCheckpoint, RunConfigInCheckpoint
 from lightning_dpo.cli import register_all_resolvers
+from lightning_dpo.lifecycle.run import Run, is_multirun, run_training
 from lightning_dpo.model.loading import load_tokenizer, max_positions
 from lightning_dpo.training.checkpoints import AtomicCheckpointIO
-from lightning_dpo.training.lifecycle import Run, is_multirun, run_training
 from lightning_dpo.training.metrics_csv import MetricsCSVLogger
 from lightning_dpo.training.plan import run_config
 from lightning_dpo.training.preflight import check_lengths
@@ -82,7 +82,7 @@ def build_run(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> Ru
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Train as configured (lightning_dpo/training/lifecycle.py) and return the objective. Raises
+    """Train as configured (lightning_dpo/lifecycle/run.py) and return the objective. Raises
     `RunInterrupted` after a signal, with the checkpoint written and the command that finishes the run.
     With `analyze` set, the papers' interventions run on the completed run (python -m lightning_dpo.analyze)."""
     register_all_resolvers()

@@ -127,7 +127,7 @@ def test_a_refused_single_run_leaves_nothing_but_a_refused_sweep_job_is_recorded
     with pytest.raises(ConfigError, match="optim.lr"):
         run(run_dir, "optim.lr=-1")
     assert not run_dir.exists()  # nothing left where nothing ran (no empty outputs/<date>/<time>/)
-    monkeypatch.setattr("lightning_dpo.training.lifecycle.is_multirun", lambda: True)
+    monkeypatch.setattr("lightning_dpo.lifecycle.run.is_multirun", lambda: True)
     with pytest.raises(ConfigError, match="optim.lr"):
         run(run_dir, "optim.lr=-1")
     status = json.loads((run_dir / "status.json").read_text())

@@ -44,7 +44,7 @@ def weights(run_dir: Path) -> dict:
 def test_short_run_writes_the_public_outputs(tmp_path, small_world, monkeypatch):
     import gc
 
-    from lightning_dpo.training import lifecycle
+    from lightning_dpo.lifecycle import run as lifecycle
 
     frozen = []
     freeze = lifecycle.freeze_heap

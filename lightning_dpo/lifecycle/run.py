@@ -32,13 +32,13 @@ from omegaconf import DictConfig
 from lightning_dpo.assets.config import assets_dir, ensure_assets
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.callbacks.stop_checkpoint import StopCheckpoint, stop_checkpoint_of
+from lightning_dpo.lifecycle.summary import objective_value, print_summary
 from lightning_dpo.model.wrappers import is_sharded
 from lightning_dpo.runs.directory import RunDirectory, RunLock
 from lightning_dpo.toy.config import ensure_toy_world, toy_world_dir
 from lightning_dpo.training.checkpoints import check_checkpoint, resolve_ckpt_path
 from lightning_dpo.training.plan import RunPlan, plan_run, resume_command, task_overrides
 from lightning_dpo.training.preflight import preflight
-from lightning_dpo.training.summary import objective_value, print_summary
 from lightning_dpo.utils.errors import LightningDPOError, RunInterrupted
 
 log = logging.getLogger("lightning_dpo.train")
