@@ -194,3 +194,42 @@ def test_a_users_scorer_probe_and_loss_from_their_own_module(tmp_path, small_wor
     assert float(out.loss) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-0.5 * 1.0)) ** 2))
     with pytest.raises(ConfigError, match="cannot import the loss 'helpers.extensions.nope'"):
         PreferenceLoss(type="helpers.extensions.nope")
+
+
+def _prompt_sets(cfg) -> tuple[dict, dict]:
+    return (
+        OmegaConf.to_container(cfg.callbacks.neuron_dynamics.prompts, resolve=True),
+        OmegaConf.to_container(cfg.callbacks.toxicity_eval.prompts, resolve=True),
+    )
+
+
+def test_the_probe_set_and_the_evaluation_prompts_are_separate_groups(small_world):
+    """probe_set= and eval_prompts= choose each set alone; by default both are the prompts group's."""
+    dynamics, evaluation = _prompt_sets(compose_train(SMALL_WORLD))
+    assert dynamics == evaluation and dynamics["source"].endswith("eval_prompts.jsonl")  # the demo's held-out prompts
+    dynamics, evaluation = _prompt_sets(compose_train([*SMALL_WORLD, "probe_set=validation", "eval_prompts=rtp_challenging"]))
+    assert dynamics["source"] == "validation" and evaluation["source"] == "allenai/real-toxicity-prompts"
+    assert evaluation["filter"] == {"challenging": True}
+    dynamics, evaluation = _prompt_sets(compose_train([*SMALL_WORLD, "probe_set.source=mine.txt", "probe_set.field=text"]))
+    assert (dynamics["source"], dynamics["field"]) == ("mine.txt", "text") and evaluation["source"].endswith("eval_prompts.jsonl")
+    # every prompt set is an option of both groups, the same set
+    for option in sorted(p.stem for p in (CONF / "prompts").glob("*.yaml") if p.stem != "run"):
+        alias = _prompt_sets(compose_train([*SMALL_WORLD, f"prompts={option}"]))
+        assert _prompt_sets(compose_train([*SMALL_WORLD, f"probe_set={option}", f"eval_prompts={option}"])) == alias, option
+
+
+def test_prompts_on_the_command_line_still_sets_both_with_a_deprecation_warning(small_world):
+    from lightning_dpo.training.preflight import preflight, warn_deprecated_groups
+
+    cfg = compose_train([*SMALL_WORLD, "prompts=validation"])
+    dynamics, evaluation = _prompt_sets(cfg)
+    assert dynamics["source"] == evaluation["source"] == "validation"
+    with pytest.warns(FutureWarning, match="probe_set=validation eval_prompts=validation"):
+        preflight(cfg, overrides=["prompts=validation"])  # what a run checks before it starts
+    with pytest.warns(FutureWarning, match=r"'prompts=validation' is deprecated: use probe_set=validation eval_prompts=validation"):
+        warn_deprecated_groups(["prompts=validation", "prompts.limit=5"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_deprecated_groups(["prompts.limit=5", "probe_set=toy", "eval_prompts=toy"])  # a key, or the new groups: no warning

@@ -17,7 +17,21 @@ pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-GROUPS = ("model", "data", "loss", "optim", "trainer", "callbacks", "prompts", "probe", "scorer", "assets", "world")
+GROUPS = (
+    "model",
+    "data",
+    "loss",
+    "optim",
+    "trainer",
+    "callbacks",
+    "prompts",
+    "probe_set",
+    "eval_prompts",
+    "probe",
+    "scorer",
+    "assets",
+    "world",
+)
 # compositions that between them hold every documented key (a key lives in the option that defines it)
 VARIANTS = [
     [],
@@ -75,7 +89,20 @@ def test_configuration_lists_the_real_group_options_and_the_callbacks_defaults(c
         name = row[1].strip().strip("`")
         if (ROOT / "conf" / name).is_dir():
             groups[name] = re.findall(r"`(\w+)`", row[2])
-    assert {"model", "data", "loss", "optim", "trainer", "callbacks", "prompts", "probe", "scorer", "experiment"} <= set(groups)
+    assert {
+        "model",
+        "data",
+        "loss",
+        "optim",
+        "trainer",
+        "callbacks",
+        "prompts",
+        "probe_set",
+        "eval_prompts",
+        "probe",
+        "scorer",
+        "experiment",
+    } <= set(groups)
     for name, options in groups.items():
         real = {p.stem for p in (ROOT / "conf" / name).glob("*.yaml")}
         assert set(options) - {"null"} <= real, (name, set(options) - real)

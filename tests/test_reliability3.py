@@ -123,7 +123,9 @@ def test_no_validation_pairs_with_validation_prompts_names_data_val_size(tmp_pat
     )
     from lightning_dpo.training.preflight import preflight
 
-    with pytest.raises(ConfigError, match="config key 'data.val_size': 0 leaves no validation pairs.*prompts.source=<file>"):
+    with pytest.raises(
+        ConfigError, match="config key 'data.val_size': 0 leaves no validation pairs.*(probe_set|eval_prompts).source=<file>"
+    ):
         preflight(cfg)
 
 

@@ -8,7 +8,8 @@
 - a key added with `+` that nothing reads (`+unknown.key=1`, `+optim.foo=1`) is refused: only keys
   under an instantiated node (whose constructor rejects unknown arguments) or a free-form mapping
   may be added;
-- the files the run reads exist; the probe set has prompts to measure on.
+- the files the run reads exist; the probe set has prompts to measure on;
+- a deprecated group choice still works, with a warning naming what replaces it (`DEPRECATED_GROUPS`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +158,21 @@ def check_numbers(cfg: DictConfig, rules: dict[str, Rule] = NUMBER_RULES) -> Non
                 raise ConfigError(key, f"must be > 0, got {value}")
 
 
+# group -> what replaces choosing it on the command line (still read for one release)
+DEPRECATED_GROUPS = {
+    "prompts": "probe_set={choice} eval_prompts={choice} (the neuron dynamics' prompts and the evaluation's "
+    "are separate groups now; prompts={choice} still sets both in this release)",
+}
+
+
+def warn_deprecated_groups(overrides: Sequence[str]) -> None:
+    """A FutureWarning (shown to users by default) for each deprecated group chosen on the command line."""
+    for override in overrides:
+        group, _, choice = override.partition("=")
+        if group in DEPRECATED_GROUPS and choice:
+            warnings.warn(f"'{override}' is deprecated: use {DEPRECATED_GROUPS[group].format(choice=choice)}", FutureWarning, stacklevel=2)
+
+
 def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """A key added with `+` (or `++`) must be one something reads (see the module docstring)."""
     for override in overrides:
@@ -196,6 +213,7 @@ def preflight(cfg: DictConfig, built_on_demand: Sequence[Path | None] = (), over
         raise ConfigError(missing[0], f"is required but not set (all missing: {', '.join(missing)})")
     check_packaged_model(OmegaConf.select(cfg, "model.name_or_path"))
     check_added_keys(cfg, overrides)
+    warn_deprecated_groups(overrides)
     check_numbers(cfg)
     path = cfg.data.get("path")
     if path:
@@ -222,6 +240,9 @@ def preflight(cfg: DictConfig, built_on_demand: Sequence[Path | None] = (), over
                 raise DataError(str(probe.path), f"probe file not found (config key '{key}.path')")
 
 
+PROMPT_GROUPS = {"neuron_dynamics": "probe_set", "toxicity_eval": "eval_prompts"}  # the group each callback's prompts come from
+
+
 def _check_validation_prompts(cfg: DictConfig) -> None:
     """`data.val_size=0` leaves no validation pairs, which the measurements' default prompts are."""
     if OmegaConf.select(cfg, "data.val_size") != 0:
@@ -231,7 +252,7 @@ def _check_validation_prompts(cfg: DictConfig) -> None:
             raise ConfigError(
                 "data.val_size",
                 f"0 leaves no validation pairs, but callbacks.{name} measures on their prompts "
-                "(prompts=validation): keep some (data.val_size > 0), or give a prompt file (prompts.source=<file>)",
+                f"(source: validation): keep some (data.val_size > 0), or give a prompt file ({PROMPT_GROUPS.get(name, 'prompts')}.source=<file>)",
             )
 
 
