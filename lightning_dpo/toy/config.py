@@ -9,6 +9,7 @@ would silently pick up the demo's assets.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,24 +45,30 @@ def toy_world_dir(cfg: DictConfig) -> Path:
     return ToyWorld(**_world_params(cfg)).path
 
 
+COPY = re.compile(r"\$\{[\w.]+\}")  # a value that is another key's, e.g. ${prompts.source}
+
+
 def toy_world_keys(cfg: DictConfig) -> list[str]:
     """The keys of `cfg` whose value points into the toy world (its own parameters `world.*` aside)."""
     world = ToyWorld(**_world_params(cfg))
     values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    raw = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
     inside = str(world.path)
     found = []
 
-    def walk(prefix: str, value: Any) -> None:
+    def walk(prefix: str, value: Any, written: Any) -> None:
         if isinstance(value, dict):
             for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+                walk(f"{prefix}.{key}" if prefix else str(key), inner, written.get(key) if isinstance(written, dict) else None)
         elif isinstance(value, (list, tuple)):
             for i, inner in enumerate(value):
-                walk(f"{prefix}[{i}]", inner)
+                walk(f"{prefix}[{i}]", inner, written[i] if isinstance(written, list) and i < len(written) else None)
         elif isinstance(value, str) and (value == inside or value.startswith(inside + os.sep)):
-            found.append(prefix)
+            copy = isinstance(written, str) and COPY.fullmatch(written)  # another key's value (probe_set: same): named there
+            if not copy:
+                found.append(prefix)
 
-    walk("", {k: v for k, v in values.items() if k != "world"})
+    walk("", {k: v for k, v in values.items() if k != "world"}, raw)
     return found
 
 
