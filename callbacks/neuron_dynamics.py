@@ -21,7 +21,7 @@ each extra direction costs only projections.
 Under DDP each rank takes a shard of the probe set and the sums are all-reduced.
 
 `cache_dir` (conf: paths.cache_dir) keeps the fixed continuation of the probe set
-(dynamics/probe_set.py: cached_probe_tokens), keyed by the model's weights and the prompts; null
+(dynamics/probe_set.py: build_probe_tokens), keyed by the model's weights and the prompts; null
 decodes it at every run's start.
 """
 
@@ -52,7 +52,7 @@ from lightning_dpo.dynamics.nulls import (
     is_null_direction,
     uniform_directions,
 )
-from lightning_dpo.dynamics.probe_set import POSITION_MODES, ProbeTokens, assign_buckets, cached_probe_tokens, prompt_ids_for
+from lightning_dpo.dynamics.probe_set import POSITION_MODES, ProbeTokens, assign_buckets, build_probe_tokens, prompt_ids_for
 from lightning_dpo.dynamics.rows import NullRow, snapshot_tables
 from lightning_dpo.dynamics.store import DynamicsStore
 from lightning_dpo.model.wrappers import is_sharded
@@ -196,7 +196,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         tokenizer = measured_data(trainer, self.key).tokenizer
         ids = prompt_ids_for(tokenizer, self.prompts, self.max_prompt_tokens, self.prepend_bos)
         with trainer.precision_plugin.forward_context():
-            return cached_probe_tokens(
+            return build_probe_tokens(
                 measured_policy(pl_module, self.key),
                 ids,
                 pad_id(tokenizer),

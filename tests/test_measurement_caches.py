@@ -104,29 +104,29 @@ def test_the_cached_continuation_equals_the_decoded_one_and_is_read_back(tmp_pat
     from lightning_dpo.dynamics import probe_set
 
     model = build_tiny(tiny_gpt2_config())
-    decoded = probe_set.build_probe_tokens(model, _prompts(), 0, num_positions=6, batch_size=4, buckets=3, seed=2)
-    first = probe_set.cached_probe_tokens(model, _prompts(), 0, 6, 4, buckets=3, seed=2, cache_dir=tmp_path)
+    decoded = probe_set.build_probe_tokens(model, _prompts(), 0, num_positions=6, batch_size=4, buckets=3, seed=2)  # no cache
+    first = probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4, buckets=3, seed=2, cache_dir=tmp_path)
     (path,) = (tmp_path / "probe_tokens").glob("*.safetensors")
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cached continuation should have been read")
 
-    monkeypatch.setattr(probe_set, "build_probe_tokens", no_decoding)
-    again = probe_set.cached_probe_tokens(model, _prompts(), 0, 6, 4, buckets=3, seed=2, cache_dir=tmp_path)
+    monkeypatch.setattr(probe_set, "_decode_probe_tokens", no_decoding)
+    again = probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4, buckets=3, seed=2, cache_dir=tmp_path)
     for tokens in (first, again):
         for name in ("input_ids", "attention_mask", "positions", "bucket"):
             assert torch.equal(getattr(tokens, name), getattr(decoded, name)), name
     monkeypatch.undo()
     for args in ((_prompts()[:-1], 0, 6, 4), (_prompts(), 0, 7, 4), (_prompts(), 0, 6, 3)):  # prompts, length, batching
-        probe_set.cached_probe_tokens(model, *args, cache_dir=tmp_path)
+        probe_set.build_probe_tokens(model, *args, cache_dir=tmp_path)
     other = build_tiny(tiny_gpt2_config(), seed=1)
-    probe_set.cached_probe_tokens(other, _prompts(), 0, 6, 4, cache_dir=tmp_path)
+    probe_set.build_probe_tokens(other, _prompts(), 0, 6, 4, cache_dir=tmp_path)
     assert len(list((tmp_path / "probe_tokens").glob("*.safetensors"))) == 5
     path.write_bytes(b"not a safetensors file")  # damaged: decoded again and replaced
-    assert torch.equal(probe_set.cached_probe_tokens(model, _prompts(), 0, 6, 4, cache_dir=tmp_path).input_ids, decoded.input_ids)
+    assert torch.equal(probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4, cache_dir=tmp_path).input_ids, decoded.input_ids)
     from safetensors.torch import load_file, save_file
 
     assert torch.equal(load_file(str(path))["input_ids"], decoded.input_ids)
     wrong = {k: v[:-1] for k, v in load_file(str(path)).items()}  # a row short: not this prompt set's
     save_file(wrong, str(path), metadata={"version": str(probe_set.TOKENS_CACHE_VERSION)})
-    assert probe_set.cached_probe_tokens(model, _prompts(), 0, 6, 4, cache_dir=tmp_path).input_ids.shape[0] == len(_prompts())
+    assert probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4, cache_dir=tmp_path).input_ids.shape[0] == len(_prompts())

@@ -9,7 +9,7 @@ reads the same tokens, so a change in a_i is the neuron's own change, not a chan
 `generate` (the paper's convention): the current policy generates its own continuation at each
 snapshot, with the same position rule.
 
-The fixed continuation depends only on the reference model and the prompts: `cached_probe_tokens`
+The fixed continuation depends only on the reference model and the prompts: `build_probe_tokens`
 keeps it in the cache folder (keyed by the model's class, config and weight checksums, the prompt
 ids and every setting of the decoding), so the jobs of a sweep and every demo run decode it once.
 
@@ -84,14 +84,8 @@ def prompt_ids_for(tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: in
 
 
 @torch.no_grad()
-def build_probe_tokens(
-    model: nn.Module,
-    prompt_ids: list[list[int]],
-    pad_token_id: int,
-    num_positions: int = 20,
-    batch_size: int = 64,
-    buckets: int = 1,
-    seed: int = 0,
+def _decode_probe_tokens(
+    model: nn.Module, prompt_ids: list[list[int]], pad_token_id: int, num_positions: int, batch_size: int, buckets: int, seed: int
 ) -> ProbeTokens:
     """Prompts + `model`'s greedy continuation (exactly `num_positions` tokens, EOS not stopping),
     the prompts dealt into `buckets` buckets."""
@@ -121,7 +115,7 @@ def build_probe_tokens(
 TOKENS_CACHE_VERSION = 1  # bump when the decoding of the fixed continuation changes: older files are then not read
 
 
-def cached_probe_tokens(
+def build_probe_tokens(
     model: nn.Module,
     prompt_ids: list[list[int]],
     pad_token_id: int,
@@ -131,17 +125,19 @@ def cached_probe_tokens(
     seed: int = 0,
     cache_dir: str | Path | None = None,
 ) -> ProbeTokens:
-    """`build_probe_tokens`, read from `<cache_dir>/probe_tokens/` when the same model decoded the same
-    prompts with the same settings before (the key also holds the device, the thread count and the
-    autocast state, which can change a greedy token). A file that is not one this code wrote is
-    decoded again and replaced. A sharded model (trainer=fsdp) always decodes: every process must."""
+    """Prompts + `model`'s greedy continuation (exactly `num_positions` tokens, EOS not stopping),
+    the prompts dealt into `buckets` buckets. With `cache_dir`, read from `<cache_dir>/probe_tokens/`
+    when the same model decoded the same prompts with the same settings before (the key also holds
+    the device, the thread count and the autocast state, which can change a greedy token); a file
+    that is not one this code wrote is decoded again and replaced. A sharded model (trainer=fsdp)
+    always decodes: every process must."""
     if cache_dir is None or is_sharded(model):
-        return build_probe_tokens(model, prompt_ids, pad_token_id, num_positions, batch_size, buckets, seed)
+        return _decode_probe_tokens(model, prompt_ids, pad_token_id, num_positions, batch_size, buckets, seed)
     path = Path(cache_dir) / "probe_tokens" / f"{_tokens_key(model, prompt_ids, pad_token_id, num_positions, batch_size)}.safetensors"
     cached = _read_cached_tokens(path, len(prompt_ids), num_positions)
     if cached is not None:
         return ProbeTokens(*cached, assign_buckets(len(prompt_ids), buckets, seed))
-    tokens = build_probe_tokens(model, prompt_ids, pad_token_id, num_positions, batch_size, buckets, seed)
+    tokens = _decode_probe_tokens(model, prompt_ids, pad_token_id, num_positions, batch_size, buckets, seed)
     try:
         atomic_save_safetensors(
             path,
