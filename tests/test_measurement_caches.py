@@ -130,3 +130,22 @@ def test_the_cached_continuation_equals_the_decoded_one_and_is_read_back(tmp_pat
     wrong = {k: v[:-1] for k, v in load_file(str(path)).items()}  # a row short: not this prompt set's
     save_file(wrong, str(path), metadata={"version": str(probe_set.TOKENS_CACHE_VERSION)})
     assert probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4, cache_dir=tmp_path).input_ids.shape[0] == len(_prompts())
+
+
+def test_a_cache_that_cannot_be_written_costs_the_measurement_and_nothing_else(tmp_path, monkeypatch, caplog):
+    from lightning_dpo.dynamics import probe_set
+    from lightning_dpo.utils.errors import OutputError
+
+    def refuse(path, *args, **kwargs):
+        raise OutputError(f"cannot write {path}: read-only file system")
+
+    monkeypatch.setattr(probe_module, "atomic_write_json", refuse)
+    monkeypatch.setattr(probe_set, "atomic_save_safetensors", refuse)
+    model, token_ids, labels, probe = _inputs()
+    with caplog.at_level("WARNING"):
+        assert labelled_auc(model, token_ids, labels, probe, pad=0, cache_dir=tmp_path) == labelled_auc(
+            model, token_ids, labels, probe, pad=0
+        )
+        tokens = probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4, cache_dir=tmp_path)
+    assert torch.equal(tokens.input_ids, probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4).input_ids)
+    assert "probe quality not cached" in caplog.text and "probe tokens not cached" in caplog.text
