@@ -10,8 +10,8 @@ reads the same tokens, so a change in a_i is the neuron's own change, not a chan
 snapshot, with the same position rule.
 
 The fixed continuation depends only on the reference model and the prompts: `build_probe_tokens`
-keeps it in the cache folder (keyed by the model's class, config and weight checksums, the prompt
-ids and every setting of the decoding), so the jobs of a sweep and every demo run decode it once.
+keeps it in the cache folder (keyed by a sha256 of the model's class, config and weights, the
+prompt ids and every setting of the decoding), so the jobs of a sweep and every demo run decode it once.
 
 Buckets: every prompt belongs to one of B buckets (a seeded shuffle dealt round-robin, so bucket
 sizes differ by at most one and the file's order does not decide them); every snapshot keeps its
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from lightning_dpo.evaluation.generation import greedy_continue, tokenize_prompts
-from lightning_dpo.model.fingerprint import model_fingerprint
+from lightning_dpo.model.fingerprint import computation_key
 from lightning_dpo.model.wrappers import is_sharded
 from lightning_dpo.utils.io import atomic_save_safetensors
 from lightning_dpo.utils.torch_utils import eval_mode, left_pad, model_device
@@ -150,10 +150,8 @@ def build_probe_tokens(
 
 
 def _tokens_key(model: nn.Module, prompt_ids: list[list[int]], pad_token_id: int, num_positions: int, batch_size: int) -> str:
-    device = model_device(model)
-    autocast = torch.is_autocast_enabled(device.type) and str(torch.get_autocast_dtype(device.type))
-    settings = f"v{TOKENS_CACHE_VERSION}|{model_fingerprint(model)}|{device}|{torch.get_num_threads()}|{autocast}"
-    digest = hashlib.sha256(f"{settings}|{pad_token_id}|{num_positions}|{batch_size}".encode())
+    settings = f"v{TOKENS_CACHE_VERSION}|{computation_key(model)}|{pad_token_id}|{num_positions}|{batch_size}"
+    digest = hashlib.sha256(settings.encode())
     for row in prompt_ids:
         digest.update(torch.tensor(row, dtype=torch.int64).numpy().tobytes() + b"|")
     return digest.hexdigest()[:24]

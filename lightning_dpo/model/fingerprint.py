@@ -1,4 +1,4 @@
-"""What identifies a model's weights, for the cache keys (reference log-probs, the probe's quality
+"""What identifies a model's weights (and the computation run with them), for the cache keys (reference log-probs, the probe's quality
 record, the probe set's fixed continuation): class, config and every parameter's bytes."""
 
 from __future__ import annotations
@@ -22,3 +22,12 @@ def model_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
         digest.update(param.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()[:16]
+
+
+def computation_key(model: nn.Module) -> str:
+    """What else a cached measurement of `model` depends on besides its inputs: the model's
+    fingerprint, its device, the thread count and the autocast state (each can change a float, and
+    so a greedy token or a tie)."""
+    device = next(model.parameters()).device
+    autocast = torch.is_autocast_enabled(device.type) and str(torch.get_autocast_dtype(device.type))
+    return f"{model_fingerprint(model)}|{device}|{torch.get_num_threads()}|{autocast}"

@@ -40,7 +40,7 @@ from torch import nn
 
 from lightning_dpo.data.texts import load_labelled_texts
 from lightning_dpo.data.tokenize import pad_id
-from lightning_dpo.model.fingerprint import model_fingerprint
+from lightning_dpo.model.fingerprint import computation_key
 from lightning_dpo.model.wrappers import full, gathered, is_sharded
 from lightning_dpo.neurons.hooks import decoder_forward, find_final_norm
 from lightning_dpo.utils.cache import default_cache_dir
@@ -262,9 +262,9 @@ def labelled_auc(
     cache_dir: str | Path | None = None,
 ) -> float:
     """The AUC of the texts' pooled final hidden states projected on the probe. With `cache_dir`, the
-    value is kept under `<cache_dir>/probe_quality/`, keyed by everything it depends on (the model's
-    class, config and weight checksums, the token ids, the labels, the direction, the device and the
-    thread count): a run that starts from the same model with the same probe and texts (every demo
+    value is kept under `<cache_dir>/probe_quality/`, keyed by everything it depends on (a sha256 of
+    the model's class, config and weights, the token ids, the labels, the direction, the device, the
+    thread count and the autocast state): a run that starts from the same model with the same probe and texts (every demo
     run, every job of a sweep) reads it instead of a forward over every text. A sharded model is
     always measured (its weights are not on one process)."""
     path = None
@@ -284,7 +284,7 @@ def labelled_auc(
 
 
 def _quality_key(model: nn.Module, token_ids: Sequence[Sequence[int]], labels: Sequence[int], probe: Probe) -> str:
-    digest = hashlib.sha256(f"v{QUALITY_CACHE_VERSION}|{model_fingerprint(model)}|{model_device(model)}|{torch.get_num_threads()}".encode())
+    digest = hashlib.sha256(f"v{QUALITY_CACHE_VERSION}|{computation_key(model)}".encode())
     for row in token_ids:
         digest.update(torch.tensor(list(row), dtype=torch.int64).numpy().tobytes() + b"|")
     digest.update(bytes(int(label) for label in labels))
