@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from helpers.configs import CONF, SHORT_RUN, SMALL_WORLD, compose_train
 from helpers.data import write_pairs
-from helpers.models import tiny_gpt2_config
+from helpers.models import tiny_gpt2_config, toy_width_decoder
 from lightning_dpo.train import build_callbacks, train
 from lightning_dpo.utils.config import build
 from lightning_dpo.utils.errors import ConfigError, DataError
@@ -47,23 +47,14 @@ def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
             "trainer.accelerator=cpu",
         ]
 
-    small = {
-        "vocab_size": 600,
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-    }
     return {  # the same architecture as the preset's model, at a tiny size
         "toxicity_gpt2_medium": common(tiny_gpt2_config(vocab_size=600, n_embd=64), lee) + ["trainer.precision=32-true"],
         "toxicity_generated_pairs": common(tiny_gpt2_config(vocab_size=600, n_embd=64), trl_pairs) + ["trainer.precision=32-true"],
-        "toxicity_gemma2_2b": common({"model_type": "gemma2", "head_dim": 16, **small}, trl_pairs),
-        "toxicity_mistral_7b": common({"model_type": "mistral", **small}, trl_pairs),
-        "toxicity_llama3_8b": common({"model_type": "llama", **small}, trl_pairs),
+        "toxicity_gemma2_2b": common(toy_width_decoder("gemma2", 600, head_dim=16), trl_pairs),
+        "toxicity_mistral_7b": common(toy_width_decoder("mistral", 600), trl_pairs),
+        "toxicity_llama3_8b": common(toy_width_decoder("llama", 600), trl_pairs),
         # SmolLM2 is Llama-shaped; its built assets (probe, pairs, prompts) are replaced by the same stand-ins
-        "smollm2_toxicity": common({"model_type": "llama", **small}, trl_pairs) + ["probe.eval_data=null"],
+        "smollm2_toxicity": common(toy_width_decoder("llama", 600), trl_pairs) + ["probe.eval_data=null"],
     }
 
 

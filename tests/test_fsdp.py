@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers.configs import SHORT_RUN, SMALL_WORLD, compose_train
+from helpers.models import toy_width_decoder
 
 TESTS = Path(__file__).parent
 RUN = (
@@ -185,10 +186,10 @@ def test_decoding_stops_only_when_every_process_is_done():
 
 
 ARCHITECTURES = {  # the decoder families the presets name, at the toy world's width (its probes are 64 wide)
-    "llama": {"model_type": "llama"},
-    "mistral": {"model_type": "mistral", "sliding_window": None},
-    "gemma": {"model_type": "gemma", "head_dim": 16},
-    "gemma2": {"model_type": "gemma2", "head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
+    "llama": {},
+    "mistral": {"sliding_window": None},
+    "gemma": {"head_dim": 16},
+    "gemma2": {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
 }
 
 
@@ -197,16 +198,7 @@ ARCHITECTURES = {  # the decoder families the presets name, at the toy world's w
 def test_two_process_fsdp_equals_one_process_on_every_preset_architecture(tmp_path, small_world, architecture):
     """fully_shard per decoder block of Llama, Mistral, Gemma and Gemma-2 (random tiny models on the demo
     world's tokenizer and probes): the same run as one process, every dynamics file included."""
-    config = {
-        **ARCHITECTURES[architecture],
-        "vocab_size": 640,
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-    }
+    config = toy_width_decoder(architecture, 640, **ARCHITECTURES[architecture])
     # the world's files copied out of it: a run on its own model may not take assets from inside the demo world
     world = Path(shutil.copytree(small_world.path, tmp_path / "world"))
     model = [

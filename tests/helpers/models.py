@@ -30,6 +30,13 @@ def tiny_llama_config(**overrides) -> dict:
     return config
 
 
+def toy_width_decoder(model_type: str, vocab_size: int, **overrides) -> dict:
+    """A Llama-family decoder (llama, mistral, gemma, gemma2) at the toy world's width (its probes are 64 wide)."""
+    return tiny_llama_config(
+        model_type=model_type, vocab_size=vocab_size, hidden_size=64, intermediate_size=96, max_position_embeddings=256, **overrides
+    )
+
+
 def build_tiny(config: dict, seed: int = 0):
     from lightning_dpo.model.loading import load_causal_lm
 
