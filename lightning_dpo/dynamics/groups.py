@@ -74,14 +74,10 @@ def group_codes(p0: torch.Tensor, a0: torch.Tensor, at: torch.Tensor) -> torch.T
     return torch.where(none, NO_GROUP, _CODE_TABLE.to(bits.device)[bits])
 
 
-def masks_from(p0: torch.Tensor, a0: torch.Tensor, at: torch.Tensor, group: str) -> torch.Tensor:
-    """Bool mask of `group` (broadcast over any leading dims; last two: layers, neurons)."""
-    return group_codes(p0, a0, at) == GROUPS.index(group)
-
-
 def group_masks(baseline: Snapshot, current: Snapshot) -> dict[str, torch.Tensor]:
-    """(n_layers, d_mlp) bool mask of each of the eight groups at `current`."""
-    return {g: masks_from(baseline.value_projection, baseline.mean_activation, current.mean_activation, g) for g in GROUPS}
+    """(n_layers, d_mlp) bool mask of each of the eight groups at `current` (the codes computed once)."""
+    code = group_codes(baseline.value_projection, baseline.mean_activation, current.mean_activation)
+    return {g: code == i for i, g in enumerate(GROUPS)}
 
 
 def delta(baseline: Snapshot, current: Snapshot) -> torch.Tensor:
