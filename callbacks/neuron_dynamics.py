@@ -55,6 +55,7 @@ from lightning_dpo.dynamics.nulls import (
 from lightning_dpo.dynamics.probe_set import POSITION_MODES, ProbeTokens, assign_buckets, build_probe_tokens, prompt_ids_for
 from lightning_dpo.dynamics.rows import NullRow, snapshot_tables
 from lightning_dpo.dynamics.store import DynamicsStore
+from lightning_dpo.model.fingerprint import weights_fixed
 from lightning_dpo.model.wrappers import is_sharded
 from lightning_dpo.neurons.hooks import find_output_projections
 from lightning_dpo.neurons.probe import Probe, ProbeFile, RunProbe, build_probe, is_probe_file, save_probe
@@ -150,7 +151,7 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
         neurons = len(projections) * projections[0].d_mlp
         if self.top_n > neurons:
             raise ConfigError(f"{self.key}.top_n", f"{self.top_n} is more than the model's {neurons} MLP neurons")
-        with torch.no_grad():
+        with torch.no_grad(), weights_fixed():  # the probes' quality records and the continuation key one model
             if not self.probes:
                 self.probes = self._make_probes(trainer, pl_module)
             if self.positions == "fixed" and self.tokens is None:

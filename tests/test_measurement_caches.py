@@ -149,3 +149,19 @@ def test_a_cache_that_cannot_be_written_costs_the_measurement_and_nothing_else(t
         tokens = probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4, cache_dir=tmp_path)
     assert torch.equal(tokens.input_ids, probe_set.build_probe_tokens(model, _prompts(), 0, 6, 4).input_ids)
     assert "probe quality not cached" in caplog.text and "probe tokens not cached" in caplog.text
+
+
+def test_a_model_is_hashed_once_while_its_weights_are_fixed_and_again_after(monkeypatch):
+    import hashlib
+
+    from lightning_dpo.model import fingerprint
+
+    calls, sha256 = [], hashlib.sha256
+    monkeypatch.setattr(fingerprint.hashlib, "sha256", lambda *a: calls.append(1) or sha256(*a))
+    model = build_tiny(tiny_gpt2_config())
+    with fingerprint.weights_fixed():
+        first = fingerprint.model_fingerprint(model)
+        assert fingerprint.model_fingerprint(model) == first and len(calls) == 1  # the run's start: one hash per model
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_proj.weight[0, 0] += 0.5
+    assert fingerprint.model_fingerprint(model) != first and len(calls) == 2  # outside: every call hashes
