@@ -292,8 +292,8 @@ def _log_to_file(path: Path) -> logging.Handler:
 
 def freeze_heap() -> None:
     """Move the objects built before the fit (config, modules, tokenizer, datasets) out of the cyclic
-    garbage collector's reach: each full collection walked all of them and paused the demo's fit for
-    0.3-0.4 s, three or four times, inside whatever step or callback allocated at that moment.
+    garbage collector's reach: a full collection walked all of them, 0.3-0.4 s on the demo, inside
+    whatever step or callback allocated at that moment (benchmarks/RESULTS.md).
     Reference counting still frees them; `cleanup` unfreezes them for the next job of a sweep."""
     gc.collect()
     gc.freeze()
