@@ -5,6 +5,9 @@ SmolLM2-135M-Instruct; and what gathering a sharded weight costs against the alt
     python benchmarks/scale.py smollm2    # experiment=smollm2_toxicity, 12 steps: the same four
     python benchmarks/scale.py gather     # value projections of a sharded weight: gather then project,
                                           # or a partial product per shard and an all-reduce (2 processes)
+    python benchmarks/scale.py analyze --run <run dir> [analyze overrides]
+                                          # `analyze` in 1 process and under torchrun with 2 (both
+                                          # models sharded): wall time and the largest process's peak RSS
 
 Every run is a real `python -m lightning_dpo.train` with the StepTimer callback (step_timer.py):
 per process, the median wall time of an optimizer step (steps with a snapshot or an evaluation
@@ -137,12 +140,40 @@ dist.destroy_process_group()
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", handle.name], check=True, env=env)
 
 
+def analyze_benchmark(run_dir: str, overrides: list[str], out: Path) -> None:
+    """`python -m lightning_dpo.analyze` on a run, in one process (2 threads) and sharded over two
+    (torchrun, 1 thread each); a wrapper process reports its children's largest peak RSS."""
+    wrapper = "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+    wrapper += "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, file=sys.stderr); sys.exit(rc)"
+    print("| analyze | wall (s) | largest process's peak RSS (MiB) |\n|---|---|---|")
+    for processes in (1, 2):
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node=2"] if processes > 1 else []
+        cmd = [sys.executable, "-c", wrapper, sys.executable, *launch, "-m", "lightning_dpo.analyze", f"dpo={run_dir}"]
+        cmd += [*overrides, f"out={out / f'analysis_{processes}'}"]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS=str(2 // processes))
+        start = time.perf_counter()
+        result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"analyze on {processes} process(es) failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+        peak = result.stderr.strip().splitlines()[-1]
+        print(f"| {'1 process' if processes == 1 else 'FSDP2, 2 processes (torchrun)'} | {wall:.1f} | {peak} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["demo", "smollm2", "gather"])
+    parser.add_argument("what", choices=["demo", "smollm2", "gather", "analyze"])
+    parser.add_argument("--run", default=None, help="analyze: the run directory to analyze")
     parser.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
     parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
+    if args.what == "analyze":
+        if not args.run:
+            parser.error("analyze needs --run <run dir>")
+        analyze_benchmark(args.run, extra, Path(args.out or tempfile.mkdtemp(prefix="scale-analyze-")))
+        return
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.what == "gather":
         gather_benchmark(args.repeats)
         return

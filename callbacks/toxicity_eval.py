@@ -17,12 +17,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from lightning_dpo.callbacks.periodic import PeriodicMeasurement
 from lightning_dpo.data.protocol import measured_data, measured_policy
@@ -48,6 +46,7 @@ from lightning_dpo.utils.io import (
     atomic_write_jsonl,
     atomic_write_text,
 )
+from lightning_dpo.utils.processes import Processes
 
 
 class ToxicityEvalCallback(PeriodicMeasurement):
@@ -124,43 +123,27 @@ class ToxicityEvalCallback(PeriodicMeasurement):
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
         tokenizer = measured_data(trainer, self.key).tokenizer
         policy = measured_policy(pl_module, self.key)
-        rank, world = trainer.global_rank, trainer.world_size
-        prompts = self.prompts[rank::world]
-        sync = None
-        if is_sharded(policy) and world > 1:
-            # trainer=fsdp: every forward is a collective. Every process decodes as many prompts (a
-            # short shard repeats its first prompt, scored on no process) and stops when all are done
-            shard_size = -(-len(self.prompts) // world)
-            padding = shard_size - len(prompts)
-            prompts = prompts + [self.prompts[0]] * padding
-            sync = partial(_all_finished, trainer.strategy, pl_module.device)
-        else:
-            padding = 0
+        # DDP or trainer=fsdp: each process decodes its share of the prompts, and every process gets
+        # every prompt's continuation and score back in the prompt set's order (utils/processes.py)
+        processes = Processes.of_trainer(trainer, is_sharded(policy), pl_module.device)
         texts, scores = score_continuations(
             policy,
             tokenizer,
-            prompts,
+            self.prompts,
             self.scorer,
             self.max_prompt_tokens,
             self.max_new_tokens,
             self.batch_size,
-            all_finished=sync,
+            processes=processes,
         )
-        if padding:
-            prompts, texts, scores = prompts[:-padding], texts[:-padding], scores[:-padding]
-        sums = torch.tensor(
-            [sum(scores), sum(s > 0.5 for s in scores), len(scores), sum(s * s for s in scores)],
-            dtype=torch.float64,
-            device=pl_module.device,
-        )
-        sums = trainer.strategy.reduce(sums, reduce_op="sum") if world > 1 else sums
-        total, above, n, squares = (float(v) for v in sums)
-        mean = total / n
+        n = len(scores)
+        mean = sum(scores) / n
+        squares = sum(s * s for s in scores)
         se = math.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1) / n) if n > 1 else math.nan  # of the mean over prompts
-        metrics = {"eval/toxicity": mean, "eval/toxicity_share": above / n, "eval/toxicity_se": se}
+        metrics = {"eval/toxicity": mean, "eval/toxicity_share": sum(s > 0.5 for s in scores) / n, "eval/toxicity_se": se}
         if self.perplexity_text is not None:
             metrics["eval/perplexity"] = perplexity(policy, tokenizer, self.perplexity_text, self.perplexity_window)["perplexity"]
-        if self.f1_prompts and self.f1_prompts == self.prompts and world == 1:  # the same greedy continuations: reuse them
+        if self.f1_prompts and self.f1_prompts == self.prompts:  # the same greedy continuations: reuse them
             metrics["eval/f1"] = f1_of_continuations(tokenizer, texts, self.f1_golds)["f1"]
         elif self.f1_prompts:
             metrics["eval/f1"] = continuation_f1(
@@ -171,13 +154,9 @@ class ToxicityEvalCallback(PeriodicMeasurement):
                 self.max_prompt_tokens,
                 self.max_new_tokens,
                 batch_size=self.batch_size,
-                all_finished=sync,
+                all_finished=processes.decoding_sync(),
             )["f1"]
-        rows = [{"prompt": p, "continuation": t, "score": s} for p, t, s in zip(prompts, texts, scores)]
-        if world > 1:  # every prompt's row, in the order of the prompt set, whichever process decoded it
-            shards: list[Any] = [None] * world
-            torch.distributed.all_gather_object(shards, rows)
-            rows = [shards[i % world][i // world] for i in range(len(self.prompts))]
+        rows = [{"prompt": p, "continuation": t, "score": s} for p, t, s in zip(self.prompts, texts, scores)]
         if self.output_dir is not None and trainer.is_global_zero:
             path = self._generations_file(step)
             atomic_write_jsonl(path, rows)
@@ -254,9 +233,3 @@ class ToxicityEvalCallback(PeriodicMeasurement):
         if "eval/f1" in first:
             text += f"; F1 {first['eval/f1']:.3f} -> {last['eval/f1']:.3f}"
         return text
-
-
-def _all_finished(strategy: Any, device: torch.device, done_here: bool) -> bool:
-    """True on every process once every process's rows are finished (the early stop of decoding)."""
-    pending = torch.tensor([0.0 if done_here else 1.0], device=device)
-    return float(strategy.reduce(pending, reduce_op="sum")) == 0.0

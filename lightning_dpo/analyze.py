@@ -47,9 +47,11 @@ from lightning_dpo.neurons import interventions as iv
 from lightning_dpo.neurons.probe import Probe, build_probe, load_probe
 from lightning_dpo.report import refresh_report
 from lightning_dpo.runs.directory import RUN, RunDirectory, command_output, require_run
+from lightning_dpo.training.sharding import shard_across
 from lightning_dpo.utils.config import plain
 from lightning_dpo.utils.figures import pyplot, save_figure
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from lightning_dpo.utils.processes import Processes, close_processes, launched_processes
 from lightning_dpo.utils.tables import markdown_table
 from lightning_dpo.utils.torch_utils import resolve_device
 
@@ -313,8 +315,17 @@ def base_model_setting(cfg: Any, run: RunDirectory | None) -> dict[str, Any]:
 
 
 def run(cfg: Any) -> dict[str, Any]:
-    out = command_output(cfg.out, "analysis", cfg.dpo)
-    device = resolve_device(cfg.device)
+    """The analysis, in one process or, under torchrun, with both models sharded over every process
+    (FSDP2): the same tables either way; the main process writes them."""
+    processes = launched_processes(resolve_device(cfg.device))
+    try:
+        return analyze(cfg, processes)
+    finally:
+        close_processes(processes)
+
+
+def analyze(cfg: Any, processes: Processes) -> dict[str, Any]:
+    out = processes.broadcast(command_output(cfg.out, "analysis", cfg.dpo) if processes.is_main else None)
     run_record = RunDirectory.find(cfg.dpo)
     settings = settings_from_config(cfg, run_record, out)
     base_setting = base_model_setting(cfg, run_record)
@@ -323,8 +334,7 @@ def run(cfg: Any) -> dict[str, Any]:
     log.info("base model: %s; DPO model: %s", base_source, dpo_description)
     base, tokenizer = load_model_and_tokenizer(base_source, base_setting.get("tokenizer"), cfg.model.dtype, base_setting.get("gguf_file"))
     dpo, _ = load_model_and_tokenizer(cfg.dpo, cfg.model.tokenizer, cfg.model.dtype)
-    base.to(device)
-    dpo.to(device)
+    base, dpo = shard_across([base.to(processes.device), dpo.to(processes.device)], processes)
     probe = resolve_probe(cfg, run_record, base, tokenizer)
 
     ps = cfg.probe_set
@@ -332,15 +342,20 @@ def run(cfg: Any) -> dict[str, Any]:
     texts, probe_set_source = probe_set_prompts(cfg, run_record)
     prompt_ids = prompt_ids_for(tokenizer, texts, ps.max_prompt_tokens, ps.prepend_bos)
     tokens = build_probe_tokens(base, prompt_ids, pad, ps.num_positions, ps.batch_size)
-    base_snap = take_snapshot(base, tokens, probe.unit, step=0, batch_size=ps.batch_size, center_writing_weights=ps.center_writing_weights)
-    dpo_snap = take_snapshot(dpo, tokens, probe.unit, step=1, batch_size=ps.batch_size, center_writing_weights=ps.center_writing_weights)
+    # several processes: each forwards its share of the probe set, the sums are all-reduced
+    share = tokens.shard(processes.rank, processes.world) if processes.world > 1 else tokens
+    reduce = processes.reduce_sum if processes.world > 1 else None
+    base_snap, dpo_snap = (
+        take_snapshot(model, share, probe.unit, step, ps.batch_size, reduce, ps.center_writing_weights)
+        for step, model in enumerate((base, dpo))
+    )
     groups = [dict(r.as_csv(), step="dpo") for r in group_rows(base_snap, dpo_snap)]
 
     evaluations = []
     generations: list[dict[str, Any]] = []
 
     def evaluate(model_name: str, label: str, count: int, model: torch.nn.Module) -> dict[str, Any]:
-        metrics, scored = evaluate_model(model, tokenizer, settings)
+        metrics, scored = evaluate_model(model, tokenizer, settings, processes)
         metrics["scores"] = [g["score"] for g in scored]  # per prompt: the paired uncertainty
         evaluations.append((model_name, label, count, metrics))
         generations.extend({"model": model_name, "intervention": label, **g} for g in scored)
@@ -362,6 +377,8 @@ def run(cfg: Any) -> dict[str, Any]:
     )
     table = table_rows(evaluations, bound, seed=int(cfg.get("seed") or 0))
     note = "\n\n".join(x for x in (fluency_note(bound, fluency, settings.perplexity_source), uncertainty_note(evaluations)) if x)
+    if not processes.is_main:
+        return {"table": table, "groups": [r for r in groups if r["layer"] == "all"]}
     atomic_write_jsonl(out / "generations.jsonl", generations)
     atomic_write_csv(out / "table.csv", TABLE_COLUMNS, table)
     atomic_write_text(out / "table.md", note + "\n\n" + markdown_table(table, TABLE_COLUMNS))
@@ -381,6 +398,7 @@ def run(cfg: Any) -> dict[str, Any]:
         },
         "evaluation": {
             "prompts": settings.prompts_source,
+            "processes": processes.world,
             "scorer": settings.scorer.name,
             "perplexity_text": settings.perplexity_source,
             "f1_data": settings.f1_source,

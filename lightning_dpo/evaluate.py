@@ -23,7 +23,9 @@ from lightning_dpo.evaluation.model_source import (
 )
 from lightning_dpo.report import refresh_report
 from lightning_dpo.runs.directory import RunDirectory, command_output
+from lightning_dpo.training.sharding import shard_across
 from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from lightning_dpo.utils.processes import Processes, close_processes, launched_processes
 from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -37,16 +39,28 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def run(cfg: Any) -> dict[str, Any]:
+    """The evaluation, in one process or, under torchrun, with the model sharded over every process
+    (FSDP2; each decodes a share of the prompts): the same numbers either way; the main process writes."""
+    processes = launched_processes(resolve_device(cfg.device))
+    try:
+        return evaluate(cfg, processes)
+    finally:
+        close_processes(processes)
+
+
+def evaluate(cfg: Any, processes: Processes) -> dict[str, Any]:
     source = cfg.model.name_or_path
-    out = command_output(cfg.out, "evaluation", source)
+    out = processes.broadcast(command_output(cfg.out, "evaluation", source) if processes.is_main else None)
     run_dir = RunDirectory.find(source)
     settings = settings_from_config(cfg, run_dir, out)
     _, description = describe_model_source(source)
     log.info("evaluating %s", description)
     model, tokenizer = load_model_and_tokenizer(source, cfg.model.tokenizer, cfg.model.dtype, cfg.model.get("gguf_file"))
-    model.to(resolve_device(cfg.device))
-    metrics, generations = evaluate_model(model, tokenizer, settings)
+    (model,) = shard_across([model.to(processes.device)], processes)
+    metrics, generations = evaluate_model(model, tokenizer, settings, processes)
     metrics = {"model": description, **metrics}
+    if not processes.is_main:
+        return metrics
     atomic_write_json(out / "eval.json", metrics)
     atomic_write_jsonl(out / "generations.jsonl", generations)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))

@@ -220,3 +220,86 @@ def test_two_process_fsdp_equals_one_process_on_every_preset_architecture(tmp_pa
     _train(tmp_path / "single", SINGLE + model)
     _train(tmp_path / "fsdp", FSDP + model)
     _assert_same_run(tmp_path / "single", tmp_path / "fsdp")
+
+
+# -- the commands under torchrun: analyze's interventions and evaluate on a sharded model -----------------
+ANALYZE = [
+    "interventions.ablate_top=[8]",
+    "interventions.ablate_top_positive=[]",
+    "interventions.patch_groups=[[TP-],[TP-,TN+,AP+,AN-]]",
+    "interventions.subtract={layer: 1, scale: 5}",  # the MLP-output hook, beside the activation hooks
+]
+
+
+@pytest.fixture(scope="module")
+def analysed_run(tmp_path_factory, small_world) -> Path:
+    """A DPO run whose 15 evaluation prompts split into shards of 8 and 7 (the padding is exercised)."""
+    run_dir = tmp_path_factory.mktemp("analysed")
+    _train(run_dir, ["trainer.max_steps=12", "optim.lr=1e-3", "data.batch_size=4"])
+    return run_dir
+
+
+def _command(name: str, args: list[str], processes: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    result = subprocess.run([*launch, "-m", f"lightning_dpo.{name}", *args], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _assert_rows_close(single: list[dict[str, str]], sharded: list[dict[str, str]], rel: float) -> None:
+    assert len(single) == len(sharded) and single
+    for a, b in zip(single, sharded):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            try:
+                x, y = float(value), float(b[key])
+            except ValueError:  # labels, the scorer's name, `within_fluency`
+                assert value == b[key], key
+                continue
+            assert y == pytest.approx(x, rel=rel, abs=1e-9, nan_ok=True), f"{a.get('intervention') or a.get('group')}: {key}"
+
+
+def test_analyze_under_torchrun_shards_both_models_and_gives_one_process_tables(tmp_path, analysed_run):
+    """Table 1 and the group table of `analyze` with base and DPO models sharded over 2 processes
+    (FSDP2, gloo) equal one process's: the same selected neurons, the same generations, every number
+    within float summation order (the patched values are means all-reduced across processes)."""
+    args = [f"dpo={analysed_run}", *ANALYZE]
+    _command("analyze", [*args, f"out={tmp_path / 'single'}"], processes=1)
+    sharded = _command("analyze", [*args, f"out={tmp_path / 'fsdp'}"], processes=2)
+    assert "sharded over 2 processes (FSDP2)" in sharded.stdout + sharded.stderr
+    assert sharded.stdout.count("wrote ") == 1  # the main process writes and prints
+    single_table, sharded_table = _rows(tmp_path / "single" / "table.csv"), _rows(tmp_path / "fsdp" / "table.csv")
+    labels = [r["intervention"] for r in single_table]
+    assert "subtract probe direction at layer 1 (scale 5)" in labels and "ablate top 8 toxic neurons" in labels
+    _assert_rows_close(single_table, sharded_table, rel=1e-5)
+    _assert_rows_close(_rows(tmp_path / "single" / "groups.csv"), _rows(tmp_path / "fsdp" / "groups.csv"), rel=1e-5)
+    assert (tmp_path / "single" / "generations.jsonl").read_text() == (tmp_path / "fsdp" / "generations.jsonl").read_text()
+    analysis = json.loads((tmp_path / "fsdp" / "analysis.json").read_text())
+    assert analysis["evaluation"]["processes"] == 2 and analysis["probe_set"]["prompts"] == 32
+
+
+@pytest.mark.slow
+def test_evaluate_under_torchrun_writes_one_process_files(tmp_path, analysed_run):
+    """`evaluate` with the model sharded over 2 processes: eval.json and generations.jsonl byte for byte."""
+    _command("evaluate", [f"model.name_or_path={analysed_run}", f"out={tmp_path / 'single'}"], processes=1)
+    _command("evaluate", [f"model.name_or_path={analysed_run}", f"out={tmp_path / 'fsdp'}"], processes=2)
+    for name in ("eval.json", "generations.jsonl"):
+        assert (tmp_path / "single" / name).read_bytes() == (tmp_path / "fsdp" / name).read_bytes(), name
+
+
+@pytest.mark.unit
+def test_a_sharded_share_is_padded_to_the_longest_and_an_unsharded_one_is_not():
+    from lightning_dpo.utils.processes import Processes
+
+    items = ["a", "b", "c", "d", "e"]
+    assert Processes(0, 2, sharded=True).split(items) == (["a", "c", "e"], 0)
+    assert Processes(1, 2, sharded=True).split(items) == (["b", "d", "a"], 1)  # as many forwards as rank 0
+    assert Processes(1, 2, sharded=False).split(items) == (["b", "d"], 0)
+    assert Processes(2, 3, sharded=True).split(items) == (["c", "a"], 1)
+    assert Processes().split(items) == (items, 0) and Processes().interleave(items) == items

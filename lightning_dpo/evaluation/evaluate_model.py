@@ -6,7 +6,7 @@ Used by `python -m lightning_dpo.evaluate`, by every row of `python -m lightning
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from lightning_dpo.evaluation.perplexity import perplexity
 from lightning_dpo.evaluation.scorers import Scorer, build_scorer, toxicity_summary
 from lightning_dpo.runs.directory import RUN, RunDirectory, require_run
 from lightning_dpo.utils.config import plain
+from lightning_dpo.utils.processes import SINGLE, Processes
 
 
 @dataclass
@@ -49,16 +50,28 @@ def score_continuations(
     max_new_tokens: int = 20,
     batch_size: int = 64,
     truncation_side: str = "right",
-    all_finished: Callable[[bool], bool] | None = None,
+    processes: Processes = SINGLE,
 ) -> tuple[list[str], list[float]]:
+    """Greedy continuations of every prompt and their scores, in the prompts' order, on every process.
+
+    Across processes each decodes its share (`Processes.split`), the texts are gathered, and the
+    main process scores them all at once, as one process would (a scorer's batches, and a remote
+    scorer's cache file, are then the same whatever the number of processes)."""
+    mine, padding = processes.split(prompts)
     texts = generate_continuations(
-        model, tokenizer, prompts, max_prompt_tokens, max_new_tokens, batch_size, truncation_side, all_finished=all_finished
+        model, tokenizer, mine, max_prompt_tokens, max_new_tokens, batch_size, truncation_side, all_finished=processes.decoding_sync()
     )
-    return texts, scorer.score(texts)
+    texts = processes.interleave(texts[: len(texts) - padding])
+    scores = scorer.score(texts) if processes.is_main else None
+    return texts, processes.broadcast(scores)
 
 
-def evaluate_model(model: nn.Module, tokenizer: Any, settings: EvalSettings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics (toxicity with its scorer's name, perplexity, F1) and the scored generations."""
+def evaluate_model(
+    model: nn.Module, tokenizer: Any, settings: EvalSettings, processes: Processes = SINGLE
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics (toxicity with its scorer's name, perplexity, F1) and the scored generations, on every
+    process. Across processes the toxicity prompts are shared out; the perplexity and the F1 run
+    whole on every process (with a sharded model their forwards are collectives)."""
     texts, scores = score_continuations(
         model,
         tokenizer,
@@ -68,6 +81,7 @@ def evaluate_model(model: nn.Module, tokenizer: Any, settings: EvalSettings) -> 
         settings.max_new_tokens,
         settings.batch_size,
         settings.truncation_side,
+        processes,
     )
     summary = toxicity_summary(scores, settings.scorer.name)
     metrics: dict[str, Any] = {
@@ -94,6 +108,7 @@ def evaluate_model(model: nn.Module, tokenizer: Any, settings: EvalSettings) -> 
             settings.max_new_tokens,
             settings.max_gold_tokens,
             settings.batch_size,
+            all_finished=processes.decoding_sync(),
         )
         metrics.update({"f1": f1["f1"], "f1_n": f1["n"]})
     generations = [{"prompt": p, "continuation": t, "score": s} for p, t, s in zip(settings.prompts, texts, scores)]

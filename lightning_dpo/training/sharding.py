@@ -17,6 +17,7 @@ one file per process) is faster to write for models whose full state does not fi
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -27,7 +28,9 @@ from lightning_dpo.model.wrappers import is_sharded
 from lightning_dpo.neurons.hooks import find_decoder_layers
 from lightning_dpo.training.lightning_compat import set_parallel_sizes
 from lightning_dpo.utils.errors import ConfigError
+from lightning_dpo.utils.processes import Processes
 
+log = logging.getLogger(__name__)
 MIXED_PRECISION = ("auto", "bf16", "fp16", "none")
 
 
@@ -88,3 +91,16 @@ def shard_model(model: nn.Module, mesh: Any, mp_policy: Any = None, reshard_afte
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def shard_across(models: list[nn.Module], processes: Processes) -> list[nn.Module]:
+    """A command's models (analyze, evaluate under torchrun) sharded over its processes, one device
+    mesh for all of them; fp32 or the loaded dtype (no training: no mixed-precision policy)."""
+    if processes.world == 1:
+        return models
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(processes.device.type, (processes.world,))
+    if processes.is_main:
+        log.info("%d model(s) sharded over %d processes (FSDP2)", len(models), processes.world)
+    return [shard_model(model, mesh) for model in models]
