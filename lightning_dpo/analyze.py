@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -47,6 +48,8 @@ from lightning_dpo.neurons import interventions as iv
 from lightning_dpo.neurons.probe import Probe, build_probe, load_probe
 from lightning_dpo.report import refresh_report
 from lightning_dpo.runs.directory import RUN, RunDirectory, command_output, require_run
+from lightning_dpo.training.plan import task_overrides
+from lightning_dpo.training.preflight import warn_deprecated_groups
 from lightning_dpo.training.sharding import shard_across
 from lightning_dpo.utils.config import plain
 from lightning_dpo.utils.figures import pyplot, save_figure
@@ -84,14 +87,18 @@ def resolve_probe(cfg: Any, run: RunDirectory | None, base: torch.nn.Module, tok
 
 
 def probe_set_prompts(cfg: Any, run: RunDirectory | None) -> tuple[list[str], str]:
-    """The prompts mean activations are measured on: the run's own probe set (prompts=run), or the prompt set given."""
+    """The prompts mean activations are measured on: the run's own probe set (probe_set=run, by
+    default through the prompts group), or the prompt set given (probe_set=<option>)."""
     ps = cfg.probe_set
-    if cfg.prompts.source == RUN:
-        path = require_run(run, "prompts.source", cfg.dpo).file("dynamics/prompts.jsonl", "prompts.source")
-        texts = load_texts(path, field="prompt", limit=ps.max_prompts, key="prompts.source")
+    limit = ps.get("max_prompts")
+    if limit is not None:
+        warnings.warn("probe_set.max_prompts is deprecated: use probe_set.limit", FutureWarning, stacklevel=2)
+    if ps.source == RUN:
+        path = require_run(run, "probe_set.source", cfg.dpo).file("dynamics/prompts.jsonl", "probe_set.source")
+        texts = load_texts(path, field="prompt", limit=limit or ps.limit, key="probe_set.source")
         return texts, f"the run's probe set ({path}, {len(texts)} prompts)"
-    texts = load_prompt_set(cfg.prompts, "prompts", ps.max_prompts)
-    return texts, describe_prompt_set(cfg.prompts, len(texts))
+    texts = load_prompt_set(ps, "probe_set", limit)
+    return texts, describe_prompt_set(ps, len(texts))
 
 
 Intervention = tuple[str, Callable[..., AbstractContextManager], int]
@@ -317,6 +324,7 @@ def base_model_setting(cfg: Any, run: RunDirectory | None) -> dict[str, Any]:
 def run(cfg: Any) -> dict[str, Any]:
     """The analysis, in one process or, under torchrun, with both models sharded over every process
     (FSDP2): the same tables either way; the main process writes them."""
+    warn_deprecated_groups(task_overrides())
     processes = launched_processes(resolve_device(cfg.device))
     try:
         return analyze(cfg, processes)

@@ -10,7 +10,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,35 @@ def directory_problem(path: Path) -> str | None:
         for part in reversed(created):
             part.rmdir()
     return None
+
+
+# choosing one of these (not the demo's `toy`) is a run on your own model or data
+OWN_RUN_GROUPS = ("model", "data")
+
+
+def without_demo_bundle(args: Sequence[str]) -> list[str]:
+    """Compatibility for one release: `model=<x>` or `data=<x>` (x not `toy`) with no `experiment`
+    choice used to start from nothing of the demo's. The demo is now the default bundle
+    (experiment=demo), so such a command gets `experiment=none` added, with a FutureWarning."""
+    if any(re.match(r"^[~+]*experiment(@[\w.]+)?(=|$)", a) for a in args):
+        return list(args)
+    own = [
+        a
+        for a in args
+        if a.partition("=")[0] in OWN_RUN_GROUPS
+        and a.partition("=")[2]
+        and "toy" not in [c.strip() for c in a.partition("=")[2].split(",")]
+    ]
+    if not own:
+        return list(args)
+    warnings.warn(
+        f"{' '.join(own)} without experiment=none: the demo is the default bundle now (experiment=demo, its prompts, probe and "
+        "scorer); add experiment=none for a run on your own model or data (added for you in this release)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    at = list(args).index(own[0])  # among the overrides: Hydra's parser wants them in one run, flags aside
+    return [*args[:at], "experiment=none", *args[at:]]
 
 
 def hydra_command(fn: Callable[[Any], Any], config_name: str) -> Callable[[], Any]:

@@ -23,6 +23,8 @@ from lightning_dpo.evaluation.model_source import (
 )
 from lightning_dpo.report import refresh_report
 from lightning_dpo.runs.directory import RunDirectory, command_output
+from lightning_dpo.training.plan import task_overrides
+from lightning_dpo.training.preflight import EVALUATE_DEPRECATED_GROUPS, warn_deprecated_groups
 from lightning_dpo.training.sharding import shard_across
 from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lightning_dpo.utils.processes import Processes, close_processes, launched_processes
@@ -41,6 +43,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 def run(cfg: Any) -> dict[str, Any]:
     """The evaluation, in one process or, under torchrun, with the model sharded over every process
     (FSDP2; each decodes a share of the prompts): the same numbers either way; the main process writes."""
+    warn_deprecated_groups(task_overrides(), EVALUATE_DEPRECATED_GROUPS)
     processes = launched_processes(resolve_device(cfg.device))
     try:
         return evaluate(cfg, processes)

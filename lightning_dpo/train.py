@@ -94,13 +94,17 @@ def train(cfg: DictConfig) -> float | None:
 
 def analyze_run(run_dir: Path, setting: Any) -> dict[str, Any]:
     """`analyze=true` (or a list of analyze's overrides): its table under <run>/analysis/<time>/."""
-    from lightning_dpo.analyze import run as analyze
+    from lightning_dpo.analyze import analyze
     from lightning_dpo.cli import compose_config
     from lightning_dpo.utils.config import override_arg
+    from lightning_dpo.utils.processes import Processes
+    from lightning_dpo.utils.torch_utils import resolve_device
 
     overrides = [] if setting is True else [str(o) for o in setting]
     log.info("analyzing %s (python -m lightning_dpo.analyze %s)", run_dir, " ".join([override_arg("dpo", run_dir), *overrides]))
-    return analyze(compose_config("analyze", [f"dpo={run_dir}", *overrides]))
+    cfg = compose_config("analyze", [f"dpo={run_dir}", *overrides])
+    # the main process alone, on the exported model (a DDP or FSDP run's other processes have finished)
+    return analyze(cfg, Processes(device=resolve_device(cfg.device)))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_dpo.conf", config_name="train")
@@ -123,10 +127,11 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """`python -m lightning_dpo.train` and the `lightning-dpo-train` script: set up, then Hydra's main."""
-    from lightning_dpo.cli import check_output_dir_arguments
+    from lightning_dpo.cli import check_output_dir_arguments, without_demo_bundle
 
     quiet_libraries()
     register_all_resolvers()  # Hydra resolves the configs before `main` runs
+    sys.argv[1:] = without_demo_bundle(sys.argv[1:])
     check_output_dir_arguments(sys.argv[1:])
     main()
 

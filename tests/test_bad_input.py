@@ -144,6 +144,7 @@ def test_an_empty_model_folder_is_named(tmp_path, small_world):
     (tmp_path / "empty").mkdir()
     torch.save(torch.randn(64), tmp_path / "probe.pt")
     own = [
+        "experiment=none",
         "model=hf",
         f"model.name_or_path={tmp_path / 'empty'}",
         "data=jsonl",

@@ -14,7 +14,8 @@ from lightning_dpo.train import build_callbacks, train
 from lightning_dpo.utils.config import build
 from lightning_dpo.utils.errors import ConfigError, DataError
 
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# the papers' presets (demo, the default bundle, is every other test's config; none is no bundle)
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem not in ("demo", "none"))
 
 
 def stand_ins(tmp_path: Path, world) -> dict[str, list[str]]:
@@ -224,3 +225,57 @@ def test_prompts_on_the_command_line_still_sets_both_with_a_deprecation_warning(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_deprecated_groups(["prompts.limit=5", "probe_set=toy", "eval_prompts=toy"])  # a key, or the new groups: no warning
+
+
+@pytest.mark.unit
+def test_the_demo_is_the_default_bundle_and_experiment_none_starts_from_nothing_of_it():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def choices(overrides: list[str]) -> dict:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[*overrides, "paths.output_dir=/tmp/unused"], return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        picked = OmegaConf.to_container(cfg.hydra.runtime.choices)
+        return {g: picked[g] for g in ("experiment", "model", "data", "prompts", "probe", "scorer")} | {
+            "probes": sorted(cfg.callbacks.neuron_dynamics.probes or {})
+        }
+
+    demo = {"experiment": "demo", "model": "toy", "data": "toy", "prompts": "toy", "probe": "toy", "scorer": "toy"}
+    assert choices([]) == demo | {"probes": ["toxicity", "workplace"]}
+    own = {"experiment": "none", "model": "hf", "data": "jsonl", "prompts": "validation", "probe": "file", "scorer": "profanity_check"}
+    assert choices(["experiment=none"]) == own | {"probes": []}  # one probe, the probe group's
+    assert choices(["experiment=smollm2_toxicity"])["probe"] == "file"  # another experiment replaces the demo's bundle
+
+
+@pytest.mark.unit
+def test_choosing_your_own_model_or_data_without_an_experiment_drops_the_demo_bundle_with_a_warning():
+    import warnings
+
+    from lightning_dpo.cli import without_demo_bundle
+
+    with pytest.warns(FutureWarning, match=r"model=hf data=jsonl without experiment=none: .* \(added for you in this release\)"):
+        assert without_demo_bundle(["-m", "data.path=x", "model=hf", "data=jsonl", "--cfg", "job"]) == [
+            "-m",
+            "data.path=x",
+            "experiment=none",  # beside the other overrides: Hydra's parser takes them in one run
+            "model=hf",
+            "data=jsonl",
+            "--cfg",
+            "job",
+        ]
+    with pytest.warns(FutureWarning):
+        assert without_demo_bundle(["data=jsonl,toy2"]) == ["experiment=none", "data=jsonl,toy2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for kept in (
+            [],
+            ["data=toy"],  # the demo's own options
+            ["data=toy,jsonl"],  # a sweep that includes the demo: each job composes as it says
+            ["model.name_or_path=x", "data.path=y"],  # keys, not group choices: the demo-assets guard names what is left
+            ["experiment=smollm2_toxicity", "model=hf"],
+            ["experiment=none", "model=hf"],
+            ["~experiment", "data=jsonl"],
+        ):
+            assert without_demo_bundle(kept) == kept

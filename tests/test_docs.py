@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from helpers.configs import compose_train
+from helpers.configs import compose_command, compose_train
 from lightning_dpo.model.losses import LOSSES
 
 pytestmark = pytest.mark.unit  # the unit tier: `pytest -m unit`, under a minute
@@ -35,7 +35,7 @@ GROUPS = (
 # compositions that between them hold every documented key (a key lives in the option that defines it)
 VARIANTS = [
     [],
-    ["model=hf", "data=jsonl", "data.path=x.jsonl", "probe=train", "probe.data=x.jsonl"],
+    ["experiment=none", "model=hf", "data=jsonl", "data.path=x.jsonl", "probe=train", "probe.data=x.jsonl"],
     ["probe=embed_diff"],
     ["experiment=smollm2_toxicity"],
     ["trainer=fsdp"],
@@ -62,7 +62,9 @@ def _documented_keys(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def configs():
-    return [OmegaConf.to_container(compose_train(v), resolve=False) for v in VARIANTS]
+    """Train's compositions first (the first is the demo's), then the commands' that share its groups."""
+    commands = [compose_command("analyze", ["dpo=x"]), compose_command("evaluate", ["model.name_or_path=x"])]
+    return [OmegaConf.to_container(c, resolve=False) for c in [*(compose_train(v) for v in VARIANTS), *commands]]
 
 
 def _has(config: dict, dotted: str) -> bool:

@@ -349,3 +349,52 @@ def test_the_probe_command_reads_run_directories_and_checkpoints(tmp_path, train
         )
     )
     assert probe.direction.shape == (64,) and float(probe.metadata["accuracy"]) >= 0.9
+
+
+def test_analyze_and_evaluate_take_the_probe_set_and_the_evaluation_prompts_from_separate_groups(tmp_path, trained_run):
+    """By default both sets are the run's own (probe_set=run, eval_prompts=run through the prompts
+    group); probe_set=<x> and eval_prompts=<x> change one alone; `prompts.*` keys still reach both."""
+    from lightning_dpo.analyze import probe_set_prompts
+    from lightning_dpo.evaluation.evaluate_model import settings_from_config
+    from lightning_dpo.runs.directory import RunDirectory
+    from lightning_dpo.training.preflight import EVALUATE_DEPRECATED_GROUPS, warn_deprecated_groups
+
+    run = RunDirectory.find(trained_run)
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"text": f"my prompt {i}"}) + "\n" for i in range(5)))
+
+    def sets(overrides: list[str]) -> tuple[list[str], list[str]]:
+        cfg = compose_command("analyze", [f"dpo={trained_run}", *overrides])
+        return probe_set_prompts(cfg, run)[0], list(settings_from_config(cfg, run).prompts)
+
+    probe_set, evaluation = sets([])
+    run_probe_set = [json.loads(line)["prompt"] for line in (trained_run / "dynamics" / "prompts.jsonl").read_text().splitlines()]
+    assert probe_set == run_probe_set and len(probe_set) == 32
+    assert len(evaluation) == 16 and probe_set != evaluation  # the run's probe set and its evaluation prompts
+    custom = [f"probe_set.source={mine}", "probe_set.field=text", "probe_set.limit=3"]
+    assert sets(custom) == ([f"my prompt {i}" for i in range(3)], evaluation)
+    assert sets([f"eval_prompts.source={mine}", "eval_prompts.field=text"]) == (probe_set, [f"my prompt {i}" for i in range(5)])
+    assert sets([f"prompts.source={mine}", "prompts.field=text"])[1] == sets([f"eval_prompts.source={mine}", "eval_prompts.field=text"])[1]
+    cfg = compose_command("evaluate", [f"model.name_or_path={trained_run}", f"eval_prompts.source={mine}", "eval_prompts.field=text"])
+    assert list(settings_from_config(cfg, run).prompts) == [f"my prompt {i}" for i in range(5)]
+    with pytest.warns(FutureWarning, match=r"probe_set.max_prompts is deprecated: use probe_set.limit"):
+        assert len(probe_set_prompts(compose_command("analyze", [f"dpo={trained_run}", "probe_set.max_prompts=4"]), run)[0]) == 4
+    with pytest.warns(FutureWarning, match=r"'prompts=toy' is deprecated: use eval_prompts=toy"):
+        warn_deprecated_groups(["prompts=toy"], EVALUATE_DEPRECATED_GROUPS)
+
+
+def test_the_analysis_at_the_end_of_training_runs_in_the_main_process_alone(tmp_path, trained_run, monkeypatch):
+    """train's `analyze=...` runs on the main process after the fit: under a multi-process launch
+    (WORLD_SIZE set by torchrun or Lightning) it must not join a process group the others never enter."""
+    from lightning_dpo.train import analyze_run
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rows = ["interventions.ablate_top=[8]", "interventions.ablate_top_positive=[]", "interventions.patch_groups=[[TP-]]"]
+    summary = analyze_run(trained_run, [*rows, "interventions.editing=null", f"out={tmp_path}"])
+    assert summary["evaluation"]["processes"] == 1 and not torch.distributed.is_initialized()
+    assert [r["intervention"] for r in summary["table"]] == [
+        "none",
+        "ablate top 8 toxic neurons",
+        "patch TP- to DPO mean activations",
+        "none",
+    ]

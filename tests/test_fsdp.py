@@ -252,7 +252,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _assert_rows_close(single: list[dict[str, str]], sharded: list[dict[str, str]], rel: float) -> None:
+def _assert_rows_close(single: list[dict[str, str]], sharded: list[dict[str, str]], rel: float, abs_: float = 1e-6) -> None:
     assert len(single) == len(sharded) and single
     for a, b in zip(single, sharded):
         assert a.keys() == b.keys()
@@ -262,7 +262,7 @@ def _assert_rows_close(single: list[dict[str, str]], sharded: list[dict[str, str
             except ValueError:  # labels, the scorer's name, `within_fluency`
                 assert value == b[key], key
                 continue
-            assert y == pytest.approx(x, rel=rel, abs=1e-9, nan_ok=True), f"{a.get('intervention') or a.get('group')}: {key}"
+            assert y == pytest.approx(x, rel=rel, abs=abs_, nan_ok=True), f"{a.get('intervention') or a.get('group')}: {key}"
 
 
 def test_analyze_under_torchrun_shards_both_models_and_gives_one_process_tables(tmp_path, analysed_run):

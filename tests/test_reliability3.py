@@ -112,6 +112,7 @@ def test_no_validation_pairs_with_validation_prompts_names_data_val_size(tmp_pat
     (tmp_path / "probe.pt").write_text("")
     cfg = compose_train(
         [
+            "experiment=none",
             "model=hf",
             "model.name_or_path=x",
             "data=jsonl",

@@ -181,6 +181,7 @@ def test_a_run_on_your_own_model_pairs_probe_and_prompts_builds_no_demo_world(tm
     train(
         compose_train(
             [
+                "experiment=none",
                 "model=hf",
                 f"model.name_or_path={folder}",
                 "data=jsonl",
@@ -211,7 +212,7 @@ def test_a_run_that_keeps_demo_assets_with_its_own_model_is_refused_naming_them(
     from helpers.data import write_pairs
 
     torch.save(torch.randn(64), tmp_path / "probe.pt")
-    # your own pairs, but still data=toy's prompt set, probe and scorer
+    # your own pairs, but still the demo bundle's prompt set, probe and scorer (experiment=demo)
     with pytest.raises(
         ConfigError, match=r"probe.path, prompts.source, scorer.words_file point into the demo's toy world while data.path is your own"
     ):

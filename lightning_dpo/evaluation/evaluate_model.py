@@ -116,17 +116,18 @@ def evaluate_model(
 
 
 def settings_from_config(cfg: Any, run: RunDirectory | None = None, cache_dir: Path | None = None) -> EvalSettings:
-    """EvalSettings from the `prompts`, `scorer`, `generation`, `perplexity` and `f1` config blocks;
+    """EvalSettings from the `eval_prompts`, `scorer`, `generation`, `perplexity` and `f1` config blocks;
     a `run` value takes the setting from the training run `run` (lightning_dpo/runs/directory.py)."""
-    if cfg.prompts.source == RUN:
-        source = require_run(run, "prompts.source", cfg.get("dpo") or cfg.model.name_or_path).file("eval/prompts.jsonl", "prompts.source")
-        prompts = load_texts(source, field="prompt", limit=cfg.prompts.limit, key="prompts.source")
+    spec = cfg.eval_prompts
+    if spec.source == RUN:
+        source = require_run(run, "eval_prompts.source", cfg.get("dpo") or cfg.model.name_or_path).file(
+            "eval/prompts.jsonl", "eval_prompts.source"
+        )
+        prompts = load_texts(source, field="prompt", limit=spec.limit, key="eval_prompts.source")
         prompts_source = f"the run's evaluation prompts ({source}, {len(prompts)} prompts)"
     else:
-        prompts = load_texts(
-            cfg.prompts.source, field=cfg.prompts.field, where=cfg.prompts.filter, limit=cfg.prompts.limit, key="prompts.source"
-        )
-        prompts_source = describe_prompt_set(cfg.prompts, len(prompts))
+        prompts = load_texts(spec.source, field=spec.field, where=spec.filter, limit=spec.limit, key="eval_prompts.source")
+        prompts_source = describe_prompt_set(spec, len(prompts))
     scorer_cfg = plain(cfg.scorer)
     if scorer_cfg.get("name") == RUN:
         scorer_cfg = require_run(run, "scorer", cfg.get("dpo") or cfg.model.name_or_path).scorer_config()

@@ -1,7 +1,7 @@
 """The demo world's place in the configs: the `${toy_world:<file>}` resolver and building the world on demand.
 
-Only the demo's config groups (model=toy, data=toy and what data=toy selects) point into the toy
-world. Commands register the resolver (`register_toy_resolver`) and call `ensure_toy_world(cfg)`,
+Only the demo's bundle (experiment=demo, the default: model=toy, data=toy, and the demo's prompts,
+probe and scorer) points into the toy world. Commands register the resolver (`register_toy_resolver`) and call `ensure_toy_world(cfg)`,
 which builds the world only when the run is the demo, and refuses a run whose own model or data
 would silently pick up the demo's assets.
 """
@@ -89,8 +89,9 @@ def ensure_toy_world(cfg: DictConfig, demo_keys: tuple[str, ...] = ()) -> Any:
             leaked[0],
             f"{', '.join(leaked)} point into the demo's toy world while {', '.join(own)} "
             f"{'is' if len(own) == 1 else 'are'} your own. A run on your own model and data takes nothing from the demo: "
-            "start from model=hf data=jsonl (their defaults measure on your validation pairs and score with "
-            "profanity_check) and give probe.path (or set those keys yourself)",
+            "add experiment=none (the demo is the default bundle, experiment=demo) with model=hf data=jsonl "
+            "(their defaults measure on your validation pairs and score with profanity_check) and give probe.path "
+            "(or set those keys yourself)",
         )
     return ToyWorld(**_world_params(cfg)).build()
 

@@ -18,7 +18,7 @@ import difflib
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,19 +158,21 @@ def check_numbers(cfg: DictConfig, rules: dict[str, Rule] = NUMBER_RULES) -> Non
                 raise ConfigError(key, f"must be > 0, got {value}")
 
 
-# group -> what replaces choosing it on the command line (still read for one release)
+# group -> what replaces choosing it on the command line (still read for one release): train and analyze
 DEPRECATED_GROUPS = {
     "prompts": "probe_set={choice} eval_prompts={choice} (the neuron dynamics' prompts and the evaluation's "
     "are separate groups now; prompts={choice} still sets both in this release)",
 }
+# evaluate has one prompt set, the evaluation's
+EVALUATE_DEPRECATED_GROUPS = {"prompts": "eval_prompts={choice} (prompts={choice} still sets it in this release)"}
 
 
-def warn_deprecated_groups(overrides: Sequence[str]) -> None:
+def warn_deprecated_groups(overrides: Sequence[str], replacements: Mapping[str, str] = DEPRECATED_GROUPS) -> None:
     """A FutureWarning (shown to users by default) for each deprecated group chosen on the command line."""
     for override in overrides:
         group, _, choice = override.partition("=")
-        if group in DEPRECATED_GROUPS and choice:
-            warnings.warn(f"'{override}' is deprecated: use {DEPRECATED_GROUPS[group].format(choice=choice)}", FutureWarning, stacklevel=2)
+        if group in replacements and choice:
+            warnings.warn(f"'{override}' is deprecated: use {replacements[group].format(choice=choice)}", FutureWarning, stacklevel=2)
 
 
 def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
