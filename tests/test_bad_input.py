@@ -37,13 +37,11 @@ def _no_checkpoint(run_dir: Path) -> bool:
     "override, key",
     [
         ("data.max_prompt_length=48", "data.max_prompt_length=48 + data.max_completion_length=32 = 80 tokens"),
-        (
+        ("probe_set.num_positions=40", "probe_set.max_prompt_tokens=32 + probe_set.num_positions=40"),
+        ("generation.max_new_tokens=40", "generation.max_prompt_tokens=32 + generation.max_new_tokens=40"),
+        (  # the deprecated key still sets it, and is named as what was set
             "callbacks.neuron_dynamics.num_positions=40",
-            "callbacks.neuron_dynamics.max_prompt_tokens=32 + callbacks.neuron_dynamics.num_positions=40",
-        ),
-        (
-            "callbacks.toxicity_eval.max_new_tokens=40",
-            "callbacks.toxicity_eval.max_prompt_tokens=32 + callbacks.toxicity_eval.max_new_tokens=40",
+            "probe_set.max_prompt_tokens=32 + callbacks.neuron_dynamics.num_positions=40",
         ),
     ],
 )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers.configs import CONF, SHORT_RUN, SMALL_WORLD, compose_train
+from helpers.configs import CONF, SHORT_RUN, SMALL_WORLD, compose_command, compose_train
 from helpers.data import write_pairs
 from helpers.models import tiny_gpt2_config, toy_width_decoder
 from lightning_dpo.train import build_callbacks, train
@@ -279,3 +279,23 @@ def test_choosing_your_own_model_or_data_without_an_experiment_drops_the_demo_bu
             ["~experiment", "data=jsonl"],
         ):
             assert without_demo_bundle(kept) == kept
+
+
+def test_one_key_per_measuring_concept_reaches_the_callbacks_and_the_old_keys_warn():
+    """probe_set.{max_prompt_tokens,prepend_bos,num_positions} and generation.{max_prompt_tokens,
+    max_new_tokens}: the keys analyze and evaluate have, read by the callbacks in training."""
+    from lightning_dpo.training.preflight import warn_deprecated_keys
+
+    cfg = compose_train(["probe_set.num_positions=7", "probe_set.max_prompt_tokens=null", "generation.max_new_tokens=9"])
+    dynamics, evaluation = cfg.callbacks.neuron_dynamics, cfg.callbacks.toxicity_eval
+    assert (dynamics.num_positions, dynamics.max_prompt_tokens, dynamics.prepend_bos) == (7, None, False)
+    assert (evaluation.max_new_tokens, evaluation.max_prompt_tokens) == (9, 32)
+    paper = compose_train(["experiment=toxicity_gpt2_medium"]).callbacks.neuron_dynamics  # Yang et al. v1's probe set
+    assert (paper.num_positions, paper.max_prompt_tokens, paper.prepend_bos) == (20, None, True)
+    old = compose_train(["callbacks.neuron_dynamics.num_positions=5"])  # still sets it, for one release
+    assert old.callbacks.neuron_dynamics.num_positions == 5
+    with pytest.warns(FutureWarning, match=r"'callbacks.toxicity_eval.max_new_tokens=5' is deprecated: use generation.max_new_tokens=5"):
+        warn_deprecated_keys(["callbacks.toxicity_eval.max_new_tokens=5", "generation.max_prompt_tokens=3"])
+    commands = compose_command("analyze", ["dpo=x"]), compose_command("evaluate", ["model.name_or_path=x"])
+    assert all("max_prompt_tokens" in c.generation and "max_new_tokens" in c.generation for c in commands)
+    assert {"max_prompt_tokens", "prepend_bos", "num_positions"} <= set(commands[0].probe_set)

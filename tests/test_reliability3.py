@@ -39,6 +39,8 @@ def run(run_dir: Path, *overrides: str):
         ("callbacks.neuron_dynamics.every_n_steps=0", "callbacks.neuron_dynamics.every_n_steps"),
         ("callbacks.toxicity_eval.max_prompts=-1", "callbacks.toxicity_eval.max_prompts"),
         ("callbacks.neuron_dynamics.num_positions=2.5", "callbacks.neuron_dynamics.num_positions"),
+        ("probe_set.num_positions=2.5", "probe_set.num_positions"),  # the callback's value copies it: named where it is set
+        ("generation.max_new_tokens=0", "generation.max_new_tokens"),
         ("optim.lr=0", "optim.lr"),
         ("loss.beta=-0.1", "loss.beta"),
     ],

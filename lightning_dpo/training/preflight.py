@@ -9,7 +9,8 @@
   under an instantiated node (whose constructor rejects unknown arguments) or a free-form mapping
   may be added;
 - the files the run reads exist; the probe set has prompts to measure on;
-- a deprecated group choice still works, with a warning naming what replaces it (`DEPRECATED_GROUPS`).
+- a deprecated group choice or key still works, with a warning naming what replaces it (`DEPRECATED_GROUPS`,
+  `DEPRECATED_KEYS`).
 """
 
 from __future__ import annotations
@@ -144,6 +145,23 @@ def _expand(cfg: DictConfig, pattern: str) -> list[str]:
     return [f"{head}.{name!s}.{tail}" for name, inner in node.items() if isinstance(inner, DictConfig) and "_target_" in inner]
 
 
+_COPY = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # a plain copy of another key, by its absolute path
+
+
+def value_home(cfg: DictConfig, key: str) -> str:
+    """The key a user sets for `key`'s value: a plain copy (`${probe_set.num_positions}`) is named by
+    the key it copies, followed to the end, so that an error names what to change."""
+    for _ in range(8):  # a chain of copies is short; a cycle fails in OmegaConf first
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        raw = OmegaConf.to_container(node, resolve=False).get(leaf) if isinstance(node, DictConfig) else None
+        copy = _COPY.fullmatch(raw) if isinstance(raw, str) else None
+        if copy is None:
+            return key
+        key = copy.group(1)
+    return key
+
+
 def check_numbers(cfg: DictConfig, rules: dict[str, Rule] = NUMBER_RULES) -> None:
     """Every number named in `rules` that the config holds has the right type and range."""
     for pattern, rule in rules.items():
@@ -153,9 +171,9 @@ def check_numbers(cfg: DictConfig, rules: dict[str, Rule] = NUMBER_RULES) -> Non
             if not isinstance(node, DictConfig) or leaf not in node:
                 continue
             value = OmegaConf.select(cfg, key)
-            rule.check(key, value)
+            rule.check(value_home(cfg, key), value)
             if pattern in STRICTLY_POSITIVE and value <= 0:
-                raise ConfigError(key, f"must be > 0, got {value}")
+                raise ConfigError(value_home(cfg, key), f"must be > 0, got {value}")
 
 
 # group -> what replaces choosing it on the command line (still read for one release): train and analyze
@@ -173,6 +191,29 @@ def warn_deprecated_groups(overrides: Sequence[str], replacements: Mapping[str, 
         group, _, choice = override.partition("=")
         if group in replacements and choice:
             warnings.warn(f"'{override}' is deprecated: use {replacements[group].format(choice=choice)}", FutureWarning, stacklevel=2)
+
+
+# key -> the one key for its concept (the old one still overrides it for one release)
+DEPRECATED_KEYS = {
+    "callbacks.neuron_dynamics.max_prompt_tokens": "probe_set.max_prompt_tokens",
+    "callbacks.neuron_dynamics.prepend_bos": "probe_set.prepend_bos",
+    "callbacks.neuron_dynamics.num_positions": "probe_set.num_positions",
+    "callbacks.toxicity_eval.max_prompt_tokens": "generation.max_prompt_tokens",
+    "callbacks.toxicity_eval.max_new_tokens": "generation.max_new_tokens",
+}
+
+
+def warn_deprecated_keys(overrides: Sequence[str]) -> None:
+    """A FutureWarning for each deprecated key set on the command line, naming the key that replaces it."""
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key in DEPRECATED_KEYS:
+            warnings.warn(
+                f"'{override}' is deprecated: use {DEPRECATED_KEYS[key]}={value} (the same setting for the training run, "
+                "analyze and evaluate; the old key still overrides it in this release)",
+                FutureWarning,
+                stacklevel=2,
+            )
 
 
 def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -216,6 +257,7 @@ def preflight(cfg: DictConfig, built_on_demand: Sequence[Path | None] = (), over
     check_packaged_model(OmegaConf.select(cfg, "model.name_or_path"))
     check_added_keys(cfg, overrides)
     warn_deprecated_groups(overrides)
+    warn_deprecated_keys(overrides)
     check_numbers(cfg)
     path = cfg.data.get("path")
     if path:
@@ -276,5 +318,6 @@ def check_lengths(cfg: DictConfig, limit: int | None) -> None:
         if any(v is None for v in values):
             continue
         if sum(values) > limit:
-            listing = " + ".join(f"{k}={v}" for k, v in zip(keys, values))
-            raise ConfigError(keys[0], f"{listing} = {sum(values)} tokens, but the model has positions for {limit}: lower them")
+            homes = [value_home(cfg, k) for k in keys]
+            listing = " + ".join(f"{k}={v}" for k, v in zip(homes, values))
+            raise ConfigError(homes[0], f"{listing} = {sum(values)} tokens, but the model has positions for {limit}: lower them")
