@@ -120,6 +120,37 @@ def test_fsdp_sigterm_then_resume_is_byte_identical_to_an_uninterrupted_fsdp_run
 
 
 @pytest.mark.slow
+def test_fsdp_sigkill_after_a_checkpoint_then_resume_equals_the_uninterrupted_fsdp_run(tmp_path, small_world):
+    """SIGKILL to every process of an FSDP run (no handler runs): the resumed run ends with the
+    weights, metrics and group table of a run never killed."""
+    import signal
+    import time
+
+    # warmup_cap=null: the capped warm-up depends on trainer.max_steps, which differs between the runs
+    every = ["callbacks.stop_checkpoint.every_n_steps=3", "trainer.val_check_interval=5", "optim.warmup_cap=null"]
+    every += ["callbacks.toxicity_eval.every_n_steps=1000"]
+    killed = tmp_path / "killed"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "lightning_dpo.train", *RUN, *FSDP, *every, "trainer.max_steps=100000", f"hydra.run.dir={killed}"]
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (killed / "dynamics" / "step_0000010.safetensors").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:] if process.stdout else ""
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # both ranks, as a node's out-of-memory killer or a cluster's hard stop would
+    process.communicate(timeout=60)
+    target = int(_checkpoint(killed)["global_step"]) + 4
+    _train(killed, FSDP + every + [f"trainer.max_steps={target}", "ckpt_path=last"])
+    _train(tmp_path / "straight", FSDP + every + [f"trainer.max_steps={target}"])
+    a, b = _checkpoint(killed), _checkpoint(tmp_path / "straight")
+    assert a["global_step"] == b["global_step"] == target
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+    for name in ("metrics.csv", "dynamics/groups.csv"):
+        with open(killed / name) as x, open(tmp_path / "straight" / name) as y:
+            assert list(csv.DictReader(x)) == list(csv.DictReader(y)), name
+
+
+@pytest.mark.slow
 def test_lora_and_fsdp_compose(tmp_path, small_world):
     _train(tmp_path / "single", SINGLE + LORA)
     _train(tmp_path / "fsdp", FSDP + LORA)
