@@ -1,5 +1,6 @@
 """Configs: every experiment composes and instantiates (on tiny stand-ins), bad values fail early."""
 
+import inspect
 import json
 from pathlib import Path
 
@@ -296,6 +297,22 @@ def test_one_key_per_measuring_concept_reaches_the_callbacks_and_the_old_keys_wa
     assert old.callbacks.neuron_dynamics.num_positions == 5
     with pytest.warns(FutureWarning, match=r"'callbacks.toxicity_eval.max_new_tokens=5' is deprecated: use generation.max_new_tokens=5"):
         warn_deprecated_keys(["callbacks.toxicity_eval.max_new_tokens=5", "generation.max_prompt_tokens=3"])
+    with pytest.warns(FutureWarning, match=r"'optim.optimizer.lr=1e-5' is deprecated: use optim.lr=1e-5"):
+        warn_deprecated_keys(["optim.optimizer.lr=1e-5", "optim.lr=2e-5"])  # optim.lr is checked, logged and swept
     commands = compose_command("analyze", ["dpo=x"]), compose_command("evaluate", ["model.name_or_path=x"])
     assert all("max_prompt_tokens" in c.generation and "max_new_tokens" in c.generation for c in commands)
     assert {"max_prompt_tokens", "prepend_bos", "num_positions"} <= set(commands[0].probe_set)
+
+
+@pytest.mark.unit
+def test_a_composition_resolves_in_place_with_the_signature_defaults():
+    """What `--cfg job --resolve` and a run's .hydra/config.resolved.yaml do: every `${default:}`,
+    a list default included, becomes the value."""
+    from lightning_dpo.callbacks import NeuronDynamicsCallback
+    from lightning_dpo.model import PreferenceLoss
+
+    cfg = compose_train(["experiment=none"])
+    OmegaConf.resolve(cfg)
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "loss" / "dpo.yaml"))
+    assert raw["beta"] == "${default:}" and cfg.loss.beta == inspect.signature(PreferenceLoss).parameters["beta"].default
+    assert list(cfg.callbacks.neuron_dynamics.nulls) == list(inspect.signature(NeuronDynamicsCallback).parameters["nulls"].default)

@@ -104,21 +104,26 @@ def test_configuration_lists_the_real_group_options_and_the_callbacks_defaults(c
             "progress_bar",
             "early_stopping",
         }, (name, real - set(options))
-    # the callback table's defaults are the YAML's, and "(the demo: x)" the demo's (the default composition)
-    base = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "callbacks" / "neuron_dynamics.yaml"))["neuron_dynamics"]
-    demo = configs[0]["callbacks"]["neuron_dynamics"]
+    # the callback table's defaults are the composed ones (experiment=none), and "(the demo: x)" the demo's
+    base, demo = (compose_train(v).callbacks.neuron_dynamics for v in (["experiment=none"], []))
     checked = set()
     for line in text.splitlines():
         match = re.match(r"\| `callbacks\.neuron_dynamics\.(\w+)` \| `?([^|`(]+?)`?(?: \(the demo: (\w+)\))? \|", line)
-        if match and match.group(1) in ("max_prompt_tokens", "num_positions", "every_n_steps", "top_n", "null_directions", "buckets"):
-            assert str(base[match.group(1)]) == match.group(2).strip(), line
-            assert str(demo[match.group(1)]) == (match.group(3) or match.group(2).strip()), line
+        if match and match.group(1) in ("max_prompts", "every_n_steps", "top_n", "null_directions", "buckets", "batch_size"):
+            assert str(base[match.group(1)]).lower().replace("none", "null") == match.group(2).strip(), line
+            assert str(demo[match.group(1)]).lower().replace("none", "null") == (match.group(3) or match.group(2).strip()), line
+            checked.add(match.group(1))
         shared = re.match(r"\| `((?:probe_set|generation)\.\w+)` \| (\w+) \|", line)
         if shared:  # one key per concept: the documented default is the composed one, and the callbacks read it
             value = OmegaConf.select(OmegaConf.create(configs[0]), shared.group(1))
             assert str(value).lower() == shared.group(2), line
             checked.add(shared.group(1))
     assert checked == {
+        "max_prompts",
+        "every_n_steps",
+        "top_n",
+        "null_directions",
+        "buckets",
         "probe_set.max_prompt_tokens",
         "probe_set.prepend_bos",
         "probe_set.num_positions",

@@ -31,27 +31,40 @@ def _walk(value, prefix):
 
 
 @pytest.mark.parametrize("where, node", list(_yaml_nodes_with_targets()), ids=lambda x: x if isinstance(x, str) else "")
-def test_code_defaults_equal_yaml_defaults(where, node):
-    """Every value a YAML gives a parameter that also has a default in code is that default (or an
-    interpolation of another key): one default per setting, wherever a user reads it."""
-    if node["_target_"] == "???":
-        return  # a template for the user's own class (conf/probe/custom.yaml)
-    target = get_object(node["_target_"])
-    parameters = inspect.signature(target).parameters
-    if not node["_target_"].startswith(("lightning_dpo.",)):
-        return  # third-party classes (Trainer, ModelCheckpoint, AdamW, ...): their defaults are theirs
-    differ = {}
+def test_every_default_has_one_home_the_signature(where, node):
+    """A YAML key whose value is the default of the class (or function) it builds says `${default:}`
+    and gets it from the signature: no default is written twice. `${default:}` resolves to exactly
+    that default, and only where the signature has one."""
+    from lightning_dpo.utils.config import register_resolvers
+
+    if node["_target_"] == "???" or not node["_target_"].startswith("lightning_dpo."):
+        return  # the user's own class (conf/*/custom.yaml); third-party classes: their defaults are theirs
+    register_resolvers()
+    parameters = inspect.signature(get_object(node["_target_"])).parameters
+    repeated, resolved = {}, OmegaConf.create(node)
     for key, value in node.items():
-        if key.startswith("_") or key not in parameters or parameters[key].default is inspect.Parameter.empty:
+        if key.startswith("_") or key not in parameters:
             continue
-        if value == "???" or "${" in str(value):
-            continue  # required, or a reference to another key: not a default
         default = parameters[key].default
-        default = list(default) if isinstance(default, tuple) else default  # YAML has lists where code has tuples
-        if isinstance(value, dict) or value != default:
-            if not (isinstance(value, dict) and not value and default is None):
-                differ[key] = (value, default)
-    assert not differ, f"{where}: YAML value != code default: {differ}"
+        default = list(default) if isinstance(default, tuple) else default
+        if value == "${default:}":
+            assert default is not inspect.Parameter.empty, f"{where}.{key}: ${{default:}} but no default in the signature"
+            got = resolved[key]
+            assert (OmegaConf.to_container(got) if OmegaConf.is_config(got) else got) == default, f"{where}.{key}"
+        elif default is not inspect.Parameter.empty and value == default and type(value) is type(default) and value != {}:
+            repeated[key] = value
+    assert not repeated, f"{where}: the signature's defaults written again in YAML (write ${{default:}}): {repeated}"
+
+
+def test_a_default_where_the_signature_has_none_names_the_key():
+    from lightning_dpo.utils.config import register_resolvers
+
+    register_resolvers()
+    cfg = OmegaConf.create({"loss": {"_target_": "lightning_dpo.model.PreferenceLoss", "nonsense": "${default:}"}, "x": "${default:}"})
+    with pytest.raises(Exception, match=r"config key 'loss.nonsense'.*PreferenceLoss has no default for 'nonsense'"):
+        _ = cfg.loss.nonsense
+    with pytest.raises(Exception, match=r"its node has no _target_"):
+        _ = cfg.x
 
 
 def test_the_package_list_names_every_package_of_the_tree():

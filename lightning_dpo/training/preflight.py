@@ -200,6 +200,9 @@ DEPRECATED_KEYS = {
     "callbacks.neuron_dynamics.num_positions": "probe_set.num_positions",
     "callbacks.toxicity_eval.max_prompt_tokens": "generation.max_prompt_tokens",
     "callbacks.toxicity_eval.max_new_tokens": "generation.max_new_tokens",
+    # the optimizer's arguments are wired from optim's own keys (checked, logged and swept there)
+    "optim.optimizer.lr": "optim.lr",
+    "optim.optimizer.weight_decay": "optim.weight_decay",
 }
 
 
@@ -209,8 +212,8 @@ def warn_deprecated_keys(overrides: Sequence[str]) -> None:
         key, _, value = override.lstrip("+").partition("=")
         if key in DEPRECATED_KEYS:
             warnings.warn(
-                f"'{override}' is deprecated: use {DEPRECATED_KEYS[key]}={value} (the same setting for the training run, "
-                "analyze and evaluate; the old key still overrides it in this release)",
+                f"'{override}' is deprecated: use {DEPRECATED_KEYS[key]}={value} (one key per setting; "
+                "the old key still sets it in this release)",
                 FutureWarning,
                 stacklevel=2,
             )

@@ -57,7 +57,29 @@ def safe_dirname(name: str, max_length: int = 120) -> str:
     return f"{name[: max_length - 11]}-{digest}"
 
 
+def code_default(*, _parent_: DictConfig, _node_: Any) -> Any:
+    """`key: ${default:}` in a node with a `_target_`: that target's default for `key`. Every default
+    has one home, the signature of the class or function the config builds; the YAML lists the key
+    (with what it means) and takes the value from there."""
+    key = str(_node_._key())
+    where = _node_._get_full_key(None)
+    target = _parent_.get("_target_")
+    if not target:
+        raise ConfigError(where, "${default:} names a constructor's default, but its node has no _target_")
+    try:
+        parameter = inspect.signature(get_object(str(target))).parameters.get(key)
+    except Exception as exc:  # an unimportable target: the error names the key and the target
+        raise ConfigError(where, f"${{default:}} could not read the default of {target}: {exc}") from exc
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        raise ConfigError(where, f"${{default:}}: {target} has no default for {key!r}; give a value")
+    if isinstance(parameter.default, (tuple, list, dict)):  # a container node, as a literal list in YAML would be
+        return OmegaConf.create(list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default)
+    return parameter.default
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("default"):
+        OmegaConf.register_new_resolver("default", code_default)
     if not OmegaConf.has_resolver("safe_dirname"):
         OmegaConf.register_new_resolver("safe_dirname", safe_dirname)
     if not OmegaConf.has_resolver("cuda_available"):  # e.g. fused optimizers, which need CUDA tensors
