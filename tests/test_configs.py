@@ -316,3 +316,14 @@ def test_a_composition_resolves_in_place_with_the_signature_defaults():
     raw = OmegaConf.to_container(OmegaConf.load(CONF / "loss" / "dpo.yaml"))
     assert raw["beta"] == "${default:}" and cfg.loss.beta == inspect.signature(PreferenceLoss).parameters["beta"].default
     assert list(cfg.callbacks.neuron_dynamics.nulls) == list(inspect.signature(NeuronDynamicsCallback).parameters["nulls"].default)
+
+
+@pytest.mark.unit
+def test_eval_paper_sets_the_papers_perplexity_text_in_analyze_and_evaluate_alike():
+    """analyze's own settings used to come after the eval group and kept `perplexity.text: run` under
+    eval=paper; the shared settings (conf/shared/) now come before it in every command."""
+    for command, overrides in (("analyze", ["dpo=x", "eval=paper"]), ("evaluate", ["model.name_or_path=x", "eval=paper"])):
+        cfg = compose_command(command, overrides)
+        assert (cfg.perplexity.text, cfg.f1.data, cfg.eval_prompts.source) == ("wikitext-2", None, "allenai/real-toxicity-prompts"), command
+        assert cfg.generation.max_prompt_tokens == 32 and cfg.generation.max_new_tokens == 20
+    assert compose_command("analyze", ["dpo=x"]).perplexity.text == "run"
