@@ -54,7 +54,7 @@ from lightning_dpo.training.sharding import shard_across
 from lightning_dpo.utils.config import plain
 from lightning_dpo.utils.figures import pyplot, save_figure
 from lightning_dpo.utils.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from lightning_dpo.utils.processes import Processes, close_processes, launched_processes
+from lightning_dpo.utils.processes import Processes, launched
 from lightning_dpo.utils.tables import markdown_table
 from lightning_dpo.utils.torch_utils import resolve_device
 
@@ -325,15 +325,12 @@ def run(cfg: Any) -> dict[str, Any]:
     """The analysis, in one process or, under torchrun, with both models sharded over every process
     (FSDP2): the same tables either way; the main process writes them."""
     warn_deprecated_groups(task_overrides())
-    processes = launched_processes(resolve_device(cfg.device))
-    try:
+    with launched(resolve_device(cfg.device)) as processes:
         return analyze(cfg, processes)
-    finally:
-        close_processes(processes)
 
 
 def analyze(cfg: Any, processes: Processes) -> dict[str, Any]:
-    out = processes.broadcast(command_output(cfg.out, "analysis", cfg.dpo) if processes.is_main else None)
+    out = processes.from_main(lambda: command_output(cfg.out, "analysis", cfg.dpo))
     run_record = RunDirectory.find(cfg.dpo)
     settings = settings_from_config(cfg, run_record, out)
     base_setting = base_model_setting(cfg, run_record)

@@ -27,7 +27,7 @@ from lightning_dpo.training.plan import task_overrides
 from lightning_dpo.training.preflight import EVALUATE_DEPRECATED_GROUPS, warn_deprecated_groups
 from lightning_dpo.training.sharding import shard_across
 from lightning_dpo.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from lightning_dpo.utils.processes import Processes, close_processes, launched_processes
+from lightning_dpo.utils.processes import Processes, launched
 from lightning_dpo.utils.torch_utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,13 @@ def run(cfg: Any) -> dict[str, Any]:
     """The evaluation, in one process or, under torchrun, with the model sharded over every process
     (FSDP2; each decodes a share of the prompts): the same numbers either way; the main process writes."""
     warn_deprecated_groups(task_overrides(), EVALUATE_DEPRECATED_GROUPS)
-    processes = launched_processes(resolve_device(cfg.device))
-    try:
+    with launched(resolve_device(cfg.device)) as processes:
         return evaluate(cfg, processes)
-    finally:
-        close_processes(processes)
 
 
 def evaluate(cfg: Any, processes: Processes) -> dict[str, Any]:
     source = cfg.model.name_or_path
-    out = processes.broadcast(command_output(cfg.out, "evaluation", source) if processes.is_main else None)
+    out = processes.from_main(lambda: command_output(cfg.out, "evaluation", source))
     run_dir = RunDirectory.find(source)
     settings = settings_from_config(cfg, run_dir, out)
     _, description = describe_model_source(source)

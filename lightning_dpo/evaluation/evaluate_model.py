@@ -62,8 +62,7 @@ def score_continuations(
         model, tokenizer, mine, max_prompt_tokens, max_new_tokens, batch_size, truncation_side, all_finished=processes.decoding_sync()
     )
     texts = processes.interleave(texts[: len(texts) - padding])
-    scores = scorer.score(texts) if processes.is_main else None
-    return texts, processes.broadcast(scores)
+    return texts, processes.from_main(lambda: scorer.score(texts))
 
 
 def evaluate_model(

@@ -10,8 +10,9 @@ is done.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,6 +54,11 @@ class Processes:
         dist.all_gather_object(shares, mine)
         total = sum(len(s) for s in shares)
         return [shares[i % self.world][i // self.world] for i in range(total)]
+
+    def from_main(self, make: Callable[[], T]) -> T:
+        """`make()` run on the main process alone (a folder created, texts scored once), its result
+        on every process."""
+        return self.broadcast(make() if self.is_main else None)
 
     def broadcast(self, obj: T | None) -> T:
         """The main process's `obj` (the others may pass None), on every process."""
@@ -96,7 +102,12 @@ def launched_processes(device: torch.device) -> Processes:
     return Processes(dist.get_rank(), dist.get_world_size(), sharded=True, device=device)
 
 
-def close_processes(processes: Processes) -> None:
-    """Leave the process group `launched_processes` joined (nothing for one process)."""
-    if processes.world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def launched(device: torch.device) -> Iterator[Processes]:
+    """`launched_processes` for a command's run, leaving the process group when it ends (also on error)."""
+    processes = launched_processes(device)
+    try:
+        yield processes
+    finally:
+        if processes.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
