@@ -228,8 +228,8 @@ def fluency_note(bound: float, fluency: Any, text: str | None) -> str:
     if not math.isfinite(bound):
         return "No perplexity was measured, so no row could be checked for fluency: `recovered` counts every row."
     return (
-        f"Fluency bound: perplexity <= {bound:.4g} (the larger of the DPO model's perplexity x {fluency.get('dpo_factor', 1.1)} "
-        f"and the base model's x {fluency.get('base_factor', 1.5)}; perplexity on {text}). A row above it gets no "
+        f"Fluency bound: perplexity <= {bound:.4g} (the larger of the DPO model's perplexity x {fluency['dpo_factor']} "
+        f"and the base model's x {fluency['base_factor']}; perplexity on {text}). A row above it gets no "
         "`recovered` value: gibberish scores as non-toxic."
     )
 
@@ -373,12 +373,12 @@ def analyze(cfg: Any, processes: Processes) -> dict[str, Any]:
             evaluate("base", label, count, base)
     dpo_metrics = evaluate("DPO", "none", 0, dpo)
 
-    fluency = cfg.get("fluency") or {}
+    fluency = cfg.fluency
     bound = fluency_bound(
         base_metrics.get("perplexity", math.nan),
         dpo_metrics.get("perplexity", math.nan),
-        float(fluency.get("dpo_factor", 1.1)),
-        float(fluency.get("base_factor", 1.5)),
+        float(fluency.dpo_factor),
+        float(fluency.base_factor),
     )
     table = table_rows(evaluations, bound, seed=int(cfg.get("seed") or 0))
     note = "\n\n".join(x for x in (fluency_note(bound, fluency, settings.perplexity_source), uncertainty_note(evaluations)) if x)

@@ -125,7 +125,7 @@ def _scale(cfg: Any, model: Any, tokenizer: Any, prompts: list[str]) -> dict[int
     from lightning_dpo.data.tokenize import pad_id
     from lightning_dpo.evaluation.generation import tokenize_prompts
 
-    sample = prompts[: cfg.steering.get("norm_prompts", 128)]
+    sample = prompts[: cfg.steering.norm_prompts]
     ids = tokenize_prompts(tokenizer, sample, max_prompt_tokens=None)
     return residual_norm_medians(model, ids, resolve_layers(model, cfg.steering.layers), pad_id(tokenizer), cfg.batch_size)
 
@@ -140,7 +140,7 @@ def _settings(cfg: Any, alpha: float) -> PairSettings:
         batch_size=cfg.batch_size,
         margin=cfg.margin,
         seed=cfg.seed,
-        drop_degenerate=cfg.steering.get("drop_degenerate", True),
+        drop_degenerate=cfg.steering.drop_degenerate,
     )
 
 
@@ -151,7 +151,7 @@ def scan(
     the score gap and the share of degenerate rejected texts; written to <out>.scan.json and .md (no pairs)."""
     from lightning_dpo.utils.tables import markdown_table
 
-    sample = prompts[: cfg.steering.get("scan_prompts", 96)]
+    sample = prompts[: cfg.steering.scan_prompts]
     table = []
     for alpha in cfg.steering.alpha:
         rows = generate_pairs(model, tokenizer, sample, unit, scorer, _settings(cfg, alpha), 0, scale)
@@ -230,7 +230,7 @@ def run(cfg: Any) -> dict[str, Any]:
         "kept": len(kept),
         "dropped": len(rows) - len(kept),
         "degenerate_rejected": sum(bool(r.get("degenerate")) for r in rows),
-        "degenerate_dropped": cfg.steering.get("drop_degenerate", True),
+        "degenerate_dropped": cfg.steering.drop_degenerate,
         "warnings": warnings,
         "chosen_scores": distribution([r["chosen_score"] for r in rows]),
         "rejected_scores": distribution([r["rejected_score"] for r in rows]),
