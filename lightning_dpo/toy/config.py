@@ -1,9 +1,9 @@
 """The demo world's place in the configs: the `${toy_world:<file>}` resolver and building the world on demand.
 
 Only the demo's bundle (experiment=demo, the default: model=toy, data=toy, and the demo's prompts,
-probe and scorer) points into the toy world. Commands register the resolver (`register_toy_resolver`) and call `ensure_toy_world(cfg)`,
-which builds the world only when the run is the demo, and refuses a run whose own model or data
-would silently pick up the demo's assets.
+probe and scorer) points into the toy world. Commands register the resolver (`register_toy_resolver`)
+and call `ensure_toy_world(cfg)`, which builds the world only when the run is the demo, and refuses a
+run whose own model or data would silently pick up the demo's assets.
 """
 
 from __future__ import annotations
