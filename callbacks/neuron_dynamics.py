@@ -62,6 +62,7 @@ from lightning_dpo.neurons.probe import Probe, ProbeFile, RunProbe, build_probe,
 from lightning_dpo.training.wandb_logger import is_wandb_logger
 from lightning_dpo.utils.errors import ConfigError
 from lightning_dpo.utils.io import atomic_write_jsonl, check_file_name
+from lightning_dpo.utils.processes import Processes
 
 log = logging.getLogger(__name__)
 
@@ -247,17 +248,15 @@ class NeuronDynamicsCallback(PeriodicMeasurement):
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
         tokens = self.tokens if self.positions == "fixed" else self._probe_tokens(trainer, pl_module, fixed=False)
         policy = measured_policy(pl_module, self.key)
-        reduce = None
-        if trainer.world_size > 1:
-            reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")
+        processes = Processes.of_trainer(trainer, is_sharded(policy), pl_module.device)
         first = self.baseline is None
         with trainer.precision_plugin.forward_context():
             sums = forward_sums(
                 policy,
-                tokens.shard(trainer.global_rank, trainer.world_size),
+                tokens.shard(processes.rank, processes.world),
                 self.batch_size,
                 self.buckets,
-                reduce,
+                processes.sum_across,
                 self.components,
                 covariance=first and "covariance" in self.null_kinds,
             )

@@ -349,9 +349,8 @@ def analyze(cfg: Any, processes: Processes) -> dict[str, Any]:
     tokens = build_probe_tokens(base, prompt_ids, pad, ps.num_positions, ps.batch_size)
     # several processes: each forwards its share of the probe set, the sums are all-reduced
     share = tokens.shard(processes.rank, processes.world) if processes.world > 1 else tokens
-    reduce = processes.reduce_sum if processes.world > 1 else None
     base_snap, dpo_snap = (
-        take_snapshot(model, share, probe.unit, step, ps.batch_size, reduce, ps.center_writing_weights)
+        take_snapshot(model, share, probe.unit, step, ps.batch_size, processes.sum_across, ps.center_writing_weights)
         for step, model in enumerate((base, dpo))
     )
     groups = [dict(r.as_csv(), step="dpo") for r in group_rows(base_snap, dpo_snap)]

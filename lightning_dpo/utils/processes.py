@@ -75,6 +75,11 @@ class Processes:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
+    @property
+    def sum_across(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """`reduce_sum` where there are several processes, else None (nothing to sum)."""
+        return self.reduce_sum if self.world > 1 else None
+
     def all_finished(self, done_here: bool) -> bool:
         """True on every process once every process's rows are finished (decoding's early stop)."""
         pending = torch.tensor([0.0 if done_here else 1.0], device=self.device)
@@ -88,24 +93,20 @@ class Processes:
 SINGLE = Processes()
 
 
-def launched_processes(device: torch.device) -> Processes:
-    """The processes of a command started by torchrun (WORLD_SIZE > 1): joins the process group
-    (NCCL on GPUs, each rank on its LOCAL_RANK's GPU; gloo on CPUs). Launched alone: one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Processes(device=device)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Processes(dist.get_rank(), dist.get_world_size(), sharded=True, device=device)
-
-
 @contextlib.contextmanager
 def launched(device: torch.device) -> Iterator[Processes]:
-    """`launched_processes` for a command's run, leaving the process group when it ends (also on error)."""
-    processes = launched_processes(device)
+    """The processes of a command started by torchrun (WORLD_SIZE > 1), in the process group (NCCL on
+    GPUs, each rank on its LOCAL_RANK's GPU; gloo on CPUs) until the command ends, also on error.
+    Launched alone: one process."""
+    processes = Processes(device=device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        processes = Processes(dist.get_rank(), dist.get_world_size(), sharded=True, device=device)
     try:
         yield processes
     finally:
