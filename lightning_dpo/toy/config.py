@@ -9,7 +9,6 @@ run whose own model or data would silently pick up the demo's assets.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.toy.world import ToyWorld
 from lightning_dpo.utils.cache import default_cache_dir
-from lightning_dpo.utils.config import plain
+from lightning_dpo.utils.config import PLAIN_COPY, plain
 from lightning_dpo.utils.errors import ConfigError
 
 
@@ -45,9 +44,6 @@ def toy_world_dir(cfg: DictConfig) -> Path:
     return ToyWorld(**_world_params(cfg)).path
 
 
-COPY = re.compile(r"\$\{[\w.]+\}")  # a value that is another key's, e.g. ${prompts.source}
-
-
 def toy_world_keys(cfg: DictConfig) -> list[str]:
     """The keys of `cfg` whose value points into the toy world (its own parameters `world.*` aside)."""
     world = ToyWorld(**_world_params(cfg))
@@ -64,7 +60,7 @@ def toy_world_keys(cfg: DictConfig) -> list[str]:
             for i, inner in enumerate(value):
                 walk(f"{prefix}[{i}]", inner, written[i] if isinstance(written, list) and i < len(written) else None)
         elif isinstance(value, str) and (value == inside or value.startswith(inside + os.sep)):
-            copy = isinstance(written, str) and COPY.fullmatch(written)  # another key's value (probe_set: same): named there
+            copy = isinstance(written, str) and PLAIN_COPY.fullmatch(written)  # another key's value (probe_set: same): named there
             if not copy:
                 found.append(prefix)
 

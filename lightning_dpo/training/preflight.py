@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.model.packaged import check_packaged_model
 from lightning_dpo.neurons.probe import is_probe_file
+from lightning_dpo.utils.config import PLAIN_COPY
 from lightning_dpo.utils.errors import ConfigError, DataError
 
 
@@ -145,9 +146,6 @@ def _expand(cfg: DictConfig, pattern: str) -> list[str]:
     return [f"{head}.{name!s}.{tail}" for name, inner in node.items() if isinstance(inner, DictConfig) and "_target_" in inner]
 
 
-_COPY = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # a plain copy of another key, by its absolute path
-
-
 def value_home(cfg: DictConfig, key: str) -> str:
     """The key a user sets for `key`'s value: a plain copy (`${probe_set.num_positions}`) is named by
     the key it copies, followed to the end, so that an error names what to change."""
@@ -155,7 +153,7 @@ def value_home(cfg: DictConfig, key: str) -> str:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         raw = OmegaConf.to_container(node, resolve=False).get(leaf) if isinstance(node, DictConfig) else None
-        copy = _COPY.fullmatch(raw) if isinstance(raw, str) else None
+        copy = PLAIN_COPY.fullmatch(raw) if isinstance(raw, str) else None
         if copy is None:
             return key
         key = copy.group(1)

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import inspect
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_dpo.utils.errors import ConfigError, LightningDPOError
 
 _PLAIN_VALUE = re.compile(r"^[\w./+-]*$")
+PLAIN_COPY = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # a value that is another key's, by its absolute path: ${prompts.source}
 
 
 def override_arg(key: str, value: object) -> str:
@@ -57,6 +59,12 @@ def safe_dirname(name: str, max_length: int = 120) -> str:
     return f"{name[: max_length - 11]}-{digest}"
 
 
+@functools.cache
+def _parameters(target: str) -> Mapping[str, inspect.Parameter]:
+    """A target's parameters, read once: a config is resolved many times (checks, records, W&B)."""
+    return inspect.signature(get_object(target)).parameters
+
+
 def code_default(*, _parent_: DictConfig, _node_: Any) -> Any:
     """`key: ${default:}` in a node with a `_target_`: that target's default for `key`. Every default
     has one home, the signature of the class or function the config builds; the YAML lists the key
@@ -67,7 +75,7 @@ def code_default(*, _parent_: DictConfig, _node_: Any) -> Any:
     if not target:
         raise ConfigError(where, "${default:} names a constructor's default, but its node has no _target_")
     try:
-        parameter = inspect.signature(get_object(str(target))).parameters.get(key)
+        parameter = _parameters(str(target)).get(key)
     except Exception as exc:  # an unimportable target: the error names the key and the target
         raise ConfigError(where, f"${{default:}} could not read the default of {target}: {exc}") from exc
     if parameter is None or parameter.default is inspect.Parameter.empty:
